@@ -1,0 +1,1 @@
+"""The reference board firmware (MicroPython-compatible); see ../PROTOCOL.md."""

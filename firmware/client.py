@@ -1,0 +1,155 @@
+"""Host side of the board firmware protocol (PROTOCOL.md), over an open pyserial port.
+
+Blocking, for the board plugins' hooks (which the gateway runs in worker threads)::
+
+    client = FirmwareClient(port, on_log=lambda level, text: log.info("%s: %s", level, text))
+    client.identify()            # {"id": 1, "ok": True, "proto": 1, "board": ..., "version": ...}
+    client.request("blink", seconds=5)
+
+Log lines that arrive while waiting for a response are handed to ``on_log``; lines that are not
+JSON objects (boot noise, another firmware's output) are skipped until the deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import serial
+
+from picofleet.gateway.models import BoardError
+
+__all__ = ["FirmwareClient", "FirmwareError"]
+
+log = logging.getLogger(__name__)
+
+READ_SLICE = 0.05
+"""Longest single blocking read, so that the deadline is honoured whatever the port's timeout."""
+MAX_READ_BLOCK = 0.2
+"""A port timeout up to this is used as it is; otherwise READ_SLICE is set for the request."""
+MAX_PENDING = 64 * 1024
+"""Bytes without a line end after which the receive buffer is dropped as garbage."""
+
+
+class FirmwareError(BoardError):
+    """The board's firmware did not do what was asked (error answer, no answer, port lost)."""
+
+
+class FirmwareClient:
+    """Requests and responses over a board's serial port (protocol version 1).
+
+    One client per open port; not thread-safe (the gateway serialises the hooks of a board).
+    ``on_log(level, text)`` receives the board's log lines.
+    """
+
+    def __init__(self, port: serial.Serial, on_log: Callable[[str, str], None] | None = None) -> None:
+        self.port = port
+        self.on_log = on_log
+        self._next_id = 1
+        self._pending = bytearray()
+
+    def request(self, op: str, timeout: float = 2.0, **args: Any) -> dict:
+        """Send ``{"id", "op", **args}`` and return the board's ``ok: true`` response.
+
+        Raises :class:`FirmwareError` ``"board answered: <error>"`` for an ``ok: false`` answer,
+        ``"no answer to '<op>' within <timeout> s"`` when no response with this request's id came
+        in time, and a ``FirmwareError`` naming the port when it fails (board unplugged).
+        """
+        request_id = self._next_id
+        self._next_id += 1
+        line = json.dumps({"id": request_id, "op": op, **args}, separators=(",", ":")) + "\n"
+        deadline = time.monotonic() + timeout
+        saved_timeout = self.port.timeout
+        # A read must block briefly (never forever, never not at all) for the deadline to hold;
+        # changing pyserial's timeout reconfigures the port, so only when needed.
+        retime = saved_timeout is None or not 0 < saved_timeout <= MAX_READ_BLOCK
+        try:
+            if retime:
+                self.port.timeout = READ_SLICE
+            self.port.write(line.encode())  # no flush(): tcdrain could wait for ever on a stuck board
+            while True:
+                message = self._next_message(deadline)
+                if message is None:
+                    raise FirmwareError(f"no answer to '{op}' within {timeout:.1f} s")
+                if "id" not in message:
+                    if "log" in message:
+                        self._forward_log(message)
+                    continue
+                if message.get("id") != request_id:
+                    continue  # a late answer to an earlier request that timed out
+                if message.get("ok") is True:
+                    return message
+                raise FirmwareError(f"board answered: {message.get('error', 'an error without reason')}")
+        except (serial.SerialException, OSError) as error:
+            raise FirmwareError(f"serial port {self.port.port} failed: {error}") from error
+        finally:
+            if retime:
+                # a port that is gone: the caller hears about it from the error above
+                with contextlib.suppress(serial.SerialException, OSError):
+                    self.port.timeout = saved_timeout
+
+    def identify(self, timeout: float = 2.0) -> dict:
+        """Ask the firmware who it is: ``proto``, ``board``, ``serial``, ``firmware``, ``version``."""
+        response = self.request("identify", timeout=timeout)
+        missing = [key for key in ("board", "serial", "firmware", "version") if key not in response]
+        if missing:
+            raise FirmwareError(f"board answered identify without {', '.join(missing)}")
+        return response
+
+    def ping(self, timeout: float = 2.0) -> None:
+        """Check that the firmware answers."""
+        self.request("ping", timeout=timeout)
+
+    def blink(self, seconds: float = 3.0, timeout: float = 2.0) -> None:
+        """Make the board blink its LED for ``seconds``."""
+        self.request("blink", timeout=timeout, seconds=seconds)
+
+    def reboot(self, timeout: float = 2.0) -> None:
+        """Make the board reboot into its firmware (its port goes away and comes back)."""
+        self.request("reboot", timeout=timeout)
+
+    def bootloader(self, timeout: float = 2.0) -> None:
+        """Make the board reboot into its UF2 bootloader (its port goes away, a drive appears)."""
+        self.request("bootloader", timeout=timeout)
+
+    def _forward_log(self, message: dict) -> None:
+        if self.on_log is None:
+            return
+        try:
+            self.on_log(str(message.get("level", "info")), str(message.get("log", "")))
+        except Exception:
+            log.exception("on_log callback failed")
+
+    def _next_message(self, deadline: float) -> dict | None:
+        """The next line that is a JSON object, or ``None`` at the deadline."""
+        while True:
+            line = self._next_line(deadline)
+            if line is None:
+                return None
+            try:
+                message = json.loads(line)
+            except ValueError:
+                log.debug("skipping a line that is not JSON: %r", line[:80])
+                continue
+            if isinstance(message, dict):
+                return message
+
+    def _next_line(self, deadline: float) -> bytes | None:
+        """The next complete line (without its end), or ``None`` at the deadline."""
+        while True:
+            end = self._pending.find(b"\n")
+            if end >= 0:
+                line = bytes(self._pending[:end]).rstrip(b"\r")
+                del self._pending[: end + 1]
+                return line
+            if time.monotonic() >= deadline:
+                return None
+            chunk = self.port.read(max(1, self.port.in_waiting))
+            if chunk:
+                self._pending += chunk
+                if len(self._pending) > MAX_PENDING and b"\n" not in self._pending:
+                    self._pending.clear()

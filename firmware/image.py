@@ -1,0 +1,49 @@
+"""The image descriptor that tells which picofleet firmware a flash image holds (PROTOCOL.md).
+
+Real firmware images embed it as a constant; the virtual boards read it from their flash
+contents to decide what to boot, just as picotool reads binary info from a real image.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+MAGIC = b"PFIMAGE1"
+FLASH_BASE = 0x10000000
+"""Where RP2040/RP2350 application images start (XIP flash)."""
+
+
+def make_descriptor(name: str, version: str, board: str) -> bytes:
+    """Return the descriptor bytes for firmware ``name`` ``version`` built for ``board``."""
+    body = json.dumps({"name": name, "version": version, "board": board}, sort_keys=True).encode()
+    return MAGIC + struct.pack("<H", len(body)) + body
+
+
+def make_app_image(name: str, version: str, board: str, size: int = 4096) -> bytes:
+    """Return a flash image of ``size`` bytes (at least the descriptor) holding the descriptor.
+
+    The rest is deterministic filler so that two versions differ in content, as real builds do.
+    """
+    descriptor = make_descriptor(name, version, board)
+    filler_seed = f"{name}:{version}:{board}".encode()
+    filler = (filler_seed * (size // max(len(filler_seed), 1) + 1))[: max(size - len(descriptor), 0)]
+    return descriptor + filler
+
+
+def find_descriptor(image: bytes) -> dict[str, str] | None:
+    """Return the first valid descriptor's fields in ``image``, or ``None`` if it has none."""
+    start = image.find(MAGIC)
+    while start != -1:
+        length_at = start + len(MAGIC)
+        if length_at + 2 <= len(image):
+            (length,) = struct.unpack_from("<H", image, length_at)
+            body = image[length_at + 2 : length_at + 2 + length]
+            try:
+                fields = json.loads(body)
+            except ValueError:
+                fields = None
+            if isinstance(fields, dict) and {"name", "version", "board"} <= fields.keys():
+                return {key: str(fields[key]) for key in ("name", "version", "board")}
+        start = image.find(MAGIC, start + 1)
+    return None

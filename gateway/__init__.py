@@ -1,0 +1,1 @@
+"""The on-Pi gateway: configuration, state store, device manager, HTTP API and the plugin contract."""

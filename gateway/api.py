@@ -1,0 +1,178 @@
+"""The gateway's HTTP API: edge-node-manager's routes, byte-compatible, plus picofleet's.
+
+ENM routes (see docs/api.md): ``GET/PUT /v1/enm/status``, ``GET /v1/devices``,
+``GET/PUT/DELETE /v1/devices/{uuid}``, ``PUT /v1/devices/{uuid}/restart``. Where ENM answered
+500 or nothing, picofleet answers right: 400 for malformed JSON or invalid values, 404 for an
+unknown device or route, 405 for a wrong method, 413 for an oversize upload, each with a JSON
+``{"error": "..."}``. New: ``PUT /v1/devices/{uuid}/identify`` (blink the board) and
+``POST /v1/devices/{uuid}/flash`` (a one-off UF2). ``GET /openapi.json`` describes them all.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..firmware import image, uf2
+from .board import Board, FlashJob
+from .flashing import check_families
+from .manager import PAUSED, RUNNING, DeviceManager
+from .models import BoardError
+from .openapi import openapi_document
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _json_body(request: Request) -> Any:
+    body = await request.body()
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ApiError(400, f"malformed JSON: {error}") from None
+
+
+def _json_object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ApiError(400, f"{what} must be a JSON object")
+    return value
+
+
+def create_app(manager: DeviceManager) -> Starlette:
+    """Build the Starlette application serving ``manager``'s boards."""
+
+    def board_or_404(request: Request) -> Board:
+        uuid = request.path_params["uuid"]
+        board = manager.find(uuid)
+        if board is None:
+            raise ApiError(404, f"no device with LocalUUID or ResinUUID {uuid!r}")
+        return board
+
+    async def get_status(request: Request) -> Response:
+        """Current and target status of the gateway's process loop (ENM)."""
+        return JSONResponse({"currentStatus": manager.current_status, "targetStatus": manager.target_status})
+
+    async def put_status(request: Request) -> Response:
+        """Pause or run the gateway: ``{"targetStatus": "Paused" | "Running"}`` (ENM)."""
+        body = _json_object(await _json_body(request), "the request body")
+        target = body.get("targetStatus")
+        if target not in (PAUSED, RUNNING):
+            raise ApiError(400, f'targetStatus must be "Paused" or "Running", not {json.dumps(target)}')
+        await manager.set_target_status(target)
+        return Response(status_code=200)
+
+    async def list_devices(request: Request) -> Response:
+        """Every dependent device (ENM)."""
+        return JSONResponse([board.public() for board in manager.listed()])
+
+    async def get_device(request: Request) -> Response:
+        """One dependent device by LocalUUID or ResinUUID (ENM)."""
+        return JSONResponse(board_or_404(request).public())
+
+    async def put_device(request: Request) -> Response:
+        """Supervisor hook: set TargetCommit, TargetEnvironment, TargetConfig (ENM)."""
+        board = board_or_404(request)
+        body = _json_object(await _json_body(request), "the request body")
+        commit = body.get("commit")
+        if commit is not None and not isinstance(commit, str):
+            raise ApiError(400, "commit must be a string or null")
+        for key in ("environment", "config"):
+            if body.get(key) is not None and not isinstance(body[key], dict):
+                raise ApiError(400, f"{key} must be a JSON object or null")
+        await manager.set_target(board, commit, body.get("environment"), body.get("config"))
+        return Response(status_code=200)
+
+    async def delete_device(request: Request) -> Response:
+        """Supervisor hook: forget a device (ENM). Still plugged in, it is provisioned anew."""
+        await manager.request_delete(board_or_404(request))
+        return Response(status_code=200)
+
+    async def restart_device(request: Request) -> Response:
+        """Supervisor hook: restart a device (ENM). Done when the board is online and the gateway runs."""
+        await manager.request_restart(board_or_404(request))
+        return Response(status_code=200)
+
+    async def identify_device(request: Request) -> Response:
+        """Blink a device's LED so that a person can find it (picofleet)."""
+        board = board_or_404(request)
+        if manager.paused:
+            raise ApiError(409, "the gateway is paused: it does not touch the boards")
+        if board.record["Status"] == "Offline":
+            raise ApiError(409, f"device {board.serial} is offline")
+        manager.request_blink(board)
+        return Response(status_code=200)
+
+    async def flash_device(request: Request) -> Response:
+        """Flash a UF2 image (the request body) onto a device (picofleet). 202 once queued."""
+        board = board_or_404(request)
+        limit = manager.config.max_upload_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"upload of {declared} bytes is larger than the limit of {limit} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, f"upload is larger than the limit of {limit} bytes")
+        try:
+            parsed = uf2.read_uf2(bytes(body))
+        except uf2.UF2Error as error:
+            raise ApiError(400, f"not a valid UF2 file: {error}") from None
+        board_type = manager.board_types.get(str(board.record["BoardType"]))
+        if board_type is None:
+            raise ApiError(409, f"board type {board.record['BoardType']!r} has no plugin loaded")
+        try:
+            check_families(parsed.families, board_type)
+        except BoardError as error:
+            raise ApiError(422, str(error)) from None
+        descriptor = image.find_descriptor(parsed.to_binary()[1])
+        commit = request.query_params.get("commit")
+        job = FlashJob(bytes(body), parsed.families, descriptor["version"] if descriptor else None, commit)
+        await manager.request_flash(board, job)
+        return JSONResponse({"queued": True, "device": board.serial, "bytes": len(body)}, status_code=202)
+
+    async def openapi(request: Request) -> Response:
+        """The OpenAPI 3.1 document of this API."""
+        return JSONResponse(openapi_document())
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return _error(exc.status, exc.message)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return _error(404, f"no route {request.method} {request.url.path}")
+        if exc.status_code == 405:
+            return _error(405, f"method {request.method} is not allowed on {request.url.path}")
+        return _error(exc.status_code, str(exc.detail))
+
+    routes = [
+        Route("/v1/enm/status", get_status, methods=["GET"]),
+        Route("/v1/enm/status", put_status, methods=["PUT"]),
+        Route("/v1/devices", list_devices, methods=["GET"]),
+        Route("/v1/devices/{uuid}", get_device, methods=["GET"]),
+        Route("/v1/devices/{uuid}", put_device, methods=["PUT"]),
+        Route("/v1/devices/{uuid}", delete_device, methods=["DELETE"]),
+        Route("/v1/devices/{uuid}/restart", restart_device, methods=["PUT"]),
+        Route("/v1/devices/{uuid}/identify", identify_device, methods=["PUT"]),
+        Route("/v1/devices/{uuid}/flash", flash_device, methods=["POST"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={ApiError: api_error, HTTPException: http_error})

@@ -1,0 +1,304 @@
+"""One board: its record, what discovery sees of it, and the task that drives it.
+
+Each board has one asyncio task running :meth:`Board.run`, an explicit state machine
+(docs/states.md). The task is the only code that touches the board: it calls the plugin hooks
+in worker threads (never on the event loop), one at a time. Everything else (the API, the
+device manager) only changes what the board *should* do — a pending flash, a restart flag, the
+gateway's pause — and wakes the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import serial
+
+from .device import Status, public_form
+from .models import APPLICATION, BOOTLOADER, BoardError, BoardIdentity, BoardRef, Sighting
+
+if TYPE_CHECKING:
+    from .manager import DeviceManager
+
+log = logging.getLogger("picofleet.board")
+
+BLINK_SECONDS = 3.0
+RESTART_TIMEOUT = 10.0
+REOPEN_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass
+class FlashJob:
+    """A UF2 image to put on a board; ``commit`` is recorded as the board's Commit on success."""
+
+    uf2: bytes
+    families: frozenset[int]
+    version: str | None
+    commit: str | None = None
+
+
+class Board:
+    """A board known to the gateway (provisioned or being provisioned)."""
+
+    def __init__(self, manager: DeviceManager, record: dict[str, Any], *, provisioned: bool):
+        self.manager = manager
+        self.record = record
+        self.provisioned = provisioned
+        self.sightings: dict[str, Sighting] = {}
+        self.port: serial.Serial | None = None
+        self.port_key: str | None = None
+        self.busy = False
+        self.wake = asyncio.Event()
+        self.presence = asyncio.Condition()
+        self.pending_flash: FlashJob | None = None
+        self.pending_blink = False
+        self.delete_requested = False
+        self.open_failures = 0
+        self.task: asyncio.Task[None] | None = None
+        self.log = logging.LoggerAdapter(log, {})
+
+    # -- identity -------------------------------------------------------------------------
+    @property
+    def serial(self) -> str:
+        return str(self.record["LocalUUID"])
+
+    @property
+    def label(self) -> str:
+        """How log lines name the board: ``name (serial)``."""
+        return f"{self.record.get('Name') or 'new board'} ({self.serial})"
+
+    def public(self) -> dict[str, Any]:
+        return public_form(self.record)
+
+    def ref(self, sighting: Sighting | None = None) -> BoardRef:
+        """The :class:`BoardRef` hooks receive, for the sighting given or the current one."""
+        sighting = sighting or self.sightings.get(APPLICATION) or self.sightings.get(BOOTLOADER)
+        mode = sighting.mode if sighting else APPLICATION
+        return BoardRef(
+            serial=self.serial,
+            board_type=str(self.record["BoardType"]),
+            mode=mode,
+            firmware=sighting.firmware if sighting else "unknown",
+            port=sighting.devname if sighting and mode == APPLICATION else None,
+            drive=sighting.devname if sighting and mode == BOOTLOADER else None,
+            usb_path=sighting.usb_path if sighting else "",
+            virtual=sighting.virtual if sighting else False,
+        )
+
+    @property
+    def holding(self) -> bool:
+        """Whether the board task holds the board's port or is in the middle of an operation."""
+        return self.port is not None or self.busy
+
+    # -- what discovery tells us ------------------------------------------------------------
+    def seen(self, sighting: Sighting) -> None:
+        self.sightings[sighting.mode] = sighting
+        self._presence_changed()
+
+    def gone(self, key: str) -> bool:
+        for mode, sighting in list(self.sightings.items()):
+            if sighting.key == key:
+                del self.sightings[mode]
+                self._presence_changed()
+                return True
+        return False
+
+    def _presence_changed(self) -> None:
+        self.wake.set()
+
+        async def notify() -> None:
+            async with self.presence:
+                self.presence.notify_all()
+
+        asyncio.get_running_loop().create_task(notify())
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` holds after a presence change; ``False`` on timeout."""
+        try:
+            async with asyncio.timeout(timeout), self.presence:
+                await self.presence.wait_for(predicate)
+            return True
+        except TimeoutError:
+            return False
+
+    # -- changing the record ----------------------------------------------------------------
+    async def update(self, **fields: Any) -> None:
+        """Change record fields; stored fields are on disk before anyone can read them."""
+        changed = {key: value for key, value in fields.items() if self.record.get(key) != value}
+        if not changed:
+            return
+        if "Status" in changed and changed["Status"] != Status.BROKEN.value and "StatusReason" not in fields:
+            changed["StatusReason"] = None
+        new_record = {**self.record, **changed}
+        if self.provisioned and any(key not in ("Port", "Progress") for key in changed):
+            await self.manager.persist(new_record)
+        self.record = new_record
+        if "Status" in changed:
+            self.log.info(
+                "%s: %s%s",
+                self.label,
+                changed["Status"],
+                f" ({new_record['StatusReason']})" if new_record.get("StatusReason") else "",
+            )
+
+    def set_progress(self, done: int, total: int) -> None:
+        """Live flash progress (not stored); safe to call on the event loop only."""
+        self.record = {**self.record, "Progress": {"done": done, "total": total}}
+
+    # -- the task ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        """The board's state machine: reconcile, then sleep until something changes."""
+        try:
+            while True:
+                self.wake.clear()
+                try:
+                    await self.reconcile()
+                except BoardError as error:
+                    await self.update(Status=Status.BROKEN.value, StatusReason=str(error))
+                if self.delete_requested:
+                    return
+                self.manager.board_settled()
+                await self.wake.wait()
+        finally:
+            await self.close_port()
+            self.manager.board_settled()
+
+    async def reconcile(self) -> None:
+        """Bring the board one step closer to what it should be (docs/states.md)."""
+        if self.delete_requested:
+            await self.close_port()
+            await self.manager.forget(self)
+            return
+        app = self.sightings.get(APPLICATION)
+        bootloader = self.sightings.get(BOOTLOADER)
+        if app is None and bootloader is None:
+            await self.close_port()
+            await self.update(Status=Status.OFFLINE.value, Port=None, Progress=None)
+            return
+        if self.manager.paused:
+            await self.close_port()
+            await self.present_while_paused(bootloader=app is None)
+            return
+        if app is None:
+            await self.close_port()
+            if self.pending_flash is not None:
+                await self.flash()
+                return
+            await self.update(
+                Status=Status.BOOTLOADER.value,
+                Port=None,
+                StatusReason="in its UF2 bootloader, waiting for firmware",
+            )
+            return
+        if self.port is not None and self.port_key != app.key:
+            await self.close_port()  # the board re-enumerated under a new node
+        if self.port is None and not await self.open_and_identify(app):
+            return
+        if self.pending_flash is not None:
+            await self.flash()
+        elif self.record.get("RestartFlag"):
+            await self.restart()
+        elif self.pending_blink:
+            await self.blink()
+        elif self.record["Status"] not in (Status.IDLE.value, Status.RESERVED.value):
+            await self.update(Status=Status.IDLE.value)
+
+    async def present_while_paused(self, *, bootloader: bool) -> None:
+        """Show a board that is plugged in while the gateway is paused, without touching it.
+
+        A new board is provisioned from its USB identity alone (identify waits for Running).
+        """
+        if not self.provisioned:
+            await self.manager.provision(self, str(self.record["BoardType"]))
+        if self.record["Status"] in (Status.OFFLINE.value, Status.STARTING.value):
+            status = Status.BOOTLOADER if bootloader else Status.IDLE
+            await self.update(Status=status.value, StatusReason="the gateway is paused")
+
+    async def call(self, hook: str, **kwargs: Any) -> Any:
+        """Call a blocking plugin hook in a worker thread; plugin crashes become BoardErrors."""
+        return await self.manager.call_hook(hook, **kwargs)
+
+    async def open_and_identify(self, app: Sighting) -> bool:
+        """Open the application port, ask the firmware who it is, and provision a new board."""
+        if self.provisioned:
+            await self.update(Status=Status.STARTING.value)
+        ref = self.ref(app)
+        try:
+            port = await self.call("picofleet_open_port", board=ref)
+        except BoardError as error:
+            self.open_failures += 1
+            delay = REOPEN_BACKOFF[min(self.open_failures, len(REOPEN_BACKOFF)) - 1]
+            await self.update(StatusReason=f"{error}; retrying in {delay:g} s")
+            self.manager.wake_later(self, delay)
+            return False
+        self.open_failures = 0
+        self.port, self.port_key = port, app.key
+        identity: BoardIdentity | None = await self.call("picofleet_identify", board=ref, port=port)
+        board_type = self.record["BoardType"]
+        if identity is not None and identity.board_type in self.manager.board_types:
+            board_type = identity.board_type
+        version = f"{identity.firmware} {identity.version}" if identity else None
+        if not self.provisioned:
+            await self.manager.provision(self, board_type)
+        await self.update(BoardType=board_type, FirmwareVersion=version, Port=app.devname)
+        return True
+
+    async def close_port(self) -> None:
+        """Close the port if the gateway holds it (never raises)."""
+        port, self.port, self.port_key = self.port, None, None
+        if port is not None:
+            try:
+                await self.call("picofleet_close_port", board=self.ref(), port=port)
+            except BoardError as error:
+                self.log.warning("%s: closing its port failed: %s", self.label, error)
+        if self.record.get("Port") is not None:
+            await self.update(Port=None)
+
+    async def restart(self) -> None:
+        """Reboot into the application firmware and wait for it to come back (ENM restart hook)."""
+        app = self.sightings[APPLICATION]
+        await self.update(Status=Status.STOPPING.value)
+        self.busy = True
+        try:
+            done = await self.call("picofleet_restart", board=self.ref(app), port=self.port)
+            await self.close_port()
+            if done is None:
+                await self.update(
+                    RestartFlag=False,
+                    Status=Status.IDLE.value,
+                    StatusReason="its firmware cannot be restarted remotely",
+                )
+                return
+            came_back = await self.wait_for(
+                lambda: (s := self.sightings.get(APPLICATION)) is not None and s.key != app.key,
+                RESTART_TIMEOUT,
+            )
+            await self.update(RestartFlag=False)
+            if not came_back:
+                raise BoardError(f"did not come back within {RESTART_TIMEOUT:g} s of a restart")
+        finally:
+            self.busy = False
+
+    async def blink(self) -> None:
+        """Blink the LED so that a person finds the board (the identify endpoint)."""
+        self.pending_blink = False
+        done = await self.call("picofleet_blink", board=self.ref(), port=self.port, seconds=BLINK_SECONDS)
+        if done is None:
+            self.log.warning("%s: its firmware cannot blink", self.label)
+
+    async def flash(self) -> None:
+        """Flash the pending image (gateway/flashing.py), then clear it whatever happened."""
+        from .flashing import flash_board
+
+        job = self.pending_flash
+        assert job is not None
+        self.busy = True
+        try:
+            await flash_board(self, job)
+        finally:
+            self.pending_flash = None
+            self.busy = False
+            self.record = {**self.record, "Progress": None}

@@ -1,0 +1,142 @@
+"""The plugin contract: every hook a board plugin can implement.
+
+A plugin is a module (or object) with functions decorated by :data:`hookimpl` and named after
+the specifications below, registered under the ``picofleet`` entry-point group::
+
+    [project.entry-points.picofleet]
+    myboard = "myboard_plugin"
+
+Rules every hook follows:
+
+* Hooks marked *firstresult* are asked in turn (newest plugin first, ``tryfirst``/``trylast``
+  respected) until one returns something other than ``None``. Return ``None`` for a board that
+  is not yours (check ``board.board_type`` or ``board.firmware``); the gateway's built-in
+  implementations (``gateway.core_hooks``) answer last.
+* Hooks that take a ``board`` may do blocking I/O: the gateway calls them in a worker thread,
+  one call at a time per board, never on the event loop. They must return within the time
+  stated, and raise :class:`~picofleet.gateway.models.BoardError` with an operator-readable
+  reason when the board does not do what was asked.
+* ``port`` arguments are the :class:`serial.Serial` the gateway opened with
+  ``picofleet_open_port``; do not close it (the gateway does, with ``picofleet_close_port``).
+
+docs/plugins.md documents each hook again with a worked third-party plugin;
+tests/test_plugin_contract.py fails when a hook here is missing from that page.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    import serial
+
+    from .config import GatewayConfig
+    from .models import BoardIdentity, BoardRef, BoardType, DiscoverySource, ProgressCallback
+
+PROJECT = "picofleet"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def picofleet_board_types() -> list[BoardType]:
+    """Declare the board types this plugin provides.
+
+    Called once, when the plugin is loaded (also by ``picofleet plugins``). Return a list of
+    :class:`BoardType` (name, chip, USB rules, accepted UF2 families, bootloader Board-ID);
+    return an empty list if the plugin only adds behaviour to other plugins' boards. A board
+    type name already declared by an earlier plugin is refused with a log line.
+    """
+
+
+@hookspec
+def picofleet_discovery_sources(config: GatewayConfig) -> list[DiscoverySource]:
+    """Contribute sources of USB device events.
+
+    Called once when the gateway starts, before the HTTP API serves. Return a list of
+    :class:`DiscoverySource` objects (possibly empty). Each source's ``run(emit)`` coroutine
+    reports ``add``/``remove`` :class:`DeviceEvent` for tty and block devices; the core
+    classifies them with every board type's USB rules, so a source need not know board types.
+    ``close()`` is awaited at shutdown and must release what the source started (threads,
+    child processes).
+    """
+
+
+@hookspec(firstresult=True)
+def picofleet_open_port(board: BoardRef) -> serial.Serial | None:
+    """Open the serial port of a board running application firmware.
+
+    Called (in a worker thread) when the gateway starts managing a board, after a reboot and
+    when it resumes from Paused. ``board.port`` is the device path. Return an open
+    :class:`serial.Serial`, or ``None`` to let the next plugin (finally the built-in
+    pyserial default: 115200 baud, 8N1, exclusive) open it. Must return within 2 s.
+    """
+
+
+@hookspec(firstresult=True)
+def picofleet_close_port(board: BoardRef, port: serial.Serial) -> bool | None:
+    """Close a port the gateway opened.
+
+    Called when the gateway pauses, before a flash or restart, when the board disappears and
+    at shutdown. Return ``True`` once closed, or ``None`` to let the built-in default close it.
+    Must not raise for a port whose device is already gone.
+    """
+
+
+@hookspec(firstresult=True)
+def picofleet_identify(board: BoardRef, port: serial.Serial) -> BoardIdentity | None:
+    """Ask the firmware which board it runs on and what it is.
+
+    Called after the port is opened and after every flash or restart. Return a
+    :class:`BoardIdentity` (board type, serial, firmware name and version), or ``None`` if this
+    plugin does not speak the board's firmware protocol or the firmware does not answer within
+    2 s. When every plugin returns ``None`` the board keeps the type its USB identity gave it
+    and its firmware version is shown as unknown. This is how board types that USB alone
+    cannot tell apart (same VID:PID) are told apart.
+    """
+
+
+@hookspec(firstresult=True)
+def picofleet_enter_bootloader(board: BoardRef, port: serial.Serial | None) -> bool | None:
+    """Make a board running application firmware reboot into its UF2 bootloader.
+
+    Called before a flash. ``port`` is open unless the board's port could not be opened.
+    Return ``True`` once the request was sent (the gateway then waits for the bootloader drive
+    to appear on the same USB port path), or ``None`` to let the next plugin try (the built-in
+    default is the 1200-baud touch). Must return within 5 s.
+    """
+
+
+@hookspec(firstresult=True)
+def picofleet_write_uf2(board: BoardRef, drive: str, uf2: bytes, progress: ProgressCallback) -> bool | None:
+    """Write a validated UF2 image to a board's bootloader drive.
+
+    Called with ``board.mode == "bootloader"`` after the gateway checked INFO_UF2.TXT and the
+    image's families against the board type. ``drive`` is a block device or a directory (a
+    mounted or virtual drive). Call ``progress(done, total)`` as bytes are written. Return
+    ``True`` when every block is written (the board reboots by itself), or ``None`` to let the
+    built-in default write it. Raise :class:`BoardError` if the drive went away.
+    """
+
+
+@hookspec(firstresult=True)
+def picofleet_restart(board: BoardRef, port: serial.Serial) -> bool | None:
+    """Reboot a board into its application firmware (the ENM restart hook).
+
+    Called when ``PUT /v1/devices/{uuid}/restart`` is processed. Return ``True`` once the
+    reboot was requested (the gateway then waits for the port to come back), or ``None`` if
+    this plugin cannot restart the board. Must return within 5 s.
+    """
+
+
+@hookspec(firstresult=True)
+def picofleet_blink(board: BoardRef, port: serial.Serial, seconds: float) -> bool | None:
+    """Blink the board's LED so that a person can find it on the rack.
+
+    Called when ``PUT /v1/devices/{uuid}/identify`` is processed. Return ``True`` once the
+    board acknowledged, or ``None`` if this plugin cannot blink the board. Must return
+    within 2 s (the blinking itself goes on for ``seconds`` on the board).
+    """

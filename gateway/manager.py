@@ -1,0 +1,225 @@
+"""The device manager: every board's record and task, pause/run, and the requests of the API.
+
+Boards are keyed by their USB serial (LocalUUID). A sighting of an unknown serial creates a
+board that is identified, provisioned (ResinUUID, Name), stored and only then listed; a known
+serial gets its old record back. The gateway's target status (Running/Paused) is stored; the
+current status turns Paused only once no board task holds a port or is mid-operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .board import Board, FlashJob
+from .config import GatewayConfig
+from .device import loaded_form, new_record, stored_form
+from .models import BoardError, BoardType, Sighting
+from .names import board_name
+from .plugin_manager import Plugins
+from .store import Store
+
+log = logging.getLogger("picofleet.manager")
+
+RUNNING = "Running"
+PAUSED = "Paused"
+TARGET_STATUS_KEY = "targetStatus"
+DEVICES = "devices"
+
+
+class DeviceManager:
+    """Owns the boards of one gateway."""
+
+    def __init__(self, config: GatewayConfig, store: Store, plugins: Plugins):
+        self.config = config
+        self.store = store
+        self.plugins = plugins
+        self.board_types: dict[str, BoardType] = plugins.board_types
+        self.boards: dict[str, Board] = {}
+        self.target_status = RUNNING
+        self._keys: dict[str, str] = {}  # sighting key -> serial
+        self._settled = asyncio.Condition()
+        self._executor = ThreadPoolExecutor(max_workers=128, thread_name_prefix="board-io")
+        self._timers: set[asyncio.TimerHandle] = set()
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load the stored boards (all Offline until seen) and the stored target status."""
+        self.target_status = await self.store.get_value(TARGET_STATUS_KEY, RUNNING)
+        for stored in await self.store.all(DEVICES):
+            record = loaded_form(stored)
+            if record["LocalUUID"]:
+                board = Board(self, record, provisioned=True)
+                board.delete_requested = bool(record["DeleteFlag"])  # acknowledged before a crash
+                self._add_board(board)
+        log.info("%d known board(s); gateway target status %s", len(self.boards), self.target_status)
+
+    async def stop(self) -> None:
+        """Stop every board task; each closes its port on the way out."""
+        for timer in self._timers:
+            timer.cancel()
+        tasks = [board.task for board in self.boards.values() if board.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _add_board(self, board: Board) -> None:
+        self.boards[board.serial] = board
+        board.task = asyncio.create_task(board.run(), name=f"board:{board.serial}")
+
+    # -- discovery ------------------------------------------------------------------------------
+    def on_present(self, sighting: Sighting) -> None:
+        """A board node appeared (or was enumerated)."""
+        self._keys[sighting.key] = sighting.serial
+        board = self.boards.get(sighting.serial)
+        if board is None:
+            record = new_record(sighting.serial, sighting.board_types[0])
+            board = Board(self, record, provisioned=False)
+            self._add_board(board)
+        board.seen(sighting)
+
+    def on_gone(self, key: str) -> None:
+        """A board node went away."""
+        serial = self._keys.pop(key, None)
+        board = self.boards.get(serial) if serial else None
+        if board is not None:
+            board.gone(key)
+
+    # -- records ------------------------------------------------------------------------------
+    async def persist(self, record: dict[str, Any]) -> None:
+        """Store one board's record durably."""
+        await self.store.upsert(DEVICES, "LocalUUID", stored_form(record))
+
+    async def provision(self, board: Board, board_type: str) -> None:
+        """Give a new board its stable identity and store it; from now on it is listed."""
+        taken = {other.record.get("Name") for other in self.boards.values() if other.provisioned}
+        record = {**board.record, "BoardType": board_type}
+        record["Name"] = board_name(record["ResinUUID"], taken)
+        await self.persist(record)
+        board.record, board.provisioned = record, True
+        log.info(
+            "provisioned %s %s as %s (%s)", board_type, board.serial, record["Name"], record["ResinUUID"]
+        )
+
+    async def forget(self, board: Board) -> None:
+        """Delete a board's record (ENM DELETE hook); if it is still plugged in it starts anew."""
+        await self.store.remove(DEVICES, "LocalUUID", board.serial)
+        self.boards.pop(board.serial, None)
+        log.info("deleted %s", board.label)
+        if board.sightings:
+            fresh = Board(self, new_record(board.serial, str(board.record["BoardType"])), provisioned=False)
+            self._add_board(fresh)
+            for sighting in board.sightings.values():
+                fresh.seen(sighting)
+
+    def listed(self) -> list[Board]:
+        """Provisioned boards, in the order they were provisioned."""
+        return [board for board in self.boards.values() if board.provisioned]
+
+    def find(self, uuid: str) -> Board | None:
+        """A provisioned board by LocalUUID or ResinUUID."""
+        board = self.boards.get(uuid)
+        if board is not None and board.provisioned:
+            return board
+        for board in self.listed():
+            if board.record.get("ResinUUID") == uuid:
+                return board
+        return None
+
+    # -- hooks --------------------------------------------------------------------------------
+    async def call_hook(self, name: str, **kwargs: Any) -> Any:
+        """Run a (blocking) plugin hook in the board I/O thread pool."""
+        hook = getattr(self.plugins.hook, name)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(hook, **kwargs))
+        except BoardError:
+            raise
+        except Exception as error:
+            log.exception("hook %s raised", name)
+            raise BoardError(f"{name} failed in a plugin: {type(error).__name__}: {error}") from None
+
+    def wake_later(self, board: Board, delay: float) -> None:
+        """Wake a board's task after ``delay`` seconds (back-off without blocking it)."""
+
+        def fire() -> None:
+            self._timers.discard(timer)
+            board.wake.set()
+
+        timer = asyncio.get_running_loop().call_later(delay, fire)
+        self._timers.add(timer)
+
+    # -- pause / run ----------------------------------------------------------------------------
+    @property
+    def paused(self) -> bool:
+        return self.target_status == PAUSED
+
+    @property
+    def current_status(self) -> str:
+        """Paused only when paused was asked for and no board task holds a port or is busy."""
+        if self.paused and not any(board.holding for board in self.boards.values()):
+            return PAUSED
+        return RUNNING
+
+    async def set_target_status(self, status: str) -> None:
+        """Store the new target status, then let every board task act on it."""
+        await self.store.set_value(TARGET_STATUS_KEY, status)
+        self.target_status = status
+        log.info("gateway target status %s", status)
+        self._wake_all(self.boards.values())
+
+    def board_settled(self) -> None:
+        """Called by a board task after each pass; wakes whoever waits for the gateway to settle."""
+
+        async def notify() -> None:
+            async with self._settled:
+                self._settled.notify_all()
+
+        asyncio.get_running_loop().create_task(notify())
+
+    async def wait_current_status(self, status: str, timeout: float) -> bool:
+        """Wait until the current status is ``status``; ``False`` on timeout."""
+        try:
+            async with asyncio.timeout(timeout), self._settled:
+                await self._settled.wait_for(lambda: self.current_status == status)
+            return True
+        except TimeoutError:
+            return False
+
+    @staticmethod
+    def _wake_all(boards: Iterable[Board]) -> None:
+        for board in boards:
+            board.wake.set()
+
+    # -- requests from the API ------------------------------------------------------------------
+    async def set_target(self, board: Board, commit: Any, environment: Any, config: Any) -> None:
+        """The ENM device hook: record the target commit, environment and config."""
+        await board.update(
+            TargetCommit=commit, TargetEnvironment=environment or {}, TargetConfig=config or {}
+        )
+
+    async def request_restart(self, board: Board) -> None:
+        """Set the restart flag (stored); the board task restarts the board when it can."""
+        await board.update(RestartFlag=True)
+        board.wake.set()
+
+    async def request_delete(self, board: Board) -> None:
+        """Set the delete flag (stored); the board task closes the port and forgets the board."""
+        await board.update(DeleteFlag=True)
+        board.delete_requested = True
+        board.wake.set()
+
+    def request_blink(self, board: Board) -> None:
+        """Ask the board task to blink the board's LED."""
+        board.pending_blink = True
+        board.wake.set()
+
+    async def request_flash(self, board: Board, job: FlashJob) -> None:
+        """Queue a flash; a previous job not yet started is replaced."""
+        board.pending_flash = job
+        board.wake.set()

@@ -1,0 +1,180 @@
+"""Data types shared by the gateway core and board plugins (the nouns of the plugin contract).
+
+A *discovery source* reports :class:`UsbDevice` records (what udev, sysfs or the virtual USB bus
+says about one tty or block device) as :class:`DeviceEvent`s. The core matches them against the
+:class:`UsbRule`s of every registered :class:`BoardType` and turns a match into a
+:class:`Sighting`: this board (serial), in this mode (application firmware or UF2 bootloader),
+reachable at this path. The device manager keeps one board per serial number and hands plugins
+a :class:`BoardRef` when it calls a hook about a board.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+APPLICATION: Literal["application"] = "application"
+BOOTLOADER: Literal["bootloader"] = "bootloader"
+Mode = Literal["application", "bootloader"]
+
+
+@dataclass(frozen=True)
+class UsbDevice:
+    """One tty or block device as a discovery source reports it.
+
+    ``key`` identifies the device node for its lifetime (a sysfs path, or ``virtual/...``);
+    a later ``remove`` event carries the same key. ``properties`` holds udev-style properties
+    (``ID_VENDOR_ID``, ``ID_MODEL_ID``, ``ID_SERIAL_SHORT``, ``ID_USB_INTERFACE_NUM``,
+    ``ID_PATH``, ``ID_MODEL``...), lower-case hex for ids.
+    """
+
+    key: str
+    subsystem: Literal["tty", "block"]
+    devname: str
+    properties: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def vendor_id(self) -> str:
+        return self.properties.get("ID_VENDOR_ID", "").lower()
+
+    @property
+    def model_id(self) -> str:
+        return self.properties.get("ID_MODEL_ID", "").lower()
+
+    @property
+    def serial(self) -> str:
+        return self.properties.get("ID_SERIAL_SHORT", "")
+
+    @property
+    def usb_path(self) -> str:
+        return self.properties.get("ID_PATH", "")
+
+
+@dataclass(frozen=True)
+class DeviceEvent:
+    """``add`` (device appeared or was enumerated at start) or ``remove`` (device node went away)."""
+
+    action: Literal["add", "remove"]
+    device: UsbDevice
+
+
+Emit = Callable[[DeviceEvent], None]
+
+
+class DiscoverySource(Protocol):
+    """A long-running producer of :class:`DeviceEvent`s (udev monitor, sysfs poller, virtual USB bus).
+
+    ``run`` first reports every device already present as ``add``, then reports changes until it
+    is cancelled. It must not block the event loop: blocking libraries run in a thread and
+    hand events back with ``loop.call_soon_threadsafe``. If ``run`` returns or raises, the core
+    logs it, drops the source's devices and restarts it after a back-off.
+    """
+
+    name: str
+
+    def run(self, emit: Emit) -> Awaitable[None]: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class UsbRule:
+    """A USB identity that belongs to a board type (data, not code).
+
+    ``mode`` says whether the identity is the board's application firmware or its ROM UF2
+    bootloader. ``firmware`` names what runs there (``pico-sdk``, ``micropython``, ``pico-ice``,
+    ``bootrom``) for logs and for choosing how to talk to it. ``subsystem`` restricts the rule
+    to tty (serial) or block (bootloader drive) nodes; ``interface`` to one USB interface number.
+    When several board types match the same device, the one with the highest ``priority``
+    wins; a tie is resolved by asking the firmware (``picofleet_identify``).
+    """
+
+    vendor_id: str
+    model_id: str
+    mode: Mode
+    firmware: str
+    subsystem: Literal["tty", "block"] = "tty"
+    interface: str | None = None
+    priority: int = 0
+
+    def matches(self, device: UsbDevice) -> bool:
+        if device.subsystem != self.subsystem:
+            return False
+        if (device.vendor_id, device.model_id) != (self.vendor_id.lower(), self.model_id.lower()):
+            return False
+        if self.interface is None:
+            return True
+        return device.properties.get("ID_USB_INTERFACE_NUM", "") == self.interface
+
+
+@dataclass(frozen=True)
+class BoardType:
+    """A kind of board a plugin supports.
+
+    ``uf2_families`` are the UF2 family ids its bootloader accepts (a flash of any other family
+    is refused before anything is written). ``bootloader_board_id`` is the ``Board-ID:`` line of
+    its bootloader drive's INFO_UF2.TXT, checked before writing.
+    """
+
+    name: str
+    chip: str
+    description: str
+    usb_rules: tuple[UsbRule, ...]
+    uf2_families: tuple[int, ...]
+    bootloader_board_id: str
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """A classified device: which board (serial), in which mode, reachable where."""
+
+    key: str
+    serial: str
+    mode: Mode
+    board_types: tuple[str, ...]
+    firmware: str
+    devname: str
+    usb_path: str
+    virtual: bool = False
+
+    @property
+    def ambiguous(self) -> bool:
+        return len(self.board_types) > 1
+
+
+@dataclass(frozen=True)
+class BoardRef:
+    """What a hook is told about the board it acts on.
+
+    ``port`` is the serial device path while the board runs application firmware, ``drive`` the
+    bootloader drive (a block device, or a directory for a mounted or virtual drive) while it
+    sits in its UF2 bootloader; at most one of them is set.
+    """
+
+    serial: str
+    board_type: str
+    mode: Mode
+    firmware: str
+    port: str | None
+    drive: str | None
+    usb_path: str
+    virtual: bool = False
+
+
+@dataclass(frozen=True)
+class BoardIdentity:
+    """What a board's firmware says about itself (``picofleet_identify``)."""
+
+    board_type: str
+    serial: str
+    firmware: str
+    version: str
+
+
+ProgressCallback = Callable[[int, int], None]
+"""``progress(done_bytes, total_bytes)``; may be called from a worker thread."""
+
+
+class BoardError(Exception):
+    """A board operation failed; the message says why in words an operator understands."""

@@ -1,0 +1,112 @@
+"""Running the gateway: state store, plugins, device manager, discovery and the HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import sys
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HypercornConfig
+
+from .api import create_app
+from .config import ConfigError, GatewayConfig
+from .discovery import Discovery
+from .manager import DeviceManager
+from .plugin_manager import Plugins, load_plugins
+from .store import Store
+
+log = logging.getLogger("picofleet.gateway")
+
+
+def setup_logging(config: GatewayConfig) -> None:
+    """Log to stdout (where balena users look), one line per event; board lines name the board."""
+    logging.basicConfig(
+        stream=sys.stdout,
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        force=True,
+    )
+    logging.getLogger("picofleet.board.output").setLevel(config.dependent_log_level.upper())
+
+
+def check_simulate(config: GatewayConfig, plugins: Plugins) -> None:
+    """Refuse ``--simulate N:BOARD`` for a board type no loaded plugin provides."""
+    for _, board_type in config.simulate:
+        if board_type not in plugins.board_types:
+            known = ", ".join(sorted(plugins.board_types)) or "none"
+            raise ConfigError(f"invalid simulate board type {board_type!r} (known: {known})")
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind the API's listening socket ourselves, so that port 0 gives a known free port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def prepare_directories(config: GatewayConfig) -> None:
+    """Create the data directories, or refuse to start with one line saying which is unusable."""
+    for directory in (config.data, config.db_directory, config.assets_directory):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(
+                f"cannot create {directory}: {error.strerror} (choose another with --data DIR)"
+            ) from None
+
+
+async def run_gateway(config: GatewayConfig) -> None:
+    """Run until SIGINT/SIGTERM; then close every port, stop discovery and flush the store."""
+    prepare_directories(config)
+    plugins = load_plugins(config.disable_plugins)
+    check_simulate(config, plugins)
+    sock = bind_socket(config.host, config.port)
+
+    store = Store(config.db_path)
+    await store.open()
+    manager = DeviceManager(config, store, plugins)
+    await manager.start()
+    sources = [
+        source for group in plugins.hook.picofleet_discovery_sources(config=config) for source in group
+    ]
+    discovery = Discovery(sources, plugins.board_types, manager.on_present, manager.on_gone)
+    discovery.start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    hypercorn_config = HypercornConfig()
+    hypercorn_config.bind = [f"fd://{sock.fileno()}"]
+    hypercorn_config.accesslog = None
+    hypercorn_config.errorlog = logging.getLogger("hypercorn.error")
+    hypercorn_config.graceful_timeout = 2.0
+    host, port = sock.getsockname()[:2]
+    log.info(
+        "picofleet gateway listening on http://%s:%d (data in %s, %d board type(s): %s)",
+        host,
+        port,
+        config.data,
+        len(plugins.board_types),
+        ", ".join(sorted(plugins.board_types)),
+    )
+    try:
+        await serve(create_app(manager), hypercorn_config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    finally:
+        log.info("shutting down: closing ports")
+        await discovery.stop()
+        await manager.stop()
+        await store.close()
+        sock.close()

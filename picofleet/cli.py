@@ -1,0 +1,40 @@
+"""The `picofleet` command line: one console script, one module per subcommand.
+
+Each module in ``picofleet.commands`` has ``add_parser(subparsers)`` and ``run(args) -> int``.
+Errors end the command with one line on stderr and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+
+COMMANDS = ("gateway", "demo", "plugins", "sim")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="picofleet", description="Fleet gateway for Raspberry Pi Pico boards."
+    )
+    parser.add_argument("--version", action="version", version=f"picofleet {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"picofleet.commands.{name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `picofleet` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

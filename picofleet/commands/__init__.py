@@ -1,0 +1,1 @@
+"""Subcommands of the `picofleet` command line, one module each (add_parser + run)."""

@@ -1,0 +1,66 @@
+"""`picofleet gateway`: run the gateway (ENM API on :1337, boards, virtual boards)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from picofleet.gateway.config import SETTINGS_BY_NAME, ConfigError, GatewayConfig, load_config
+
+FLAG_SETTINGS = ("host", "port", "data", "simulate", "fleet_url", "provisioning_key", "log_level")
+
+
+def add_gateway_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags shared by `gateway` and `demo`; each is a setting of gateway/config.py."""
+    for name in FLAG_SETTINGS:
+        setting = SETTINGS_BY_NAME[name]
+        parser.add_argument(
+            setting.flag,
+            dest=name,
+            default=None,
+            help=f"{setting.help} (env {setting.env}; default {setting.default or 'none'})",
+        )
+    parser.add_argument(
+        "--config",
+        dest="config_file",
+        default=None,
+        help="YAML file of settings (env PICOFLEET_CONFIG); flags and environment win over it",
+    )
+
+
+def config_from_args(args: argparse.Namespace, **overrides: object) -> GatewayConfig:
+    """Resolve the configuration from the parsed flags (flags > environment > file > defaults)."""
+    flags = {name: getattr(args, name) for name in FLAG_SETTINGS}
+    flags.update({key: value for key, value in overrides.items() if flags.get(key) is None})
+    return load_config(flags, config_file=args.config_file)
+
+
+def serve(config: GatewayConfig) -> int:
+    """Run the gateway until SIGINT/SIGTERM; configuration problems end it with one line."""
+    from picofleet.gateway.service import run_gateway, setup_logging
+
+    setup_logging(config)
+    try:
+        asyncio.run(run_gateway(config))
+    except ConfigError as error:
+        print(f"picofleet gateway: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the gateway."""
+    try:
+        config = config_from_args(args)
+    except ConfigError as error:
+        print(f"picofleet gateway: {error}", file=sys.stderr)
+        return 2
+    return serve(config)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `picofleet gateway`."""
+    parser = subparsers.add_parser("gateway", help="run the gateway", description=run.__doc__)
+    add_gateway_flags(parser)
+    parser.set_defaults(run=run)

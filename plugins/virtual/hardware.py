@@ -1,0 +1,204 @@
+"""The hardware behind a virtual board's firmware: a pseudo-terminal as its USB serial port.
+
+:class:`PtyPort` is the board's end of the USB CDC link: the *master* side of a pty whose slave
+the gateway opens with pyserial. It offers the firmware the stream interface of
+``firmware/app/main.py`` (``readline()``, ``write()``) and watches for what a real USB device
+would see:
+
+* the host setting 1200 baud (the "touch"): on Linux ``tcgetattr`` on a pty master returns the
+  slave's termios (the kernel redirects TCGETS to the slave), so the speed the host set is
+  polled there a few times a second;
+* a request from the rack (unplug, BOOTSEL, shutdown), signalled through the board's wake pipe.
+
+While no process has the slave open, the master reads EIO and ``select`` reports it readable
+for ever; the port then sleeps on the wake pipe and polls instead of spinning: every 50 ms just
+after the node appeared or the host closed it (when a host is likely to open it), backing off to
+every 0.5 s (``HANGUP_POLL_MIN``/``HANGUP_POLL_MAX``).
+Writes never block: output nobody reads is dropped once the pty buffer is full, as a USB device
+drops what the host does not fetch.
+
+:class:`SimulatedHardware` is the firmware's ``hw`` object for a virtual board.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import termios
+from collections.abc import Callable
+from typing import Protocol
+
+MAX_LINE = 4096
+"""Longer lines are cut here (the firmware answers them as malformed)."""
+TOUCH_POLL = 0.25
+"""Seconds between two looks at the line speed while a host has the port open."""
+HANGUP_POLL_MIN = 0.05
+"""Seconds between two looks for a host opening the port, just after it appeared or was closed."""
+HANGUP_POLL_MAX = 0.5
+"""... backing off (x1.5 a look) to this while nobody opens it."""
+
+
+class BoardControl(Protocol):
+    """What the port and the hardware need from the board that owns them."""
+
+    serial: str
+    board_type: str
+
+    def interrupted(self) -> bool:
+        """Whether the rack wants the current boot to end (unplug, BOOTSEL, shutdown)."""
+        ...
+
+    def request_bootloader(self) -> None:
+        """Reboot into the ROM bootloader when the firmware returns."""
+        ...
+
+    def start_blinking(self, seconds: float) -> None:
+        """Blink the LED for ``seconds``."""
+        ...
+
+
+class PtyPort:
+    """The master side of a virtual board's serial port, as the firmware's input and output stream."""
+
+    def __init__(
+        self,
+        master_fd: int,
+        wake_fd: int,
+        interrupted: Callable[[], bool],
+        on_touch: Callable[[], None],
+        honour_touch: bool = True,
+    ) -> None:
+        self.master_fd = master_fd
+        self.wake_fd = wake_fd
+        self.interrupted = interrupted
+        self.on_touch = on_touch
+        self.honour_touch = honour_touch
+        self.dropped = 0
+        self.touched = False
+        self._pending = bytearray()
+        self._discarding = False
+        self._hung_up = True
+        self._hangup_poll = HANGUP_POLL_MIN
+        os.set_blocking(master_fd, False)
+
+    def _speed_is_1200(self) -> bool:
+        try:
+            attributes = termios.tcgetattr(self.master_fd)
+        except termios.error:
+            return False
+        return termios.B1200 in (attributes[4], attributes[5])
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self.wake_fd, 64):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _read_master(self) -> None:
+        try:
+            data = os.read(self.master_fd, 4096)
+        except BlockingIOError:
+            self._hung_up = False  # a host has the slave open, nothing to read
+            return
+        except OSError as error:
+            if error.errno != errno.EIO:
+                raise
+            self._hangup()
+            return
+        if not data:
+            self._hangup()
+            return
+        self._hung_up = False
+        self._pending += data
+
+    def _hangup(self) -> None:
+        """No host has the slave open (any more)."""
+        if not self._hung_up:
+            self._hung_up = True
+            self._hangup_poll = HANGUP_POLL_MIN
+
+    def _take_line(self) -> bytes | None:
+        while True:
+            end = self._pending.find(b"\n")
+            if self._discarding:
+                if end < 0:
+                    self._pending.clear()
+                    return None
+                del self._pending[: end + 1]
+                self._discarding = False
+                continue
+            if end >= 0:
+                line = bytes(self._pending[: end + 1])
+                del self._pending[: end + 1]
+                return line
+            if len(self._pending) > MAX_LINE:
+                line = bytes(self._pending[:MAX_LINE]) + b"\n"
+                self._pending.clear()
+                self._discarding = True
+                return line
+            return None
+
+    def readline(self) -> bytes:
+        """The next line the host sent (with its ``\\n``); ``b""`` when this boot must end."""
+        while True:
+            line = self._take_line()
+            if line is not None:
+                return line
+            if self.interrupted():
+                return b""
+            if self.honour_touch and self._speed_is_1200():
+                self.touched = True
+                self.on_touch()
+                return b""
+            if self._hung_up:
+                watched, timeout = [self.wake_fd], self._hangup_poll
+                self._hangup_poll = min(self._hangup_poll * 1.5, HANGUP_POLL_MAX)
+            else:
+                watched, timeout = [self.master_fd, self.wake_fd], TOUCH_POLL
+            readable, _, _ = select.select(watched, [], [], timeout)
+            if self.wake_fd in readable:
+                self._drain_wake()
+            if self._hung_up or self.master_fd in readable:
+                self._read_master()
+
+    def write(self, data: bytes) -> None:
+        """Send bytes to the host without ever blocking; what does not fit is dropped and counted."""
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self.master_fd, view)
+            except (BlockingIOError, OSError):
+                self.dropped += len(view)
+                return
+            view = view[written:]
+
+    def flush(self) -> None:
+        """Nothing to flush: writes go straight to the pty."""
+
+
+class SimulatedHardware:
+    """The ``hw`` object of ``firmware/app/main.py`` on a virtual board."""
+
+    def __init__(self, board: BoardControl) -> None:
+        self._board = board
+
+    def serial(self) -> str:
+        """The board's unique id."""
+        return self._board.serial
+
+    def board(self) -> str:
+        """The board type."""
+        return self._board.board_type
+
+    def blink(self, seconds: float) -> None:
+        """Blink the (virtual) LED; ``list`` shows ``led_blinking`` meanwhile."""
+        self._board.start_blinking(seconds)
+
+    def reboot(self) -> None:
+        """Returns at once: the firmware's loop then returns and the board reboots."""
+
+    def bootloader(self) -> None:
+        """Returns at once: the board reboots into its bootloader when the firmware returns."""
+        self._board.request_bootloader()

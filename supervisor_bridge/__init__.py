@@ -1,0 +1,1 @@
+"""balena Supervisor API client and update lock; arrives with the balena issue."""

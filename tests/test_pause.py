@@ -1,0 +1,68 @@
+"""Pause frees every serial port (seen in /proc/<pid>/fd) before it says Paused; Running reopens them."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import serial
+
+from picofleet.firmware.client import FirmwareClient
+from tests.helpers.gateway import wait_for
+
+JSON = {"Content-Type": "application/json"}
+
+
+def set_status(gateway, status: str) -> None:  # type: ignore[no-untyped-def]
+    response = gateway.put("/v1/enm/status", content=f'{{"targetStatus":"{status}"}}', headers=JSON)
+    assert response.status_code == 200
+
+
+def test_pause_closes_ports_then_running_reopens_them(gateway_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    gateway = gateway_factory("--simulate", "3")
+    devices = gateway.wait_devices(
+        lambda d: len(d) == 3 and all(x["Port"] for x in d), 15, "3 boards with ports"
+    )
+    ports = {device["Port"] for device in devices}
+    assert set(gateway.open_ports()) == ports
+
+    set_status(gateway, "Paused")
+    wait_for(
+        lambda: gateway.get("/v1/enm/status").json()["currentStatus"] == "Paused", 10, "currentStatus Paused"
+    )
+    assert gateway.open_ports() == []  # already closed when it said Paused
+    assert all(device["Port"] is None for device in gateway.devices())
+
+    # what pausing is for: user code opens a board's port (exclusively) and talks to the firmware
+    port_path = sorted(ports)[0]
+    with serial.Serial(port_path, 115200, timeout=0.1, exclusive=True) as port:
+        assert FirmwareClient(port).identify()["firmware"] == "picofleet-app"
+    time.sleep(0.3)
+    assert gateway.open_ports() == []  # the paused gateway keeps its hands off
+
+    # hooks are still recorded while paused
+    uuid = devices[0]["LocalUUID"]
+    assert gateway.put(f"/v1/devices/{uuid}", json={"commit": "abc"}).status_code == 200
+    assert gateway.get(f"/v1/devices/{uuid}").json()["TargetCommit"] == "abc"
+
+    started = time.monotonic()
+    set_status(gateway, "Running")
+    wait_for(lambda: len(gateway.open_ports()) == 3, 5, "the ports to be reopened")
+    assert time.monotonic() - started < 1.0
+    assert gateway.get("/v1/enm/status").json()["currentStatus"] == "Running"
+
+
+def test_target_status_survives_a_restart(gateway_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    gateway = gateway_factory("--simulate", "1")
+    gateway.wait_devices(lambda d: len(d) == 1, 15, "one board")
+    set_status(gateway, "Paused")
+    gateway.stop()
+    again = gateway_factory("--simulate", "1")
+    assert again.get("/v1/enm/status").json()["targetStatus"] == "Paused"
+    wait_for(
+        lambda: again.get("/v1/enm/status").json()["currentStatus"] == "Paused", 10, "Paused after restart"
+    )
+    again.wait_devices(
+        lambda d: len(d) == 1 and d[0]["Status"] != "Offline", 15, "the board seen while paused"
+    )
+    assert again.open_ports() == []
