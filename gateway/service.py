@@ -16,7 +16,7 @@ from .config import ConfigError, GatewayConfig
 from .discovery import Discovery
 from .manager import DeviceManager
 from .plugin_manager import Plugins, load_plugins
-from .store import Store
+from .store import Store, StoreLockedError
 
 log = logging.getLogger("picofleet.gateway")
 
@@ -51,7 +51,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror}") from None
     sock.listen(1024)
-    sock.set_inheritable(True)
     return sock
 
 
@@ -74,12 +73,17 @@ async def run_gateway(config: GatewayConfig) -> None:
     sock = bind_socket(config.host, config.port)
 
     store = Store(config.db_path)
-    await store.open()
+    try:
+        await store.open()
+    except StoreLockedError as error:
+        raise ConfigError(str(error)) from None
     manager = DeviceManager(config, store, plugins)
     await manager.start()
     sources = [
         source for group in plugins.hook.picofleet_discovery_sources(config=config) for source in group
     ]
+    if any(count for count, _ in config.simulate) and not any(source.name == "virtual" for source in sources):
+        log.warning("--simulate was given but no plugin provides virtual boards (is 'virtual' disabled?)")
     discovery = Discovery(sources, plugins.board_types, manager.on_present, manager.on_gone)
     discovery.start()
 
@@ -89,18 +93,17 @@ async def run_gateway(config: GatewayConfig) -> None:
         loop.add_signal_handler(signum, stop.set)
 
     hypercorn_config = HypercornConfig()
-    hypercorn_config.bind = [f"fd://{sock.fileno()}"]
+    host, port = sock.getsockname()[:2]
+    # Hypercorn wraps an fd:// bind without duplicating it and closes it at shutdown: hand it over.
+    hypercorn_config.bind = [f"fd://{sock.detach()}"]
     hypercorn_config.accesslog = None
     hypercorn_config.errorlog = logging.getLogger("hypercorn.error")
     hypercorn_config.graceful_timeout = 2.0
-    host, port = sock.getsockname()[:2]
-    log.info(
-        "picofleet gateway listening on http://%s:%d (data in %s, %d board type(s): %s)",
-        host,
-        port,
-        config.data,
-        len(plugins.board_types),
-        ", ".join(sorted(plugins.board_types)),
+    # printed whatever the log level: users (and tests) need the URL, also with --port 0
+    print(
+        f"picofleet gateway listening on http://{host}:{port} (data in {config.data}, board types: "
+        f"{', '.join(sorted(plugins.board_types))})",
+        flush=True,
     )
     try:
         await serve(create_app(manager), hypercorn_config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
@@ -109,4 +112,3 @@ async def run_gateway(config: GatewayConfig) -> None:
         await discovery.stop()
         await manager.stop()
         await store.close()
-        sock.close()

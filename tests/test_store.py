@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import pytest
 from tinydb import TinyDB
 
-import picofleet.gateway.store as store_module
+import picofleet.gateway.storage as storage_module
 from picofleet.gateway.atomic import atomic_write_bytes, atomic_write_json, fsync_directory
 from picofleet.gateway.store import AtomicJSONStorage, Store, StoreClosedError, StoreLockedError
 
@@ -100,13 +100,13 @@ def db_path(tmp_path: Path) -> Path:
 def count_writes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Record every atomic write the store makes."""
     calls: list[Path] = []
-    real = store_module.atomic_write_bytes
+    real = storage_module.atomic_write_bytes
 
     def counting(path: Path, data: bytes, **kwargs: Any) -> None:
         calls.append(path)
         real(path, data, **kwargs)
 
-    monkeypatch.setattr(store_module, "atomic_write_bytes", counting)
+    monkeypatch.setattr(storage_module, "atomic_write_bytes", counting)
     return calls
 
 
@@ -185,11 +185,31 @@ def test_storage_failed_write_reloads_from_disk(db_path: Path, monkeypatch: pyte
     def disk_full(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store_module, "atomic_write_bytes", disk_full)
+    monkeypatch.setattr(storage_module, "atomic_write_bytes", disk_full)
     with pytest.raises(OSError, match="No space"):
         storage.write({"t": {"1": {"a": 2}}})
     monkeypatch.undo()
     assert storage.read() == {"t": {"1": {"a": 1}}}
+
+
+@pytest.mark.parametrize("shallow", [False, True], ids=["exact", "shallow"])
+def test_storage_rollback_to_savepoint(db_path: Path, shallow: bool) -> None:
+    storage = AtomicJSONStorage(db_path)
+    storage.write({"t": {"1": {"a": 1, "nested": [1]}}})
+    with storage.deferred():
+        storage.write({"t": {"1": {"a": 2, "nested": [1]}}})
+        savepoint = storage.savepoint(shallow=shallow)
+        data = storage.read()
+        assert data is not None
+        data["t"]["1"]["a"] = 3  # in place, as TinyDB's update does
+        data["t"]["2"] = {"a": 4}
+        data["u"] = {}
+        storage.write(data)
+        storage.rollback(savepoint)
+        assert storage.read() == {"t": {"1": {"a": 2, "nested": [1]}}}
+        assert storage.dirty  # the change before the savepoint is still to be written
+    storage.flush()
+    assert on_disk(db_path) == {"t": {"1": {"a": 2, "nested": [1]}}}
 
 
 def test_stale_temp_files_are_removed_at_open(db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -310,7 +330,7 @@ def test_job_error_rolls_back_only_that_job(db_path: Path, count_writes: list[Pa
 
 
 def test_failed_flush_fails_the_batch_and_reloads(db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = store_module.atomic_write_bytes
+    real = storage_module.atomic_write_bytes
     failures = {"left": 1}
 
     def flaky(path: Path, data: bytes, **kwargs: Any) -> None:
@@ -322,7 +342,7 @@ def test_failed_flush_fails_the_batch_and_reloads(db_path: Path, monkeypatch: py
     async def scenario() -> None:
         async with Store(db_path) as store:
             await store.set_value("before", 1)
-            monkeypatch.setattr(store_module, "atomic_write_bytes", flaky)
+            monkeypatch.setattr(storage_module, "atomic_write_bytes", flaky)
             async with Blocker(store) as blocker:
                 tasks = [
                     asyncio.create_task(store.upsert("devices", "uuid", {"uuid": f"b{i}"})) for i in range(5)

@@ -23,7 +23,7 @@ from picofleet.gateway.models import DeviceEvent
 from picofleet.plugins import virtual
 from picofleet.plugins.virtual.bootrom import ImageAssembler
 from picofleet.plugins.virtual.bus import VirtualBus
-from picofleet.plugins.virtual.control import connect, read_line
+from picofleet.plugins.virtual.control import connect, default_socket_path, read_line, socket_address
 from picofleet.plugins.virtual.identities import accepted_families, factory_family
 from tests.helpers.rack import RackProcess, wait_until
 
@@ -406,3 +406,11 @@ def test_bootrom_complete_image_rule() -> None:
     for block in blocks[:-1]:
         alone.feed(block, now=0.0)
     assert alone.ready(0.3, now=9.0) is None
+
+
+def test_long_state_paths_use_an_abstract_socket(rack_factory, tmp_path: Path) -> None:
+    state_dir = tmp_path / ("x" * 60) / ("y" * 60) / "virtual"
+    assert socket_address(default_socket_path(state_dir)).startswith("\0picofleet-rack-")
+    rack = rack_factory("1:rp2350", state_dir=state_dir)
+    assert rack.boards()[0]["state"] == "application"
+    assert not (state_dir / "rack.sock").exists()

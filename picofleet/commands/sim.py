@@ -85,7 +85,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "sim",
         help="list, unplug, plug, bootsel or add virtual boards",
-        description=__doc__.split("\n")[0].split(": ", 1)[1],
+        description="Look at and handle the virtual boards of a running gateway (--simulate).",
     )
     actions = parser.add_subparsers(dest="sim_command", metavar="ACTION", required=True)
 
@@ -95,6 +95,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "--data",
             type=Path,
             default=None,
+            metavar="DIR",
             help="the gateway's data directory (default: $PICOFLEET_DATA or /data)",
         )
         sub.add_argument("--json", action="store_true", help="print the rack's answer as JSON")

@@ -285,20 +285,27 @@ class Board:
         try:
             path = os.ttyname(slave)
             tty.setraw(slave)  # the host reads exactly the bytes the firmware writes
+        except BaseException:
+            os.close(master)
+            raise
         finally:
             os.close(slave)  # hold the master only: the host gets EIO/hangup when it closes
-        firmware = {"name": descriptor["name"], "version": descriptor["version"]} if descriptor else None
-        name = identities.APP_FIRMWARE if kind == "app" else None
-        properties = identities.tty_properties(self.board_type, name, self.serial, self.slot)
+        try:
+            port = PtyPort(
+                master, self._wake_read, self.interrupted, on_touch=self.request_bootloader, honour_touch=True
+            )
+            firmware = {"name": descriptor["name"], "version": descriptor["version"]} if descriptor else None
+            name = identities.APP_FIRMWARE if kind == "app" else None
+            properties = identities.tty_properties(self.board_type, name, self.serial, self.slot)
+        except BaseException:
+            os.close(master)
+            raise
         with self._lock:
             self.boots += 1
             self.state, self.port, self.firmware = "application", path, firmware
             self._blink_until = 0.0
             device = self._device("tty", path, properties)
         self._emit("add", device)
-        port = PtyPort(
-            master, self._wake_read, self.interrupted, on_touch=self.request_bootloader, honour_touch=True
-        )
         try:
             if kind == "app" and descriptor is not None:
                 ended = App(SimulatedHardware(self), port, port, version=descriptor["version"]).run()
@@ -312,7 +319,7 @@ class Board:
                 self.dropped += port.dropped
                 self.state, self.port, self.firmware = "booting", None, None
                 self._blink_until = 0.0
-            os.close(master)
+            os.close(master)  # the one place this fd is closed, by the thread that used it
             self._emit("remove", device)
 
     def _run_bootloader(self) -> None:

@@ -101,13 +101,17 @@ class GatewayProcess:
         return response.json()
 
     def wait_devices(
-        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float, what: str
+        self,
+        predicate: Callable[[list[dict[str, Any]]], bool],
+        timeout: float,
+        what: str,
+        interval: float = 0.02,
     ) -> list:
         def check() -> list[dict[str, Any]] | None:
             devices = self.devices()
             return devices if predicate(devices) else None
 
-        return wait_for(check, timeout, what)
+        return wait_for(check, timeout, what, interval)
 
     def open_ports(self) -> list[str]:
         """The pseudo-terminal slaves (and tty devices) the gateway process holds open."""
