@@ -10,6 +10,7 @@ gateway's pause — and wakes the task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,10 +53,11 @@ class Board:
         self.port_key: str | None = None
         self.busy = False
         self.wake = asyncio.Event()
-        self.presence = asyncio.Condition()
+        self.presence = asyncio.Event()  # set on every change of sightings; only the task waits on it
         self.pending_flash: FlashJob | None = None
         self.pending_blink = False
         self.delete_requested = False
+        self.forgotten = False
         self.open_failures = 0
         self.task: asyncio.Task[None] | None = None
         self.log = logging.LoggerAdapter(log, {})
@@ -108,19 +110,21 @@ class Board:
 
     def _presence_changed(self) -> None:
         self.wake.set()
-
-        async def notify() -> None:
-            async with self.presence:
-                self.presence.notify_all()
-
-        asyncio.get_running_loop().create_task(notify())
+        self.presence.set()
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        """Wait until ``predicate()`` holds after a presence change; ``False`` on timeout."""
+        """Wait until ``predicate()`` holds, re-checking at each presence change; ``False`` on timeout.
+
+        Only the board's own task waits, and sightings change on the event loop, so clearing the
+        event right before checking cannot miss a change.
+        """
         try:
-            async with asyncio.timeout(timeout), self.presence:
-                await self.presence.wait_for(predicate)
-            return True
+            async with asyncio.timeout(timeout):
+                while True:
+                    self.presence.clear()
+                    if predicate():
+                        return True
+                    await self.presence.wait()
         except TimeoutError:
             return False
 
@@ -152,25 +156,28 @@ class Board:
     async def run(self) -> None:
         """The board's state machine: reconcile, then sleep until something changes."""
         try:
-            while True:
+            while not self.forgotten:
                 self.wake.clear()
                 try:
                     await self.reconcile()
                 except BoardError as error:
                     await self.update(Status=Status.BROKEN.value, StatusReason=str(error))
-                if self.delete_requested:
-                    return
-                self.manager.board_settled()
-                await self.wake.wait()
+                except Exception as error:  # a bug must not silently end the board's task
+                    self.log.exception("%s: internal error", self.label)
+                    with contextlib.suppress(Exception):
+                        await self.update(Status=Status.BROKEN.value, StatusReason=f"internal error: {error}")
+                    self.manager.wake_later(self, REOPEN_BACKOFF[-1])
+                if not self.forgotten:
+                    await self.wake.wait()
         finally:
             await self.close_port()
-            self.manager.board_settled()
 
     async def reconcile(self) -> None:
         """Bring the board one step closer to what it should be (docs/states.md)."""
         if self.delete_requested:
             await self.close_port()
             await self.manager.forget(self)
+            self.forgotten = True
             return
         app = self.sightings.get(APPLICATION)
         bootloader = self.sightings.get(BOOTLOADER)

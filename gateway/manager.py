@@ -42,7 +42,6 @@ class DeviceManager:
         self.boards: dict[str, Board] = {}
         self.target_status = RUNNING
         self._keys: dict[str, str] = {}  # sighting key -> serial
-        self._settled = asyncio.Condition()
         self._executor = ThreadPoolExecutor(max_workers=128, thread_name_prefix="board-io")
         self._timers: set[asyncio.TimerHandle] = set()
 
@@ -172,24 +171,6 @@ class DeviceManager:
         self.target_status = status
         log.info("gateway target status %s", status)
         self._wake_all(self.boards.values())
-
-    def board_settled(self) -> None:
-        """Called by a board task after each pass; wakes whoever waits for the gateway to settle."""
-
-        async def notify() -> None:
-            async with self._settled:
-                self._settled.notify_all()
-
-        asyncio.get_running_loop().create_task(notify())
-
-    async def wait_current_status(self, status: str, timeout: float) -> bool:
-        """Wait until the current status is ``status``; ``False`` on timeout."""
-        try:
-            async with asyncio.timeout(timeout), self._settled:
-                await self._settled.wait_for(lambda: self.current_status == status)
-            return True
-        except TimeoutError:
-            return False
 
     @staticmethod
     def _wake_all(boards: Iterable[Board]) -> None:

@@ -11,6 +11,7 @@ import sys
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
+from . import reason_phrase
 from .api import create_app
 from .config import ConfigError, GatewayConfig
 from .discovery import Discovery
@@ -92,6 +93,7 @@ async def run_gateway(config: GatewayConfig) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
 
+    reason_phrase.install()
     hypercorn_config = HypercornConfig()
     host, port = sock.getsockname()[:2]
     # Hypercorn wraps an fd:// bind without duplicating it and closes it at shutdown: hand it over.

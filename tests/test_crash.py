@@ -71,3 +71,25 @@ def test_kill_9_during_writes_loses_no_acknowledged_write(tmp_path: Path) -> Non
         assert not [path for path in (data / "database").iterdir() if "corrupt" in path.name]
     finally:
         final.stop()
+
+
+def test_torn_database_at_start_is_recovered_with_a_warning(gateway_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    gateway = gateway_factory("--simulate", "2")
+    before = {
+        d["LocalUUID"]: d["ResinUUID"] for d in gateway.wait_devices(lambda d: len(d) == 2, 15, "2 boards")
+    }
+    uuid = next(iter(before))
+    assert gateway.put(f"/v1/devices/{uuid}", json={"commit": "first"}).status_code == 200
+    assert gateway.put(f"/v1/devices/{uuid}", json={"commit": "second"}).status_code == 200
+    gateway.stop()
+
+    database = tmp_path / "data" / "database" / "enm.db"
+    database.write_bytes(database.read_bytes()[: database.stat().st_size // 2])  # torn by a bad disk
+    again = gateway_factory("--simulate", "2")
+    devices = again.wait_devices(
+        lambda d: len(d) == 2 and all(x["Status"] == "Idle" for x in d), 15, "2 boards"
+    )
+    assert {d["LocalUUID"]: d["ResinUUID"] for d in devices} == before  # identities kept
+    assert "WARNING" in again.output() and "enm.db" in again.output()
+    assert [p.name for p in database.parent.iterdir() if ".corrupt-" in p.name]  # the torn file is kept
+    assert json.loads(database.read_text())  # rewritten whole

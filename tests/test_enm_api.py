@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -39,6 +40,13 @@ def test_devices_lists_the_virtual_boards_with_enm_fields(gateway: GatewayProces
         assert device["FirmwareVersion"] == "picofleet-app 1.0.0"
         assert device["RestartFlag"] is False and device["DeleteFlag"] is False
     assert len({device["Name"] for device in devices}) == 2
+
+
+def test_status_line_carries_the_reason_phrase_like_enm(gateway: GatewayProcess) -> None:
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as connection:
+        connection.sendall(b"GET /v1/enm/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        assert connection.recv(4096).startswith(b"HTTP/1.1 200 OK\r\n")
 
 
 def test_device_by_local_or_resin_uuid(gateway: GatewayProcess) -> None:
