@@ -23,7 +23,7 @@ import serial
 
 from picofleet.gateway.models import BoardError
 
-__all__ = ["FirmwareClient", "FirmwareError"]
+__all__ = ["FirmwareClient", "FirmwareError", "NoAnswer", "PortLost"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,14 @@ MAX_PENDING = 64 * 1024
 
 class FirmwareError(BoardError):
     """The board's firmware did not do what was asked (error answer, no answer, port lost)."""
+
+
+class NoAnswer(FirmwareError):
+    """Nothing that speaks this protocol answered in time (another firmware, or a hung one)."""
+
+
+class PortLost(FirmwareError):
+    """The serial port failed (the board was unplugged or reset under us)."""
 
 
 class FirmwareClient:
@@ -74,7 +82,7 @@ class FirmwareClient:
             while True:
                 message = self._next_message(deadline)
                 if message is None:
-                    raise FirmwareError(f"no answer to '{op}' within {timeout:.1f} s")
+                    raise NoAnswer(f"no answer to '{op}' within {timeout:.1f} s")
                 if "id" not in message:
                     if "log" in message:
                         self._forward_log(message)
@@ -85,7 +93,7 @@ class FirmwareClient:
                     return message
                 raise FirmwareError(f"board answered: {message.get('error', 'an error without reason')}")
         except (serial.SerialException, OSError) as error:
-            raise FirmwareError(f"serial port {self.port.port} failed: {error}") from error
+            raise PortLost(f"serial port {self.port.port} failed: {error}") from error
         finally:
             if retime:
                 # a port that is gone: the caller hears about it from the error above

@@ -10,6 +10,7 @@ unknown device or route, 405 for a wrong method, 413 for an oversize upload, eac
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -23,8 +24,12 @@ from ..firmware import image, uf2
 from .board import Board, FlashJob
 from .flashing import check_families
 from .manager import PAUSED, RUNNING, DeviceManager
-from .models import BoardError
+from .models import APPLICATION, BoardError, BoardType
 from .openapi import openapi_document
+
+MAX_JSON_BODY = 1024 * 1024
+MAX_FLASH_IMAGE = 32 * 1024 * 1024
+"""The largest flash of an RP2 board (RP2350 supports 32 MiB of flash per chip select)."""
 
 
 class ApiError(Exception):
@@ -40,12 +45,47 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 async def _json_body(request: Request) -> Any:
-    body = await request.body()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BODY:
+            raise ApiError(413, f"a JSON body may be at most {MAX_JSON_BODY} bytes")
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as error:
         raise ApiError(400, f"malformed JSON: {error}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed JSON: nested too deeply") from None
+
+
+def _string_map(value: Any, what: str) -> dict[str, str] | None:
+    """An environment or config object: ``null`` or string keys to string values (as balena's)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(item, str) for item in value.values()):
+        raise ApiError(400, f"{what} must be a JSON object of string values, or null")
+    return value
+
+
+def _read_image(body: bytes, board_type: BoardType) -> FlashJob:
+    """Parse and check an uploaded UF2 against the board type (in a worker thread: it is CPU work)."""
+    try:
+        parsed = uf2.read_uf2(body)
+        check_families(parsed.families, board_type)
+        if not parsed.all_payloads_256:
+            raise BoardError("the RP2 bootroms only accept UF2 blocks with 256-byte payloads")
+        _, flat = parsed.to_binary(families=board_type.uf2_families, max_size=MAX_FLASH_IMAGE)
+    except uf2.UF2Error as error:
+        raise ApiError(400, f"not a valid UF2 file: {error}") from None
+    except BoardError as error:
+        raise ApiError(422, str(error)) from None
+    descriptor = image.find_descriptor(flat)
+    return FlashJob(body, parsed.families, descriptor["version"] if descriptor else None)
 
 
 def _json_object(value: Any, what: str) -> dict[str, Any]:
@@ -92,10 +132,9 @@ def create_app(manager: DeviceManager) -> Starlette:
         commit = body.get("commit")
         if commit is not None and not isinstance(commit, str):
             raise ApiError(400, "commit must be a string or null")
-        for key in ("environment", "config"):
-            if body.get(key) is not None and not isinstance(body[key], dict):
-                raise ApiError(400, f"{key} must be a JSON object or null")
-        await manager.set_target(board, commit, body.get("environment"), body.get("config"))
+        environment = _string_map(body.get("environment"), "environment")
+        config = _string_map(body.get("config"), "config")
+        await manager.set_target(board, commit, environment, config)
         return Response(status_code=200)
 
     async def delete_device(request: Request) -> Response:
@@ -113,8 +152,10 @@ def create_app(manager: DeviceManager) -> Starlette:
         board = board_or_404(request)
         if manager.paused:
             raise ApiError(409, "the gateway is paused: it does not touch the boards")
-        if board.record["Status"] == "Offline":
-            raise ApiError(409, f"device {board.serial} is offline")
+        if APPLICATION not in board.sightings:
+            raise ApiError(
+                409, f"device {board.serial} is not running its firmware ({board.record['Status']})"
+            )
         manager.request_blink(board)
         return Response(status_code=200)
 
@@ -130,20 +171,11 @@ def create_app(manager: DeviceManager) -> Starlette:
             body += chunk
             if len(body) > limit:
                 raise ApiError(413, f"upload is larger than the limit of {limit} bytes")
-        try:
-            parsed = uf2.read_uf2(bytes(body))
-        except uf2.UF2Error as error:
-            raise ApiError(400, f"not a valid UF2 file: {error}") from None
         board_type = manager.board_types.get(str(board.record["BoardType"]))
         if board_type is None:
             raise ApiError(409, f"board type {board.record['BoardType']!r} has no plugin loaded")
-        try:
-            check_families(parsed.families, board_type)
-        except BoardError as error:
-            raise ApiError(422, str(error)) from None
-        descriptor = image.find_descriptor(parsed.to_binary()[1])
-        commit = request.query_params.get("commit")
-        job = FlashJob(bytes(body), parsed.families, descriptor["version"] if descriptor else None, commit)
+        job = await asyncio.to_thread(_read_image, bytes(body), board_type)
+        job.commit = request.query_params.get("commit")
         await manager.request_flash(board, job)
         return JSONResponse({"queued": True, "device": board.serial, "bytes": len(body)}, status_code=202)
 

@@ -3,23 +3,35 @@
 The recipe is the classic one: write the new bytes to a temporary file in the same directory,
 ``fsync`` it, ``os.replace`` it over the target (atomic on POSIX file systems) and ``fsync`` the
 directory so that the rename itself survives a power cut. A process killed at any point leaves
-the old file (or, after the rename, the new one) plus at most a stale temporary file, whose name
-starts with ``.<name>.`` and ends with ``.tmp`` so that the owner of the file can clean it up
+the old file (or, after the rename, the new one) plus at most stale temporary files, whose names
+start with ``.<name>.`` and end with ``.tmp`` so that the owner of the file can clean them up
 (see :func:`stale_temp_files`).
+
+Second names for a file (the ``.bak`` backup, see :func:`link_or_copy`) are hard links, so no data
+is copied; on a file system without hard links (vfat, exfat) they are atomic copies instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
 import secrets
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "fsync_directory", "stale_temp_files"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "fsync_directory", "link_or_copy", "stale_temp_files"]
+
+log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".tmp"
 BACKUP_SUFFIX = ".bak"
+
+# os.link errors meaning "no hard links here" (vfat, exfat, some network file systems, or a
+# protected_hardlinks refusal), rather than a problem a copy would not have.
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV})
+_reported_no_hard_links = False  # the INFO message is logged once per process
 
 
 def _temp_path(path: Path, tag: str = "") -> Path:
@@ -55,30 +67,74 @@ def _unlink_quietly(path: Path) -> None:
         os.unlink(path)
 
 
+def _write_new_file(path: Path, data: bytes) -> None:
+    """Create ``path`` (it must not exist) holding ``data``, ``fsync``-ed; no cleanup on failure."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Give the file ``src`` the second name ``dst``, which must not exist yet.
+
+    A hard link (no data copied) where the file system has them. Where ``os.link`` fails with
+    EPERM, EOPNOTSUPP/ENOTSUP or EXDEV (vfat, exfat ...), the bytes are copied instead, still
+    atomically: to a temporary file next to ``src``, ``fsync``, then renamed to ``dst``, so ``dst``
+    is never partial (the absence of ``dst`` is checked just before: only the single owner of these
+    names may create them). The first fallback is logged at INFO. Raises ``FileNotFoundError`` if
+    ``src`` does not exist and ``FileExistsError`` if ``dst`` does, like ``os.link``. The directory
+    is not ``fsync``-ed.
+    """
+    global _reported_no_hard_links
+    src, dst = Path(src), Path(dst)
+    try:
+        os.link(src, dst)
+        return
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        if not _reported_no_hard_links:
+            _reported_no_hard_links = True
+            log.info(
+                "the file system of %s has no hard links (%s); copying files instead of linking them",
+                dst.parent,
+                exc.strerror or exc,
+            )
+    data = src.read_bytes()
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    temp = _temp_path(src, "copy")
+    try:
+        _write_new_file(temp, data)
+        os.replace(temp, dst)
+    except BaseException:
+        _unlink_quietly(temp)
+        raise
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, keep_backup: bool = False) -> None:
     """Replace the content of ``path`` with ``data`` atomically and durably.
 
-    With ``keep_backup`` the current file (if any) is kept as ``<name>.bak`` by a hard link, so no
-    data is copied. On failure the temporary file is removed and the exception re-raised; the old
-    file is untouched unless the failure is the final directory ``fsync`` (the rename is then done
-    but possibly not yet durable).
+    With ``keep_backup`` the current file (if any) is kept as ``<name>.bak``, by a hard link (no
+    data copied) or, on a file system without hard links, an atomic copy (see :func:`link_or_copy`).
+    On failure the temporary files are removed and the exception re-raised; the old file is
+    untouched unless the failure is the final directory ``fsync`` (the rename is then done but
+    possibly not yet durable).
     """
     path = Path(path)
     temp = _temp_path(path)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_new_file(temp, data)
         if keep_backup:
             link = _temp_path(path, "bak")
             try:
-                os.link(path, link)
+                link_or_copy(path, link)
             except FileNotFoundError:
                 pass  # no current file, nothing to keep
             else:

@@ -10,7 +10,6 @@ gateway's pause — and wakes the task.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import serial
 
-from .device import Status, public_form
+from .device import LIVE_FIELDS, Status, public_form
 from .models import APPLICATION, BOOTLOADER, BoardError, BoardIdentity, BoardRef, Sighting
 
 if TYPE_CHECKING:
@@ -29,6 +28,7 @@ log = logging.getLogger("picofleet.board")
 BLINK_SECONDS = 3.0
 RESTART_TIMEOUT = 10.0
 REOPEN_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
+FAILURE_RETRY = 5.0
 
 
 @dataclass
@@ -50,17 +50,19 @@ class Board:
         self.provisioned = provisioned
         self.sightings: dict[str, Sighting] = {}
         self.port: serial.Serial | None = None
-        self.port_key: str | None = None
-        self.busy = False
+        self.port_sighting: Sighting | None = None  # the node the open port belongs to
+        self.busy = False  # in the middle of a flash or restart
+        self.hooks_running = 0
+        self.broken = False  # stays Broken until replugged or asked to do something new
         self.wake = asyncio.Event()
         self.presence = asyncio.Event()  # set on every change of sightings; only the task waits on it
+        self.update_lock = asyncio.Lock()
         self.pending_flash: FlashJob | None = None
         self.pending_blink = False
         self.delete_requested = False
         self.forgotten = False
         self.open_failures = 0
         self.task: asyncio.Task[None] | None = None
-        self.log = logging.LoggerAdapter(log, {})
 
     # -- identity -------------------------------------------------------------------------
     @property
@@ -92,8 +94,8 @@ class Board:
 
     @property
     def holding(self) -> bool:
-        """Whether the board task holds the board's port or is in the middle of an operation."""
-        return self.port is not None or self.busy
+        """Whether the task holds the board's port, runs one of its hooks or is mid-operation."""
+        return self.port is not None or self.busy or self.hooks_running > 0
 
     # -- what discovery tells us ------------------------------------------------------------
     def seen(self, sighting: Sighting) -> None:
@@ -130,23 +132,29 @@ class Board:
 
     # -- changing the record ----------------------------------------------------------------
     async def update(self, **fields: Any) -> None:
-        """Change record fields; stored fields are on disk before anyone can read them."""
-        changed = {key: value for key, value in fields.items() if self.record.get(key) != value}
-        if not changed:
-            return
-        if "Status" in changed and changed["Status"] != Status.BROKEN.value and "StatusReason" not in fields:
-            changed["StatusReason"] = None
-        new_record = {**self.record, **changed}
-        if self.provisioned and any(key not in ("Port", "Progress") for key in changed):
-            await self.manager.persist(new_record)
-        self.record = new_record
+        """Change record fields; stored fields are on disk before anyone can read them.
+
+        Updates of one board are serialised, so concurrent ones (the API and the board task)
+        never undo each other; a forgotten board is not written back.
+        """
+        async with self.update_lock:
+            if self.forgotten:
+                return
+            changed = {key: value for key, value in fields.items() if self.record.get(key) != value}
+            if not changed:
+                return
+            if (
+                "Status" in changed
+                and changed["Status"] != Status.BROKEN.value
+                and "StatusReason" not in fields
+            ):
+                changed["StatusReason"] = None
+            if self.provisioned and not changed.keys() <= LIVE_FIELDS:
+                await self.manager.persist({**self.record, **changed})
+            self.record = {**self.record, **changed}
         if "Status" in changed:
-            self.log.info(
-                "%s: %s%s",
-                self.label,
-                changed["Status"],
-                f" ({new_record['StatusReason']})" if new_record.get("StatusReason") else "",
-            )
+            reason = self.record.get("StatusReason")
+            log.info("%s: %s%s", self.label, changed["Status"], f" ({reason})" if reason else "")
 
     def set_progress(self, done: int, total: int) -> None:
         """Live flash progress (not stored); safe to call on the event loop only."""
@@ -160,28 +168,41 @@ class Board:
                 self.wake.clear()
                 try:
                     await self.reconcile()
-                except BoardError as error:
-                    await self.update(Status=Status.BROKEN.value, StatusReason=str(error))
-                except Exception as error:  # a bug must not silently end the board's task
-                    self.log.exception("%s: internal error", self.label)
-                    with contextlib.suppress(Exception):
-                        await self.update(Status=Status.BROKEN.value, StatusReason=f"internal error: {error}")
-                    self.manager.wake_later(self, REOPEN_BACKOFF[-1])
+                except Exception as error:  # BoardError, or a bug: neither may end the board's task
+                    await self.failed(error)
                 if not self.forgotten:
                     await self.wake.wait()
         finally:
             await self.close_port()
+
+    async def failed(self, error: Exception) -> None:
+        """An operation failed: release the port, show Broken with the reason, never raise."""
+        if isinstance(error, BoardError):
+            reason = str(error)
+        else:
+            log.exception("%s: internal error", self.label)
+            reason = f"internal error: {type(error).__name__}: {error}"
+            self.manager.wake_later(self, FAILURE_RETRY)
+        self.broken = True
+        try:
+            await self.close_port()
+            await self.update(Status=Status.BROKEN.value, StatusReason=reason, Progress=None)
+        except Exception:
+            log.exception("%s: could not record the failure (%s)", self.label, reason)
+            self.manager.wake_later(self, FAILURE_RETRY)
 
     async def reconcile(self) -> None:
         """Bring the board one step closer to what it should be (docs/states.md)."""
         if self.delete_requested:
             await self.close_port()
             await self.manager.forget(self)
-            self.forgotten = True
             return
         app = self.sightings.get(APPLICATION)
         bootloader = self.sightings.get(BOOTLOADER)
+        if app is None:
+            self.pending_blink = False  # only a running firmware blinks; the request is stale
         if app is None and bootloader is None:
+            self.broken = False  # unplugged: whatever was wrong, it starts afresh when plugged back
             await self.close_port()
             await self.update(Status=Status.OFFLINE.value, Port=None, Progress=None)
             return
@@ -189,24 +210,24 @@ class Board:
             await self.close_port()
             await self.present_while_paused(bootloader=app is None)
             return
+        if self.pending_flash is not None:
+            await self.flash()
+            return
+        if self.broken:
+            return  # Broken until it is replugged or asked to flash or restart
         if app is None:
             await self.close_port()
-            if self.pending_flash is not None:
-                await self.flash()
-                return
             await self.update(
                 Status=Status.BOOTLOADER.value,
                 Port=None,
                 StatusReason="in its UF2 bootloader, waiting for firmware",
             )
             return
-        if self.port is not None and self.port_key != app.key:
+        if self.port is not None and self.port_sighting is not app:
             await self.close_port()  # the board re-enumerated under a new node
         if self.port is None and not await self.open_and_identify(app):
             return
-        if self.pending_flash is not None:
-            await self.flash()
-        elif self.record.get("RestartFlag"):
+        if self.record.get("RestartFlag"):
             await self.restart()
         elif self.pending_blink:
             await self.blink()
@@ -225,8 +246,12 @@ class Board:
             await self.update(Status=status.value, StatusReason="the gateway is paused")
 
     async def call(self, hook: str, **kwargs: Any) -> Any:
-        """Call a blocking plugin hook in a worker thread; plugin crashes become BoardErrors."""
-        return await self.manager.call_hook(hook, **kwargs)
+        """Call a blocking plugin hook in a worker thread (counted: a running hook holds the board)."""
+        self.hooks_running += 1
+        try:
+            return await self.manager.call_hook(hook, **kwargs)
+        finally:
+            self.hooks_running -= 1
 
     async def open_and_identify(self, app: Sighting) -> bool:
         """Open the application port, ask the firmware who it is, and provision a new board."""
@@ -242,9 +267,16 @@ class Board:
             self.manager.wake_later(self, delay)
             return False
         self.open_failures = 0
-        self.port, self.port_key = port, app.key
-        identity: BoardIdentity | None = await self.call("picofleet_identify", board=ref, port=port)
-        board_type = self.record["BoardType"]
+        self.port, self.port_sighting = port, app
+        identity: BoardIdentity | None = None
+        try:
+            identity = await self.call("picofleet_identify", board=ref, port=port)
+        except BoardError as error:
+            log.warning("%s: identify failed: %s", self.label, error)
+        if identity is not None and not isinstance(identity, BoardIdentity):
+            log.warning("%s: a plugin's identify returned %r, not a BoardIdentity", self.label, identity)
+            identity = None
+        board_type = str(self.record["BoardType"])
         if identity is not None and identity.board_type in self.manager.board_types:
             board_type = identity.board_type
         version = f"{identity.firmware} {identity.version}" if identity else None
@@ -254,13 +286,15 @@ class Board:
         return True
 
     async def close_port(self) -> None:
-        """Close the port if the gateway holds it (never raises)."""
-        port, self.port, self.port_key = self.port, None, None
+        """Close the port if the gateway holds it; it counts as held until the close returned."""
+        port = self.port
         if port is not None:
             try:
-                await self.call("picofleet_close_port", board=self.ref(), port=port)
+                await self.call("picofleet_close_port", board=self.ref(self.port_sighting), port=port)
             except BoardError as error:
-                self.log.warning("%s: closing its port failed: %s", self.label, error)
+                log.warning("%s: closing its port failed: %s", self.label, error)
+            finally:
+                self.port, self.port_sighting = None, None
         if self.record.get("Port") is not None:
             await self.update(Port=None)
 
@@ -280,7 +314,7 @@ class Board:
                 )
                 return
             came_back = await self.wait_for(
-                lambda: (s := self.sightings.get(APPLICATION)) is not None and s.key != app.key,
+                lambda: (now := self.sightings.get(APPLICATION)) is not None and now is not app,
                 RESTART_TIMEOUT,
             )
             await self.update(RestartFlag=False)
@@ -294,18 +328,20 @@ class Board:
         self.pending_blink = False
         done = await self.call("picofleet_blink", board=self.ref(), port=self.port, seconds=BLINK_SECONDS)
         if done is None:
-            self.log.warning("%s: its firmware cannot blink", self.label)
+            log.warning("%s: its firmware cannot blink", self.label)
 
     async def flash(self) -> None:
-        """Flash the pending image (gateway/flashing.py), then clear it whatever happened."""
+        """Flash the pending image (gateway/flashing.py); a job queued meanwhile stays pending."""
         from .flashing import flash_board
 
         job = self.pending_flash
         assert job is not None
         self.busy = True
+        self.broken = False
         try:
             await flash_board(self, job)
         finally:
-            self.pending_flash = None
+            if self.pending_flash is job:
+                self.pending_flash = None
             self.busy = False
             self.record = {**self.record, "Progress": None}

@@ -16,7 +16,7 @@ import time
 
 import serial
 
-from ..firmware.client import FirmwareClient, FirmwareError
+from ..firmware.client import FirmwareClient, FirmwareError, NoAnswer, PortLost
 from .hookspecs import hookimpl
 from .models import BoardError, BoardIdentity, BoardRef, ProgressCallback
 
@@ -65,74 +65,58 @@ def picofleet_identify(board: BoardRef, port: serial.Serial) -> BoardIdentity | 
     """Ask picofleet firmware (``identify``); ``None`` when the firmware does not speak it."""
     try:
         answer = _client(board, port).identify(timeout=IDENTIFY_TIMEOUT)
-    except (FirmwareError, serial.SerialException, OSError) as error:
+    except PortLost:
+        raise
+    except FirmwareError as error:
         log.debug("%s: no picofleet firmware answered identify: %s", board.serial, error)
         return None
     return BoardIdentity(
-        board_type=str(answer.get("board", board.board_type)),
-        serial=str(answer.get("serial", board.serial)),
-        firmware=str(answer.get("firmware", "unknown")),
-        version=str(answer.get("version", "unknown")),
+        board_type=str(answer["board"]),
+        serial=str(answer["serial"]),
+        firmware=str(answer["firmware"]),
+        version=str(answer["version"]),
     )
 
 
 def touch_1200(port: serial.Serial) -> None:
     """The 1200-baud touch: set the line coding to 1200 baud and drop DTR, as arduino-cli does."""
-    port.baudrate = 1200
-    port.dtr = False
-    time.sleep(TOUCH_HOLD)  # the firmware reacts to the line coding; give it a moment before close
+    try:
+        port.baudrate = 1200
+        port.dtr = False
+        time.sleep(TOUCH_HOLD)  # the firmware reacts to the line coding; give it a moment before close
+    except (serial.SerialException, OSError) as error:
+        raise BoardError(f"1200-baud touch failed: {error}") from None
 
 
 @hookimpl(trylast=True)
-def picofleet_enter_bootloader(board: BoardRef, port: serial.Serial | None) -> bool | None:
-    """Send picofleet's ``bootloader`` command; if the firmware does not answer, do the 1200-baud touch."""
-    if port is None:
-        if board.port is None:
-            return None
-        try:
-            port = serial.Serial(board.port, 1200)
-        except (serial.SerialException, OSError) as error:
-            raise BoardError(f"cannot open {board.port} for the 1200-baud touch: {error}") from None
-        try:
-            touch_1200(port)
-        finally:
-            port.close()
-        return True
+def picofleet_enter_bootloader(board: BoardRef, port: serial.Serial) -> bool | None:
+    """Send picofleet's ``bootloader`` command; when no picofleet firmware answers, do the 1200-baud touch."""
     try:
         _client(board, port).request("bootloader", timeout=IDENTIFY_TIMEOUT)
         return True
-    except FirmwareError:
-        pass
-    except (serial.SerialException, OSError) as error:
-        raise BoardError(f"lost the serial port while asking for the bootloader: {error}") from None
-    try:
-        touch_1200(port)
-    except (serial.SerialException, OSError) as error:
-        raise BoardError(f"1200-baud touch failed: {error}") from None
+    except NoAnswer:
+        pass  # another firmware: pico-sdk and pico-ice-sdk stdio reboot to BOOTSEL on the touch
+    touch_1200(port)
     return True
 
 
 @hookimpl(trylast=True)
 def picofleet_restart(board: BoardRef, port: serial.Serial) -> bool | None:
-    """Send picofleet's ``reboot`` command; ``None`` if the firmware does not speak the protocol."""
+    """Send picofleet's ``reboot`` command; ``None`` if no picofleet firmware answers."""
     try:
         _client(board, port).request("reboot", timeout=IDENTIFY_TIMEOUT)
-    except FirmwareError:
+    except NoAnswer:
         return None
-    except (serial.SerialException, OSError) as error:
-        raise BoardError(f"lost the serial port while asking for a reboot: {error}") from None
     return True
 
 
 @hookimpl(trylast=True)
 def picofleet_blink(board: BoardRef, port: serial.Serial, seconds: float) -> bool | None:
-    """Send picofleet's ``blink`` command; ``None`` if the firmware does not speak the protocol."""
+    """Send picofleet's ``blink`` command; ``None`` if no picofleet firmware answers."""
     try:
         _client(board, port).request("blink", timeout=IDENTIFY_TIMEOUT, seconds=seconds)
-    except FirmwareError:
+    except NoAnswer:
         return None
-    except (serial.SerialException, OSError) as error:
-        raise BoardError(f"lost the serial port while asking for a blink: {error}") from None
     return True
 
 

@@ -17,6 +17,7 @@ from .models import BoardType, DeviceEvent, DiscoverySource, Sighting, UsbDevice
 log = logging.getLogger("picofleet.discovery")
 
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+HEALTHY_RUN = 60.0
 
 
 def classify(device: UsbDevice, board_types: Mapping[str, BoardType]) -> Sighting | None:
@@ -90,6 +91,7 @@ class Discovery:
             def emit(event: DeviceEvent, present: set[str] = present) -> None:
                 self._handle(event, present)
 
+            started = asyncio.get_running_loop().time()
             try:
                 await source.run(emit)
                 log.warning("discovery source %s stopped; restarting it", source.name)
@@ -99,6 +101,8 @@ class Discovery:
                 log.error("discovery source %s failed (%s); restarting it", source.name, error)
             for key in present:
                 self.on_gone(key)
+            if asyncio.get_running_loop().time() - started > HEALTHY_RUN:
+                failures = 0  # it ran well for a while: start the back-off afresh
             delay = RESTART_BACKOFF[min(failures, len(RESTART_BACKOFF) - 1)]
             failures += 1
             await asyncio.sleep(delay)

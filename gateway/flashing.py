@@ -93,7 +93,7 @@ async def _flash_once(board: Board, job: FlashJob) -> None:
             raise BoardError(f"did not enter its UF2 bootloader within {BOOTLOADER_TIMEOUT:g} s")
 
     bootloader = board.sightings[BOOTLOADER]
-    check_bootloader_info(bootloader.devname, board_type)
+    await asyncio.to_thread(check_bootloader_info, bootloader.devname, board_type)  # a USB drive can stall
     await board.update(Status=Status.FLASHING.value)
     loop = asyncio.get_running_loop()
 

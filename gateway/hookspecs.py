@@ -100,13 +100,13 @@ def picofleet_identify(board: BoardRef, port: serial.Serial) -> BoardIdentity | 
 
 
 @hookspec(firstresult=True)
-def picofleet_enter_bootloader(board: BoardRef, port: serial.Serial | None) -> bool | None:
+def picofleet_enter_bootloader(board: BoardRef, port: serial.Serial) -> bool | None:
     """Make a board running application firmware reboot into its UF2 bootloader.
 
-    Called before a flash. ``port`` is open unless the board's port could not be opened.
-    Return ``True`` once the request was sent (the gateway then waits for the bootloader drive
-    to appear on the same USB port path), or ``None`` to let the next plugin try (the built-in
-    default is the 1200-baud touch). Must return within 5 s.
+    Called before a flash, with the board's open port. Return ``True`` once the request was
+    sent (the gateway then waits for a bootloader drive with the same serial), or ``None`` to
+    let the next plugin try (the built-in default sends picofleet's ``bootloader`` command, and
+    does the 1200-baud touch when no picofleet firmware answers). Must return within 5 s.
     """
 
 

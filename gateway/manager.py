@@ -25,6 +25,19 @@ from .store import Store
 
 log = logging.getLogger("picofleet.manager")
 
+HOOK_TIMEOUTS = {
+    "picofleet_open_port": 5.0,
+    "picofleet_close_port": 5.0,
+    "picofleet_identify": 5.0,
+    "picofleet_enter_bootloader": 10.0,
+    "picofleet_write_uf2": 30.0,  # plus the image's size at MIN_WRITE_RATE
+    "picofleet_restart": 10.0,
+    "picofleet_blink": 5.0,
+}
+"""Time limits of the board hooks: twice what the contract asks of a plugin, for slow boards."""
+MIN_WRITE_RATE = 50_000
+"""Bytes per second a bootloader drive is allowed to be as slow as (USB full speed is ~1 MB/s)."""
+
 RUNNING = "Running"
 PAUSED = "Paused"
 TARGET_STATUS_KEY = "targetStatus"
@@ -44,6 +57,7 @@ class DeviceManager:
         self._keys: dict[str, str] = {}  # sighting key -> serial
         self._executor = ThreadPoolExecutor(max_workers=128, thread_name_prefix="board-io")
         self._timers: set[asyncio.TimerHandle] = set()
+        self._names: set[str] = set()  # names of provisioned boards (and those being provisioned)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -52,6 +66,7 @@ class DeviceManager:
         for stored in await self.store.all(DEVICES):
             record = loaded_form(stored)
             if record["LocalUUID"]:
+                self._names.add(record["Name"])
                 board = Board(self, record, provisioned=True)
                 board.delete_requested = bool(record["DeleteFlag"])  # acknowledged before a crash
                 self._add_board(board)
@@ -96,10 +111,14 @@ class DeviceManager:
 
     async def provision(self, board: Board, board_type: str) -> None:
         """Give a new board its stable identity and store it; from now on it is listed."""
-        taken = {other.record.get("Name") for other in self.boards.values() if other.provisioned}
         record = {**board.record, "BoardType": board_type}
-        record["Name"] = board_name(record["ResinUUID"], taken)
-        await self.persist(record)
+        record["Name"] = board_name(record["ResinUUID"], self._names)
+        self._names.add(record["Name"])  # reserved before the write: boards provisioned together differ
+        try:
+            await self.persist(record)
+        except BaseException:
+            self._names.discard(record["Name"])
+            raise
         board.record, board.provisioned = record, True
         log.info(
             "provisioned %s %s as %s (%s)", board_type, board.serial, record["Name"], record["ResinUUID"]
@@ -107,7 +126,10 @@ class DeviceManager:
 
     async def forget(self, board: Board) -> None:
         """Delete a board's record (ENM DELETE hook); if it is still plugged in it starts anew."""
-        await self.store.remove(DEVICES, "LocalUUID", board.serial)
+        async with board.update_lock:  # no update of the board in flight can write it back
+            await self.store.remove(DEVICES, "LocalUUID", board.serial)
+            board.forgotten = True
+        self._names.discard(board.record.get("Name"))
         self.boards.pop(board.serial, None)
         log.info("deleted %s", board.label)
         if board.sightings:
@@ -132,13 +154,21 @@ class DeviceManager:
 
     # -- hooks --------------------------------------------------------------------------------
     async def call_hook(self, name: str, **kwargs: Any) -> Any:
-        """Run a (blocking) plugin hook in the board I/O thread pool."""
+        """Run a (blocking) plugin hook in the board I/O thread pool, within its time limit.
+
+        A hook past its limit is reported as a BoardError; its thread cannot be stopped and is
+        left to finish on its own, the board is not waited for.
+        """
         hook = getattr(self.plugins.hook, name)
+        limit = HOOK_TIMEOUTS[name] + len(kwargs.get("uf2", b"")) / MIN_WRITE_RATE
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, functools.partial(hook, **kwargs))
+            async with asyncio.timeout(limit):
+                return await loop.run_in_executor(self._executor, functools.partial(hook, **kwargs))
         except BoardError:
             raise
+        except TimeoutError:
+            raise BoardError(f"{name} did not return within {limit:g} s") from None
         except Exception as error:
             log.exception("hook %s raised", name)
             raise BoardError(f"{name} failed in a plugin: {type(error).__name__}: {error}") from None
@@ -187,6 +217,7 @@ class DeviceManager:
     async def request_restart(self, board: Board) -> None:
         """Set the restart flag (stored); the board task restarts the board when it can."""
         await board.update(RestartFlag=True)
+        board.broken = False  # a new request: try again
         board.wake.set()
 
     async def request_delete(self, board: Board) -> None:

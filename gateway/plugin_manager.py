@@ -13,12 +13,16 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from .. import __version__
 from . import core_hooks, hookspecs
-from .models import BoardType
+from .models import BoardType, DiscoverySource
+
+if TYPE_CHECKING:
+    from .config import GatewayConfig
 
 log = logging.getLogger("picofleet.plugins")
 
@@ -59,6 +63,25 @@ class Plugins:
         self.hook = manager.hook
         self.infos = infos
         self.board_types = board_types
+
+    def discovery_sources(self, config: GatewayConfig) -> list[DiscoverySource]:
+        """Every plugin's discovery sources; a plugin whose hook fails is logged and left out."""
+        sources: list[DiscoverySource] = []
+        for impl in self.hook.picofleet_discovery_sources.get_hookimpls():
+            try:
+                provided = impl.function(config=config) or []
+                if not all(callable(getattr(source, "run", None)) for source in provided):
+                    raise TypeError("picofleet_discovery_sources must return objects with run(emit)")
+            except Exception as error:
+                reason = f"{type(error).__name__}: {error}"
+                log.error(
+                    "plugin %s: picofleet_discovery_sources failed (%s); its sources are left out",
+                    impl.plugin_name,
+                    reason,
+                )
+                continue
+            sources.extend(provided)
+        return sources
 
 
 def _hooks_of(manager: pluggy.PluginManager, plugin: object) -> list[str]:
@@ -105,7 +128,15 @@ def load_plugins(disabled: Iterable[str] = (), extra: Iterable[tuple[str, object
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
     manager.register(core_hooks, name=CORE_PLUGIN)
-    infos: list[PluginInfo] = []
+    infos = [
+        PluginInfo(
+            name=CORE_PLUGIN,
+            version=__version__,
+            status="loaded",
+            module=core_hooks.__name__,
+            hooks=_hooks_of(manager, core_hooks),
+        )
+    ]
     board_types: dict[str, BoardType] = {}
 
     candidates: list[tuple[str, str, str, Any]] = []

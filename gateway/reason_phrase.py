@@ -7,6 +7,7 @@ with ENM's README; :func:`install` makes h11 fill in the standard phrase when no
 
 from __future__ import annotations
 
+import inspect
 from http import HTTPStatus
 from typing import Any
 
@@ -18,9 +19,9 @@ _installed = False
 def install() -> None:
     """Make ``h11.Response`` default its reason to the standard phrase of its status code."""
     global _installed
-    if _installed:
-        return
     original = h11.Response.__init__
+    if _installed or "reason" not in inspect.signature(original).parameters:
+        return  # already done, or an h11 whose Response changed: leave it alone
 
     def init_with_reason(self: h11.Response, *args: Any, reason: bytes | str = b"", **kwargs: Any) -> None:
         if not reason:

@@ -80,9 +80,7 @@ async def run_gateway(config: GatewayConfig) -> None:
         raise ConfigError(str(error)) from None
     manager = DeviceManager(config, store, plugins)
     await manager.start()
-    sources = [
-        source for group in plugins.hook.picofleet_discovery_sources(config=config) for source in group
-    ]
+    sources = plugins.discovery_sources(config)
     if any(count for count, _ in config.simulate) and not any(source.name == "virtual" for source in sources):
         log.warning("--simulate was given but no plugin provides virtual boards (is 'virtual' disabled?)")
     discovery = Discovery(sources, plugins.board_types, manager.on_present, manager.on_gone)

@@ -4,15 +4,18 @@ Durability contract: :meth:`Store.transact` returns only once what the job chang
 (temporary file, ``fsync``, ``os.replace``, ``fsync`` of the directory, see
 :mod:`picofleet.gateway.atomic`), and :meth:`Store.read` never reports a change that is not. A
 gateway killed at any point (``kill -9``, power cut) restarts with every acknowledged write. The
-previous version of the file is kept as ``<file>.bak`` (a hard link, no copy): it is one write
-behind, and only used if the main file was damaged by something else than our writes.
+previous version of the file is kept as ``<file>.bak`` (a hard link, no copy, or an atomic copy
+on a file system without hard links): it is one write behind, and only used if the main file was
+damaged or removed by something else than our writes.
 
-Recovery at open: a missing file is an empty database. A file that is not a JSON object of tables
-(torn, truncated, zero bytes, garbage) is logged as a WARNING and replaced by its backup when the
-backup is good (the damaged file is kept as ``<file>.corrupt-<UTC time>``); when both are
-unreadable the file is moved aside to ``<file>.corrupt-<UTC time>`` (never deleted), an ERROR
-says where, and the gateway starts empty. Temporary files left by a killed writer are removed.
-An operating-system error (for example EACCES) is raised as such.
+Recovery at open: a missing file without a backup is a new, empty database. A file that is
+missing while its backup exists (deleted by mistake, or a crash on a file system that left only
+the backup), or that is not a JSON object of tables (torn, truncated, zero bytes, garbage), is
+logged as a WARNING and rewritten from its backup when the backup is good (a damaged file is kept
+as ``<file>.corrupt-<UTC time>``); when the backup is unreadable too, both are moved aside to
+``<name>.corrupt-<UTC time>`` (never deleted), an ERROR says where, and the gateway starts empty.
+Temporary files left by a killed writer are removed. An operating-system error (for example
+EACCES) is raised as such.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any, TypeVar
 
 from tinydb.storages import Storage
 
-from .atomic import BACKUP_SUFFIX, atomic_write_bytes, fsync_directory, stale_temp_files
+from .atomic import BACKUP_SUFFIX, atomic_write_bytes, fsync_directory, link_or_copy, stale_temp_files
 
 __all__ = ["AtomicJSONStorage", "Tables"]
 
@@ -233,66 +236,66 @@ class AtomicJSONStorage(Storage):
 
     def _recover(self) -> tuple[Tables | None, bytes | None]:
         """Read the database file, falling back to the backup; returns the data and its bytes."""
+        raw: bytes | None
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            if self.backup_path.exists():
+            raw, reason = None, "it does not exist"
+        else:
+            try:
+                return _decode(raw), raw
+            except _Unreadable as exc:
+                reason = f"it is unreadable: {exc}"
+        try:
+            backup_raw: bytes | None = self.backup_path.read_bytes()
+        except FileNotFoundError:
+            backup_raw = None
+        if raw is None and backup_raw is None:
+            return None, None  # a new database
+        log.warning("database file %s: %s; trying its backup %s", self.path, reason, self.backup_path)
+
+        if backup_raw is None:
+            backup_reason = "it does not exist"
+        else:
+            try:
+                data = _decode(backup_raw)
+            except _Unreadable as exc:
+                backup_reason = str(exc)
+            else:
+                kept = _set_aside(self.path, move=False) if raw is not None else None
+                # No keep_backup: the backup already holds these bytes, and it must not become the torn file.
+                atomic_write_bytes(self.path, backup_raw)
                 log.warning(
-                    "database file %s does not exist but its backup %s does; starting with an empty "
-                    "database (the backup is left in place until the second write)",
+                    "recovered %s from the backup %s (the previous good copy, %d bytes, tables: %s)%s",
                     self.path,
                     self.backup_path,
+                    len(backup_raw),
+                    ", ".join(sorted(data)) or "none",
+                    f"; the unreadable file is kept as {kept}" if kept else "",
                 )
-            return None, None
-        try:
-            return _decode(raw), raw
-        except _Unreadable as exc:
-            reason = str(exc)
-        log.warning(
-            "database file %s is unreadable: %s; trying its backup %s", self.path, reason, self.backup_path
-        )
+                return data, backup_raw
 
-        backup_reason = ""
-        try:
-            backup_raw = self.backup_path.read_bytes()
-            data = _decode(backup_raw)
-        except FileNotFoundError:
-            backup_reason = "it does not exist"
-        except _Unreadable as exc:
-            backup_reason = str(exc)
-        else:
-            kept = _set_aside(self.path, move=False)
-            # No keep_backup: the backup already holds these bytes, and it must not become the torn file.
-            atomic_write_bytes(self.path, backup_raw)
-            log.warning(
-                "recovered %s from the backup %s (the previous good copy, %d bytes, tables: %s); "
-                "the unreadable file is kept as %s",
-                self.path,
-                self.backup_path,
-                len(backup_raw),
-                ", ".join(sorted(data)) or "none",
-                kept,
-            )
-            return data, backup_raw
-
-        moved = _set_aside(self.path, move=True)
-        moved_backup = _set_aside(self.backup_path, move=True) if self.backup_path.exists() else None
+        moved = _set_aside(self.path, move=True) if raw is not None else None
+        moved_backup = _set_aside(self.backup_path, move=True) if backup_raw is not None else None
         fsync_directory(self.path.parent)
         log.error(
-            "database file %s is unreadable (%s) and so is its backup %s (%s); moved the unreadable "
-            "file to %s%s and starting with an EMPTY database",
+            "database file %s: %s, and its backup %s cannot replace it (%s); moved %s and starting "
+            "with an EMPTY database",
             self.path,
             reason,
             self.backup_path,
             backup_reason,
-            moved,
-            f" and the backup to {moved_backup}" if moved_backup else "",
+            " and ".join(
+                f"{what} to {where}"
+                for what, where in (("the file", moved), ("the backup", moved_backup))
+                if where
+            ),
         )
         return None, None
 
 
 def _set_aside(path: Path, *, move: bool) -> Path:
-    """Give ``path`` the new name ``<name>.corrupt-<UTC time>`` (a hard link: no copy, no overwrite).
+    """Give ``path`` the new name ``<name>.corrupt-<UTC time>`` (:func:`.link_or_copy`: no overwrite).
 
     With ``move`` the old name is removed, otherwise the file keeps both names.
     """
@@ -300,7 +303,7 @@ def _set_aside(path: Path, *, move: bool) -> Path:
     for attempt in range(1000):
         target = path.with_name(f"{path.name}.corrupt-{stamp}" + (f"-{attempt}" if attempt else ""))
         try:
-            os.link(path, target)
+            link_or_copy(path, target)
             break
         except FileExistsError:
             continue

@@ -168,15 +168,20 @@ class Store:
         if self._close_future is None:
             if self._state == "opening":
                 raise StoreClosedError("close() while open() is still running")
-            if self._thread is None or not self._thread.is_alive():  # the writer failed (see _writer)
-                self._state = "closed"
+            if self._failure is not None or self._thread is None or not self._thread.is_alive():
+                self._state = "closed"  # the writer failed (see _writer)
                 return
             self._state = "closing"
             loop = asyncio.get_running_loop()
             self._close_future = loop.create_future()
             self._queue.put(_Job(_CLOSE, None, loop, self._close_future))
+            if self._failure is not None:  # failed meanwhile: see _submit
+                self._fail_queued()
         try:
             await asyncio.shield(self._close_future)
+        except StoreClosedError:
+            if self._failure is None:
+                raise  # pragma: no cover - only a failed writer fails the close job
         finally:
             if self._close_future.done():
                 self._state = "closed"
@@ -206,11 +211,26 @@ class Store:
         if self._state != "open":
             raise StoreClosedError(f"the store of {self.path} is {self._state}, not open")
         if self._failure is not None:
-            raise StoreClosedError(f"the writer thread of {self.path} failed") from self._failure
+            raise self._failed_error()
         loop = asyncio.get_running_loop()
         job = _Job(_CALL, fn, loop, loop.create_future(), undo)
         self._queue.put(job)
+        if self._failure is not None:
+            # The writer failed meanwhile and may have drained the queue before our put: fail what
+            # is left (a job the writer settled already ignores this).
+            self._fail_queued()
         return await job.future
+
+    def _failed_error(self) -> StoreClosedError:
+        error = StoreClosedError(f"the writer thread of {self.path} failed: {self._failure!r}")
+        error.__cause__ = self._failure
+        return error
+
+    def _fail_queued(self) -> None:
+        """Fail every job still queued (after the writer thread failed; any thread)."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                _settle(self._queue.get_nowait(), error=self._failed_error())
 
     # -- convenience -------------------------------------------------------------------------------
 
@@ -295,13 +315,11 @@ class Store:
                     return
         except BaseException as exc:  # a bug: fail loudly rather than leave callers waiting forever
             log.exception("the writer thread of %s failed", self.path)
-            self._failure = exc
+            self._failure = exc  # first: _submit and close check it after queueing (see there)
             self._release()
             for job in batch:
-                _settle(job, error=StoreClosedError(f"the writer thread of {self.path} failed"))
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    _settle(self._queue.get_nowait(), error=StoreClosedError("the writer thread failed"))
+                _settle(job, error=self._failed_error())
+            self._fail_queued()
 
     def _open_in_thread(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -62,9 +62,11 @@ def test_readme_status_round_trip(gateway: GatewayProcess) -> None:
     assert response.status_code == 200
     assert gateway.get("/v1/enm/status").json()["targetStatus"] == "Paused"
     wait_for(lambda: gateway.get("/v1/enm/status").json()["currentStatus"] == "Paused", 5, "Paused")
+    assert gateway.open_ports() == []
     response = gateway.put("/v1/enm/status", content='{"targetStatus":"Running"}', headers=JSON)
     assert response.status_code == 200
     assert gateway.get("/v1/enm/status").json() == {"currentStatus": "Running", "targetStatus": "Running"}
+    wait_for(lambda: len(gateway.open_ports()) == 2, 2, "both ports reopened")
 
 
 def test_supervisor_hook_sets_the_targets(gateway: GatewayProcess) -> None:
@@ -106,11 +108,18 @@ def test_supervisor_hook_sets_the_targets(gateway: GatewayProcess) -> None:
 def test_errors_are_4xx_with_a_json_reason(
     gateway: GatewayProcess, method: str, path: str, body: str | None, status: int, message: str
 ) -> None:
-    before = gateway.get("/v1/enm/status").json()
+    before = (gateway.get("/v1/enm/status").json(), stored_fields(gateway.devices()))
     response = httpx.request(method, gateway.url + path, content=body, headers=JSON, timeout=10)
     assert response.status_code == status
     assert message in response.json()["error"]
-    assert gateway.get("/v1/enm/status").json() == before
+    assert (gateway.get("/v1/enm/status").json(), stored_fields(gateway.devices())) == before
+
+
+def stored_fields(devices: list[dict]) -> list[dict]:
+    """What a request must not change: everything but the live fields."""
+    return [
+        {k: v for k, v in device.items() if k not in ("Port", "Progress", "Status")} for device in devices
+    ]
 
 
 def test_invalid_device_hook_bodies_change_nothing(gateway: GatewayProcess) -> None:
@@ -119,7 +128,10 @@ def test_invalid_device_hook_bodies_change_nothing(gateway: GatewayProcess) -> N
     for body, message in (
         ("{oops", "malformed JSON"),
         ('{"commit": 5}', "commit must be a string"),
-        ('{"environment": "x"}', "environment must be a JSON object"),
+        ('{"environment": "x"}', "environment must be a JSON object of string values"),
+        ('{"config": {"A": 1}}', "config must be a JSON object of string values"),
+        ('{"config": {"A": NaN}}', "malformed JSON: NaN is not valid JSON"),
+        ("[" * 100_000 + "]" * 100_000, "malformed JSON"),
     ):
         response = gateway.put(f"/v1/devices/{uuid}", content=body, headers=JSON)
         assert response.status_code == 400 and message in response.json()["error"]
@@ -127,6 +139,11 @@ def test_invalid_device_hook_bodies_change_nothing(gateway: GatewayProcess) -> N
     assert {k: after[k] for k in ("TargetCommit", "TargetEnvironment", "TargetConfig")} == {
         k: device[k] for k in ("TargetCommit", "TargetEnvironment", "TargetConfig")
     }
+
+
+def test_oversize_json_body_is_refused(gateway: GatewayProcess) -> None:
+    response = gateway.put("/v1/enm/status", content=b" " * (1024 * 1024 + 1), headers=JSON)
+    assert response.status_code == 413 and "at most 1048576 bytes" in response.json()["error"]
 
 
 def test_openapi_describes_every_route(gateway: GatewayProcess) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import struct
+
 import httpx
 
-from picofleet.firmware import uf2
+from picofleet.firmware import image, uf2
 from tests.helpers.boards import app_uf2, rack, rack_boards
 from tests.helpers.gateway import wait_for
 
@@ -98,3 +100,87 @@ def test_board_in_its_bootloader_is_the_same_board_and_can_be_flashed(gateway_fa
     assert response.status_code == 202
     after = wait_for(lambda: idle(gateway, serial), 20, "the board back from its bootloader")
     assert after["FirmwareVersion"] == "picofleet-app 3.0.0"
+
+
+def test_a_flash_queued_during_a_flash_is_kept(gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gateway = gateway_factory("--simulate", "1")
+    serial = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "a board")[0][
+        "LocalUUID"
+    ]
+    url = f"{gateway.url}/v1/devices/{serial}/flash"
+    assert (
+        httpx.post(url + "?commit=one", content=app_uf2("2.0.0", size=256 * 1024), headers=OCTETS).status_code
+        == 202
+    )
+    wait_for(
+        lambda: gateway.get(f"/v1/devices/{serial}").json()["Status"] != "Idle", 5, "the first flash to start"
+    )
+    assert httpx.post(url + "?commit=two", content=app_uf2("3.0.0"), headers=OCTETS).status_code == 202
+    device = wait_for(
+        lambda: (d := idle(gateway, serial)) and d["Commit"] == "two" and d, 30, "the second flash"
+    )
+    assert device["FirmwareVersion"] == "picofleet-app 3.0.0"
+    assert rack_boards(gateway.data)[serial]["flashes"] == 2
+
+
+def test_images_the_bootrom_would_ignore_are_refused(gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gateway = gateway_factory("--simulate", "1")
+    device = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "a board")[0]
+    url = f"{gateway.url}/v1/devices/{device['LocalUUID']}/flash"
+    small_blocks = uf2.from_binary(
+        image.make_app_image("picofleet-app", "4.0.0", "pico2-ice"),
+        image.FLASH_BASE,
+        uf2.RP2350_ARM_S,
+        payload_size=128,
+    )
+    response = httpx.post(url, content=small_blocks, headers=OCTETS)
+    assert response.status_code == 422 and "256-byte payloads" in response.json()["error"]
+    far_apart = bytearray(uf2.from_binary(b"\xaa" * 512, image.FLASH_BASE, uf2.RP2350_ARM_S))
+    struct.pack_into("<I", far_apart, 512 + 12, image.FLASH_BASE + 0x40000000)  # block 1, 1 GiB away
+    response = httpx.post(url, content=bytes(far_apart), headers=OCTETS)
+    assert response.status_code == 400 and "would be" in response.json()["error"]  # never allocated
+
+
+def test_identify_needs_a_running_firmware(gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gateway = gateway_factory("--simulate", "1")
+    serial = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "a board")[0][
+        "LocalUUID"
+    ]
+    rack(gateway.data, "bootsel", serial=serial)
+    wait_for(lambda: gateway.get(f"/v1/devices/{serial}").json()["Status"] == "Bootloader", 5, "Bootloader")
+    response = gateway.put(f"/v1/devices/{serial}/identify")
+    assert response.status_code == 409 and "not running its firmware (Bootloader)" in response.json()["error"]
+    rack(gateway.data, "unplug", serial=serial)
+    wait_for(lambda: gateway.get(f"/v1/devices/{serial}").json()["Status"] == "Offline", 5, "Offline")
+    assert gateway.put(f"/v1/devices/{serial}/identify").status_code == 409
+
+
+def test_a_failed_flash_leaves_the_board_broken_with_the_reason_until_replugged(gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    gateway = gateway_factory("--simulate", "1", env={"ENM_UPDATE_RETRIES": "0"})
+    serial = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "a board")[0][
+        "LocalUUID"
+    ]
+    # an image that claims version 5.0.0 but boots as firmware the gateway cannot identify
+    other = uf2.from_binary(
+        image.make_app_image("other-app", "5.0.0", "pico2-ice"), image.FLASH_BASE, uf2.RP2350_ARM_S
+    )
+    assert (
+        httpx.post(
+            f"{gateway.url}/v1/devices/{serial}/flash?commit=bad", content=other, headers=OCTETS
+        ).status_code
+        == 202
+    )
+    broken = wait_for(
+        lambda: (d := gateway.get(f"/v1/devices/{serial}").json())["Status"] == "Broken" and d, 20, "Broken"
+    )
+    assert "expected version 5.0.0" in broken["StatusReason"]
+    assert broken["Commit"] is None  # Commit only on success
+    # it stays Broken (the reason visible) while nothing changes: the board answers list requests meanwhile
+    for _ in range(20):
+        assert gateway.get(f"/v1/devices/{serial}").json()["Status"] == "Broken"
+        rack_boards(gateway.data)
+    rack(gateway.data, "unplug", serial=serial)
+    wait_for(lambda: gateway.get(f"/v1/devices/{serial}").json()["Status"] == "Offline", 5, "Offline")
+    rack(gateway.data, "plug", serial=serial)
+    back = wait_for(lambda: idle(gateway, serial), 10, "Idle after a replug")
+    assert back["FirmwareVersion"] is None and back["StatusReason"] is None

@@ -9,24 +9,23 @@ import pytest
 
 from tests.helpers.boards import rack_boards
 from tests.helpers.gateway import wait_for
+from tests.helpers.slow_plugins import FAILING_SOURCES, write_plugin
 from tests.test_plugin_contract import install_example_plugin
 
 
-def make_broken_distribution(site: Path) -> None:
-    """A third-party distribution whose entry point module raises on import."""
-    dist = site / "broken_board-0.1.dist-info"
-    dist.mkdir(parents=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-board\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[picofleet]\nbroken_board = broken_board\n")
-    (site / "broken_board.py").write_text("raise RuntimeError('this plugin is broken on purpose')\n")
-
-
-def test_broken_third_party_plugin_is_skipped_and_the_gateway_serves(gateway_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    make_broken_distribution(tmp_path / "site")
-    gateway = gateway_factory("--simulate", "1", env={"PYTHONPATH": str(tmp_path / "site")})
+def test_broken_third_party_plugins_are_skipped_and_the_gateway_serves(
+    gateway_factory, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    site = tmp_path / "site"
+    write_plugin(site, "broken_board", "raise RuntimeError('this plugin is broken on purpose')\n")
+    write_plugin(site, "failing_sources", FAILING_SOURCES)
+    gateway = gateway_factory("--simulate", "1", env={"PYTHONPATH": str(site)})
     devices = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "the board")
     assert devices[0]["BoardType"] == "pico2-ice"
     assert "plugin broken_board skipped: RuntimeError: this plugin is broken on purpose" in gateway.output()
+    assert "plugin failing_sources: picofleet_discovery_sources failed (RuntimeError: no sources today)" in (
+        gateway.output()
+    )
 
 
 def test_disabled_virtual_plugin_means_no_virtual_boards(gateway_factory) -> None:  # type: ignore[no-untyped-def]

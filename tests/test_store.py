@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import pytest
 from tinydb import TinyDB
 
+import picofleet.gateway.atomic as atomic_module
 import picofleet.gateway.storage as storage_module
 from picofleet.gateway.atomic import atomic_write_bytes, atomic_write_json, fsync_directory
 from picofleet.gateway.store import AtomicJSONStorage, Store, StoreClosedError, StoreLockedError
@@ -155,6 +156,36 @@ def test_atomic_write_failure_leaves_old_file_and_no_temp(
     assert target.read_bytes() == b"current content"
     assert (tmp_path / "state.json.bak").read_bytes() in (b"old content", b"current content")
     assert temp_files(tmp_path) == []
+
+
+@pytest.fixture
+def no_hard_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system without hard links (vfat, exfat): ``os.link`` fails with EPERM."""
+
+    def refuse(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(src))
+
+    monkeypatch.setattr(os, "link", refuse)
+    monkeypatch.setattr(atomic_module, "_reported_no_hard_links", False)
+
+
+@pytest.mark.usefixtures("no_hard_links")
+def test_atomic_write_copies_the_backup_without_hard_links(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    target = tmp_path / "state.json"
+    atomic_write_bytes(target, b"one", keep_backup=True)
+    assert not (tmp_path / "state.json.bak").exists()
+    atomic_write_bytes(target, b"two", keep_backup=True)
+    assert (tmp_path / "state.json.bak").read_bytes() == b"one"
+    atomic_write_bytes(target, b"three", keep_backup=True)
+    assert target.read_bytes() == b"three"
+    assert (tmp_path / "state.json.bak").read_bytes() == b"two"
+    assert os.stat(target).st_ino != os.stat(tmp_path / "state.json.bak").st_ino  # a copy
+    assert temp_files(tmp_path) == []
+    infos = [r for r in caplog.records if "no hard links" in r.getMessage()]
+    assert len(infos) == 1 and infos[0].levelno == logging.INFO  # logged once, not at every write
 
 
 # -- the storage -------------------------------------------------------------------------------------
@@ -489,6 +520,159 @@ def test_unreadable_file_and_backup_start_empty_and_keep_the_bytes(
     errors = [r for r in caplog.records if r.name == LOGGER and r.levelno == logging.ERROR]
     assert len(errors) == 1 and str(moved[0]) in errors[0].getMessage()
     assert disk_docs(db_path, "devices") == [{"uuid": "new"}]
+
+
+def test_missing_main_file_is_recovered_from_backup(db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    first = {"uuid": "a", "state": "idle"}
+
+    async def write_two_versions() -> None:
+        async with Store(db_path) as store:
+            await store.upsert("devices", "uuid", first)
+            await store.upsert("devices", "uuid", {"uuid": "b", "state": "online"})
+
+    run(write_two_versions())
+    backup = db_path.with_name("enm.db.bak")
+    backup_bytes = backup.read_bytes()
+    db_path.unlink()  # deleted by mistake, or a crash left only the backup
+    caplog.clear()
+
+    async def reopen_and_write_twice() -> list[dict[str, Any]]:
+        async with Store(db_path) as store:
+            docs = await store.all("devices")
+            await store.set_value("after", 1)
+            await store.set_value("after", 2)  # the backup is no longer the recovered copy
+            return docs
+
+    assert run(reopen_and_write_twice()) == [first]
+    warnings = [r for r in caplog.records if r.name == LOGGER and r.levelno == logging.WARNING]
+    assert any(str(db_path) in r.getMessage() and "does not exist" in r.getMessage() for r in warnings)
+    assert any("recovered" in r.getMessage() and str(backup) in r.getMessage() for r in warnings)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert disk_docs(db_path, "devices") == [first]
+    assert disk_docs(backup, "devices") == [first] and backup.read_bytes() != backup_bytes
+    assert list(db_path.parent.glob("*.corrupt-*")) == []
+    assert temp_files(db_path.parent) == []
+
+
+def test_missing_main_file_and_unreadable_backup_start_empty(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    db_path.parent.mkdir(parents=True)
+    db_path.with_name("enm.db.bak").write_bytes(b"\x00" * 10)
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with Store(db_path) as store:
+            return await store.all("devices")
+
+    assert run(scenario()) == []
+    moved = list(db_path.parent.glob("enm.db.bak.corrupt-*"))
+    assert len(moved) == 1 and moved[0].read_bytes() == b"\x00" * 10
+    errors = [r for r in caplog.records if r.name == LOGGER and r.levelno == logging.ERROR]
+    assert len(errors) == 1 and str(moved[0]) in errors[0].getMessage()
+
+
+def test_new_database_logs_no_warning(db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+
+    async def scenario() -> None:
+        async with Store(db_path) as store:
+            assert await store.all("devices") == []
+            await store.set_value("x", 1)
+
+    run(scenario())
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert on_disk(db_path) == {"settings": {"1": {"key": "x", "value": 1}}}
+
+
+@pytest.mark.usefixtures("no_hard_links")
+def test_store_and_recovery_work_without_hard_links(db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    first = {"uuid": "a", "state": "idle"}
+
+    async def write_two_versions() -> None:
+        async with Store(db_path) as store:
+            await store.upsert("devices", "uuid", first)
+            await store.upsert("devices", "uuid", {"uuid": "b", "state": "online"})
+
+    run(write_two_versions())
+    backup = db_path.with_name("enm.db.bak")
+    assert disk_docs(backup, "devices") == [first]
+    torn = db_path.read_bytes()[:-7]
+    db_path.write_bytes(torn)
+
+    async def reopen() -> list[dict[str, Any]]:
+        async with Store(db_path) as store:
+            return await store.all("devices")
+
+    assert run(reopen()) == [first]
+    kept = list(db_path.parent.glob("enm.db.corrupt-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == torn  # set aside by a copy
+    assert disk_docs(db_path, "devices") == [first]
+    assert temp_files(db_path.parent) == []
+    assert sum("no hard links" in r.getMessage() for r in caplog.records) == 1
+
+
+class WriterBug(BaseException):
+    """Not an Exception: escapes the job isolation and kills the writer thread, like a bug would."""
+
+
+def test_jobs_submitted_to_a_failed_writer_fail_promptly(db_path: Path) -> None:
+    def die(db: TinyDB) -> None:
+        raise WriterBug("simulated bug in the writer thread")
+
+    async def scenario() -> None:
+        store = Store(db_path)
+        await store.open()
+        await store.set_value("before", 1)
+        with pytest.raises(StoreClosedError, match="writer thread"):
+            await asyncio.wait_for(store.read(die), 10)
+        with pytest.raises(StoreClosedError, match="writer thread") as info:
+            await asyncio.wait_for(store.set_value("after", 1), 10)
+        assert isinstance(info.value.__cause__, WriterBug)
+        await asyncio.wait_for(store.close(), 10)
+        async with Store(db_path) as again:  # the lock was released
+            assert await again.get_value("before") == 1
+
+    run(scenario())
+
+
+def test_writer_failing_while_a_job_is_queued_does_not_hang(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer dies (and drains its queue) between _submit's failure check and its put."""
+    entered, gate = threading.Event(), threading.Event()
+
+    def die(db: TinyDB) -> None:
+        entered.set()
+        gate.wait(10)
+        raise WriterBug("simulated bug in the writer thread")
+
+    async def scenario() -> None:
+        store = Store(db_path)
+        await store.open()
+        killer = asyncio.create_task(store.read(die))
+        await wait_until(entered.is_set, what="writer thread in the failing job")
+        assert store._failure is None  # so the job below passes the check before queueing
+        real_put = store._queue.put
+        thread = store._thread
+        assert thread is not None
+
+        def put_after_the_writer_died(job: Any, *args: Any, **kwargs: Any) -> None:
+            gate.set()
+            thread.join(10)  # the writer fails and drains the (still empty) queue
+            assert not thread.is_alive()
+            real_put(job, *args, **kwargs)
+
+        monkeypatch.setattr(store._queue, "put", put_after_the_writer_died)
+        with pytest.raises(StoreClosedError, match="writer thread"):
+            await asyncio.wait_for(store.set_value("x", 1), 10)
+        with pytest.raises(StoreClosedError):
+            await killer
+        await asyncio.wait_for(store.close(), 10)
+
+    run(scenario())
 
 
 def test_a_second_store_on_the_same_file_is_refused(db_path: Path) -> None:

@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -18,11 +23,13 @@ import serial
 from picofleet.firmware import uf2
 from picofleet.firmware.client import FirmwareClient, FirmwareError
 from picofleet.firmware.image import FLASH_BASE, make_app_image
-from picofleet.gateway.config import load_config
+from picofleet.gateway.config import load_config, parse_simulate
 from picofleet.gateway.models import DeviceEvent
 from picofleet.plugins import virtual
+from picofleet.plugins.virtual import rack as rack_module
+from picofleet.plugins.virtual.board import Board
 from picofleet.plugins.virtual.bootrom import ImageAssembler
-from picofleet.plugins.virtual.bus import VirtualBus
+from picofleet.plugins.virtual.bus import RackRefused, VirtualBus
 from picofleet.plugins.virtual.control import connect, default_socket_path, read_line, socket_address
 from picofleet.plugins.virtual.identities import accepted_families, factory_family
 from tests.helpers.rack import RackProcess, wait_until
@@ -414,3 +421,134 @@ def test_long_state_paths_use_an_abstract_socket(rack_factory, tmp_path: Path) -
     rack = rack_factory("1:rp2350", state_dir=state_dir)
     assert rack.boards()[0]["state"] == "application"
     assert not (state_dir / "rack.sock").exists()
+
+
+def test_concurrent_adds_get_a_slot_each_and_survive_a_restart(rack_factory) -> None:
+    rack = rack_factory("1:rp2040")
+    board_types = ("rp2040", "rp2350", "pico2-ice")
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: rack.request("add", board_type=board_types[i % 3]), range(8)))
+    assert all(answer["ok"] for answer in answers), answers
+    assert sorted(answer["board"]["slot"] for answer in answers) == list(range(1, 9))
+    serials = {answer["serial"] for answer in answers}
+    assert len(serials) == 8
+    stored = json.loads((rack.state_dir / "rack.json").read_text())
+    assert [record["slot"] for record in stored] == list(range(9))
+    assert all(record["plugged"] for record in stored)  # saved after the boards were plugged
+
+    rack.stop()
+    again = rack_factory("1:rp2040")
+    boards = again.boards()
+    assert [board["slot"] for board in boards] == list(range(9))
+    assert serials <= {board["serial"] for board in boards}
+    assert "invalid board record" not in again.log()
+
+
+def test_requests_fail_when_the_board_does_not_get_there(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(rack_module, "TRANSITION_WAIT", 0.1)
+    monkeypatch.setattr(
+        Board, "start", lambda self, plugged: setattr(self, "_plugged", plugged)
+    )  # never boots
+    rack = rack_module.Rack(tmp_path / "virtual", {"rp2040": 1})
+    (board,) = rack.setup()
+
+    async def scenario() -> list[dict]:
+        requests = [
+            {"op": "unplug", "serial": board.serial},
+            {"op": "plug", "serial": board.serial},
+            {"op": "bootsel", "serial": board.serial},
+            {"op": "add", "board_type": "rp2350"},
+        ]
+        return [await rack._dispatch(request) for request in requests]
+
+    try:
+        unplugged, plugged, bootsel, added = asyncio.run(scenario())
+        stored = json.loads((rack.state_dir / "rack.json").read_text())
+    finally:
+        for each in rack.boards.values():
+            each.join()
+        os.close(rack._lock_fd)
+    assert unplugged["ok"]
+    assert plugged == {"ok": False, "error": f"timed out waiting for the board to boot ({board.serial})"}
+    assert bootsel["error"] == f"timed out waiting for the board to enter its bootloader ({board.serial})"
+    assert not added["ok"] and added["error"].startswith("timed out waiting for the board to boot (")
+    assert [(record["board_type"], record["plugged"]) for record in stored] == [
+        ("rp2040", True),
+        ("rp2350", True),
+    ]
+
+
+def test_a_stopped_board_never_writes_to_its_closed_wake_pipe(tmp_path: Path) -> None:
+    boards = [Board(f"{n:016X}", "rp2040", n, tmp_path, lambda action, device: None) for n in range(2)]
+    boards[0].start(plugged=False)
+    for board in boards:
+        board.stop()
+        board.join(5)  # the first board's thread closed its pipe; the second, never started, here
+    read_end, write_end = os.pipe()  # most likely the numbers the boards' pipes had
+    try:
+        os.set_blocking(read_end, False)
+        for board in boards:
+            board.plug()
+            board.bootsel()
+        with pytest.raises(BlockingIOError):
+            os.read(read_end, 1)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_rack_arguments_and_exit_statuses(rack_factory, tmp_path: Path) -> None:
+    assert rack_module.parse_boards("2:rp2040, 1,,3:rp2040") == {"rp2040": 5, "pico2-ice": 1}
+    for bad in ("x", "300:rp2040"):
+        with pytest.raises(ValueError) as expected:
+            parse_simulate(bad)
+        with pytest.raises(rack_module.RackError, match=re.escape(str(expected.value))):
+            rack_module.parse_boards(bad)
+
+    def rack_command(boards: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "picofleet.plugins.virtual.rack"]
+        command += ["--state", str(tmp_path / "virtual"), "--boards", boards, "--ignore-stdin"]
+        return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
+    refused = rack_command("1:acme-relay")
+    assert refused.returncode == 2 and "rack: unknown board type 'acme-relay'" in refused.stderr
+    rack_factory("1:rp2040")
+    busy = rack_command("1:rp2040")  # the state directory is in use: not an argument error
+    assert busy.returncode == 1 and "another rack is running" in busy.stderr
+
+
+def test_the_discovery_hook_leaves_out_board_types_it_cannot_simulate(tmp_path: Path, caplog) -> None:
+    def sources(simulate: str) -> list:
+        caplog.clear()
+        config = load_config({"data": str(tmp_path), "simulate": simulate}, environ={})
+        with caplog.at_level(logging.ERROR, logger="picofleet.plugins.virtual"):
+            return virtual.picofleet_discovery_sources(config)
+
+    (bus,) = sources("1:acme-relay,2:rp2040,1:acme-relay,1:zeta")
+    assert bus.spec == "2:rp2040"
+    (error,) = caplog.records
+    assert error.levelno == logging.ERROR
+    assert "acme-relay, zeta" in error.getMessage() and "rp2040, rp2350, pico2-ice" in error.getMessage()
+    assert sources("3:acme-relay") == []
+    assert "acme-relay" in caplog.records[0].getMessage() and len(caplog.records) == 1
+
+
+def test_the_bus_does_not_restart_a_rack_that_refuses_its_arguments(tmp_path: Path, caplog) -> None:
+    bus = VirtualBus(load_config({"data": str(tmp_path), "simulate": "1:acme-relay"}, environ={}))
+
+    async def scenario() -> None:
+        with pytest.raises(RackRefused, match="unknown board type 'acme-relay'"):
+            await asyncio.wait_for(bus.run(lambda event: None), 30)
+        process = bus.process
+        assert process is not None and process.returncode == 2
+        with pytest.raises(RackRefused, match="not restarting it"):
+            await asyncio.wait_for(bus.run(lambda event: None), 5)
+        assert bus.process is process
+        await bus.close()
+
+    with caplog.at_level(logging.INFO, logger="picofleet.plugins.virtual.bus"):
+        asyncio.run(scenario())
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("started the rack" in message for message in messages) == 1
+    errors = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert len(errors) == 1 and "unknown board type 'acme-relay'" in errors[0]

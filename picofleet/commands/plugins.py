@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import sys
 
+from picofleet.gateway.config import ConfigError, load_config
 from picofleet.gateway.plugin_manager import load_plugins
 
 
 def run(args: argparse.Namespace) -> int:
     """List the plugins of the `picofleet` entry-point group as the gateway would load them."""
-    disabled = [
-        name.strip() for name in os.environ.get("PICOFLEET_DISABLE_PLUGINS", "").split(",") if name.strip()
-    ]
-    plugins = load_plugins(disabled)
+    try:
+        config = load_config({}, config_file=args.config_file)
+    except ConfigError as error:
+        print(f"picofleet plugins: {error}", file=sys.stderr)
+        return 2
+    plugins = load_plugins(config.disable_plugins)
     if args.json:
         print(json.dumps([info.as_json() for info in plugins.infos], indent=2))
         return 0
@@ -33,4 +36,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `picofleet plugins`."""
     parser = subparsers.add_parser("plugins", help="list board plugins", description=run.__doc__)
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument(
+        "--config",
+        dest="config_file",
+        default=None,
+        help="the gateway's YAML file (for disable_plugins); env PICOFLEET_CONFIG",
+    )
     parser.set_defaults(run=run)

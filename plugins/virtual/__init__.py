@@ -10,6 +10,8 @@ implements no board hooks. Its version is the picofleet distribution's.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from typing import TYPE_CHECKING
 
 from picofleet.gateway.hookspecs import hookimpl
@@ -18,12 +20,29 @@ if TYPE_CHECKING:
     from picofleet.gateway.config import GatewayConfig
     from picofleet.gateway.models import DiscoverySource
 
+log = logging.getLogger(__name__)
+
 
 @hookimpl
 def picofleet_discovery_sources(config: GatewayConfig) -> list[DiscoverySource]:
-    """Contribute the virtual USB bus when the configuration asks for virtual boards."""
-    if not any(count > 0 for count, _ in config.simulate):
+    """Contribute the virtual USB bus when the configuration asks for virtual boards.
+
+    Board types the rack cannot simulate (another plugin's, say) are left out, with one error line.
+    """
+    from .identities import BOARD_TYPES
+
+    unsupported = sorted({board_type for _, board_type in config.simulate if board_type not in BOARD_TYPES})
+    if unsupported:
+        log.error(
+            "virtual boards: cannot simulate board type(s) %s (supported: %s); they are left out",
+            ", ".join(unsupported),
+            ", ".join(BOARD_TYPES),
+        )
+    simulate = tuple(
+        (count, board_type) for count, board_type in config.simulate if board_type in BOARD_TYPES
+    )
+    if not any(count > 0 for count, _ in simulate):
         return []
     from .bus import VirtualBus
 
-    return [VirtualBus(config)]
+    return [VirtualBus(dataclasses.replace(config, simulate=simulate))]

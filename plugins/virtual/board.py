@@ -1,10 +1,10 @@
 """One virtual board: its flash, its boot sequence and its USB nodes, run by one thread.
 
 A board thread owns every file descriptor of its board (the pty master of the application
-firmware, the wake pipe's read end) and closes them itself, so no other thread can race with a
-file-descriptor number being reused. Other threads talk to it through flags under a lock and a
-byte on the wake pipe (:meth:`Board.plug`, :meth:`Board.unplug`, :meth:`Board.bootsel`,
-:meth:`Board.stop`).
+firmware, the wake pipe) and closes them itself when it ends. Other threads talk to it through
+flags under the board's lock and a byte on the wake pipe (:meth:`Board.plug`,
+:meth:`Board.unplug`, :meth:`Board.bootsel`, :meth:`Board.stop`); that byte is written under the
+same lock, and only while the pipe is open, so no write can reach a reused file-descriptor number.
 
 Boot: the flash (``flash/<serial>.uf2``, the UF2 blocks last flashed) is read as a flat image;
 its image descriptor (``firmware/image.py``) named ``picofleet-app`` boots the reference firmware
@@ -120,6 +120,7 @@ class Board:
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
+        self._pipe_closed = False
         self._thread: threading.Thread | None = None
 
     # --- control, from any thread -------------------------------------------------------------
@@ -153,14 +154,18 @@ class Board:
         self._set_flag(stopping=True)
 
     def join(self, timeout: float | None = None) -> None:
-        """Wait for the thread to end (after :meth:`stop`); then close the wake pipe."""
+        """Wait for the thread to end (after :meth:`stop`); a board never started closes its pipe here."""
         if self._thread is not None:
             self._thread.join(timeout)
-            if self._thread.is_alive():
-                return
-        for fd in (self._wake_read, self._wake_write):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        else:
+            self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        with self._lock:
+            if not self._pipe_closed:
+                self._pipe_closed = True
+                os.close(self._wake_read)
+                os.close(self._wake_write)
 
     def _set_flag(self, **flags: bool) -> None:
         with self._lock:
@@ -170,9 +175,9 @@ class Board:
                 self._bootsel = True
             if flags.get("stopping"):
                 self._stopping = True
-        # BlockingIOError: the pipe is full of wake-ups already; OSError: closed at shutdown
-        with contextlib.suppress(OSError):
-            os.write(self._wake_write, b"!")
+            if not self._pipe_closed:
+                with contextlib.suppress(BlockingIOError):  # the pipe is full of wake-ups already
+                    os.write(self._wake_write, b"!")
 
     def info(self) -> dict:
         """The board as the control socket's ``list`` shows it."""
@@ -237,6 +242,12 @@ class Board:
                 setattr(self, name, value)
 
     def _run(self) -> None:
+        try:
+            self._run_boots()
+        finally:
+            self._close_pipe()
+
+    def _run_boots(self) -> None:
         delay = False
         while True:
             with self._lock:

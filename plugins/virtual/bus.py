@@ -8,7 +8,10 @@ a pipe whose write end only the gateway holds: if the gateway dies, even by SIGK
 sees end of file and exits.
 
 When the connection drops, the bus reports ``remove`` for every device it had reported,
-restarts the rack if it died, and subscribes again (with a growing back-off while it fails).
+restarts the rack if it died, and subscribes again (with a growing back-off while it fails). A
+rack that exits with status 2 refused its arguments: the bus logs the rack's reason once and
+:meth:`VirtualBus.run` raises :class:`RackRefused` (now and at every later call) instead of
+restarting it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ CONNECT_TIMEOUT = 15.0
 MAX_BACKOFF = 10.0
 MAX_LOG_BYTES = 5 * 1024 * 1024
 """rack.log is moved to rack.log.1 at a rack start once it is larger than this."""
+BAD_ARGUMENTS = 2
+"""The rack's exit status for arguments it refuses: restarting it would not help."""
+
+
+class RackRefused(Exception):
+    """The rack refused its arguments (exit status 2); it is not restarted."""
 
 
 def board_spec(simulate: tuple[tuple[int, str], ...]) -> str:
@@ -52,6 +61,7 @@ class VirtualBus:
         self.log_path = self.state_dir / "rack.log"
         self._process: subprocess.Popen | None = None
         self._reported: dict[str, UsbDevice] = {}
+        self._refused: str | None = None
 
     @property
     def process(self) -> subprocess.Popen | None:
@@ -88,6 +98,26 @@ class VirtualBus:
     def _rack_alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def _check_refused(self) -> None:
+        """Raise :class:`RackRefused` if the rack exited with status 2; log why the first time."""
+        if self._refused is None and self._process is not None and self._process.poll() == BAD_ARGUMENTS:
+            reason = self._exit_reason()
+            self._refused = f"the rack refused --boards {self.spec!r}: {reason}; not restarting it"
+            log.error("virtual boards: %s (see %s)", self._refused, self.log_path)
+        if self._refused is not None:
+            raise RackRefused(self._refused)
+
+    def _exit_reason(self) -> str:
+        """The rack's last line of output (it prints why it refused to start last)."""
+        try:
+            with open(self.log_path, "rb") as output:
+                output.seek(max(0, output.seek(0, 2) - 4096))
+                lines = output.read().decode(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        reason = next((line.strip() for line in reversed(lines) if line.strip()), "no reason given")
+        return reason.removeprefix("rack: ")
+
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Connect to the rack's socket, retrying until it listens or it died or the deadline."""
         address = socket_address(default_socket_path(self.state_dir))
@@ -110,6 +140,7 @@ class VirtualBus:
         backoff = 0.5
         self._reported.clear()  # a previous run() was cancelled: the core dropped those devices
         while True:
+            self._check_refused()
             if not self._rack_alive():
                 if self._process is not None:
                     log.warning(
@@ -121,6 +152,7 @@ class VirtualBus:
             try:
                 reader, writer = await self._connect()
             except OSError as error:
+                self._check_refused()
                 log.warning("virtual boards: cannot reach the rack (%s); retrying in %.1f s", error, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)

@@ -5,7 +5,8 @@ The rack (``python -m picofleet.plugins.virtual.rack``) listens on a unix stream
 the rack then listens in the Linux abstract namespace instead, at
 ``"\\0picofleet-rack-" + sha1(absolute socket path)[:16]`` (:func:`socket_address`).
 
-The protocol is newline-delimited JSON, one request line per connection; see rack.py.
+The protocol is newline-delimited JSON: a connection carries any number of request lines, each
+answered by one response line (``subscribe`` turns it into a stream of events); see rack.py.
 """
 
 from __future__ import annotations

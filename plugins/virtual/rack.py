@@ -35,7 +35,11 @@ newline-delimited JSON, a client sends request lines and gets one response line 
 * ``{"op": "add", "board_type": T}``: a new board in the next slot, plugged:
   ``{"ok": true, "serial": S, "board": {...}}``.
 
-Errors: ``{"ok": false, "error": "..."}`` (unknown serial, op or board type, malformed JSON).
+Errors: ``{"ok": false, "error": "..."}`` (unknown serial, op or board type, malformed JSON, or
+``timed out waiting for the board to ...`` when a board did not get there within 5 s).
+
+Exit status: 0 after a stop, 2 for bad arguments (``--boards``; the gateway does not restart such
+a rack), 1 when the state directory is in use or unreadable.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from picofleet.gateway.atomic import atomic_write_bytes, atomic_write_json, stale_temp_files
+from picofleet.gateway.config import parse_simulate
 
 from . import identities
 from .board import Board, factory_flash
@@ -76,23 +81,17 @@ OPS = ("subscribe", "list", "unplug", "plug", "bootsel", "add")
 
 
 class RackError(Exception):
-    """The rack cannot start (bad arguments, state directory in use or unreadable)."""
+    """The rack cannot start (bad arguments: exit 2; state directory in use or unreadable: exit 1)."""
 
 
 def parse_boards(spec: str) -> dict[str, int]:
-    """Parse ``N`` / ``N:TYPE`` / a comma-separated list of them into {board type: count}."""
+    """Parse ``N`` / ``N:TYPE`` / a comma-separated list of them (``--simulate``) into {type: count}."""
+    try:
+        groups = parse_simulate(spec)
+    except ValueError as error:
+        raise RackError(str(error)) from None
     counts: dict[str, int] = {}
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        count_text, _, board_type = part.partition(":")
-        board_type = board_type.strip() or "pico2-ice"
-        try:
-            count = int(count_text)
-        except ValueError:
-            raise RackError(f"'{part}' is not N or N:BOARD (for example 4 or 2:rp2040)") from None
-        if not 0 <= count <= 256:
-            raise RackError(f"'{part}': the number of boards must be between 0 and 256")
+    for count, board_type in groups:
         if board_type not in identities.BOARD_TYPES:
             raise RackError(f"unknown board type '{board_type}' (known: {', '.join(identities.BOARD_TYPES)})")
         counts[board_type] = counts.get(board_type, 0) + count
@@ -167,7 +166,10 @@ class Rack:
         self.address = socket_address(self.socket_path)
         self.records_path = self.state_dir / "rack.json"
         self.boards: dict[str, Board] = {}
+        self._boards_lock = threading.Lock()  # slot and serial allocation, snapshots of self.boards
         self._save_lock = threading.Lock()
+        self._generation = 0  # of the records snapshots: an older one never overwrites a newer one
+        self._saved_generation = 0
         self._present: dict[str, dict] = {}
         self._subscribers: set[asyncio.StreamWriter] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -201,26 +203,43 @@ class Rack:
                 if stat.S_ISSOCK(os.lstat(self.address).st_mode):
                     os.unlink(self.address)
 
-    def _records(self) -> list[dict]:
-        return [
+    def _snapshot(self) -> tuple[int, list[dict]]:
+        """The records to write, numbered (call it where the boards change: the loop, or setup)."""
+        with self._boards_lock:
+            boards = sorted(self.boards.values(), key=lambda b: b.slot)
+            self._generation += 1
+            generation = self._generation
+        records = [
             {"slot": b.slot, "board_type": b.board_type, "serial": b.serial, "plugged": b.plugged}
-            for b in sorted(self.boards.values(), key=lambda b: b.slot)
+            for b in boards
         ]
+        return generation, records
 
-    def save(self) -> None:
+    def _write_records(self, snapshot: tuple[int, list[dict]]) -> None:
         """Write rack.json (atomically; the previous version is kept as rack.json.bak)."""
+        generation, records = snapshot
         with self._save_lock:
-            atomic_write_json(self.records_path, self._records(), keep_backup=True)
+            if generation > self._saved_generation:
+                atomic_write_json(self.records_path, records, keep_backup=True)
+                self._saved_generation = generation
 
-    def _new_board(self, board_type: str, slot: int) -> Board:
-        serial = new_serial(self.boards)
-        board = Board(serial, board_type, slot, self.state_dir, self.emit)
-        atomic_write_bytes(board.flash_path, factory_flash(board_type))
+    async def save(self) -> None:
+        """Write the current records from a worker thread."""
+        await asyncio.to_thread(self._write_records, self._snapshot())
+
+    def _new_board(self, board_type: str) -> Board:
+        """A new board with a fresh serial in the next slot, added to :attr:`boards` (flash not written)."""
+        with self._boards_lock:
+            serial = new_serial(self.boards)
+            slot = max((b.slot for b in self.boards.values()), default=-1) + 1
+            board = Board(serial, board_type, slot, self.state_dir, self.emit)
+            self.boards[serial] = board
         log.info("new %s board %s in slot %d", board_type, serial, slot)
         return board
 
-    def _next_slot(self) -> int:
-        return max((b.slot for b in self.boards.values()), default=-1) + 1
+    @staticmethod
+    def _write_factory_flash(board: Board) -> None:
+        atomic_write_bytes(board.flash_path, factory_flash(board.board_type))
 
     def setup(self) -> list[Board]:
         """Lock and clean the state directory, load and create the boards; return those to plug."""
@@ -238,12 +257,12 @@ class Rack:
             )
             to_plug.extend(stored[:count])
             for _ in range(count - len(stored)):
-                board = self._new_board(board_type, self._next_slot())
-                self.boards[board.serial] = board
+                board = self._new_board(board_type)
+                self._write_factory_flash(board)
                 to_plug.append(board)
         for board in self.boards.values():
             board._plugged = board in to_plug  # before the threads start: no lock needed
-        self.save()
+        self._write_records(self._snapshot())
         return to_plug
 
     # --- events -----------------------------------------------------------------------------
@@ -345,22 +364,28 @@ class Rack:
         if isinstance(board, str):
             return {"ok": False, "error": board}
         boots = board.boots
+        arrived = True
         if op == "unplug":
+            goal = "unplug"
             board.unplug()
-            await asyncio.to_thread(self.save)
-            await self._until(lambda: board.state == "unplugged")
+            await self.save()
+            arrived = await self._until(lambda: board.state == "unplugged")
         elif op == "plug":
+            goal = "boot"
             if not board.plugged:
                 board.plug()
-                await asyncio.to_thread(self.save)
-                await self._until(lambda: board.boots > boots and board.state != "booting")
+                await self.save()
+                arrived = await self._until(lambda: board.boots > boots and board.state != "booting")
         else:  # bootsel
+            goal = "enter its bootloader"
             was_plugged = board.plugged
             board.bootsel()
             if not was_plugged:
                 board.plug()
-                await asyncio.to_thread(self.save)
-            await self._until(lambda: board.boots > boots and board.state == "bootloader")
+                await self.save()
+            arrived = await self._until(lambda: board.boots > boots and board.state == "bootloader")
+        if not arrived:
+            return {"ok": False, "error": f"timed out waiting for the board to {goal} ({board.serial})"}
         return {"ok": True, "board": board.info()}
 
     async def _add(self, board_type: object) -> dict:
@@ -369,16 +394,17 @@ class Rack:
                 "ok": False,
                 "error": f"unknown board type '{board_type}' (known: {', '.join(identities.BOARD_TYPES)})",
             }
-        board = await asyncio.to_thread(self._new_board, str(board_type), self._next_slot())
-        self.boards[board.serial] = board
-        await asyncio.to_thread(self.save)
+        board = self._new_board(str(board_type))  # no await before it is in self.boards: a slot of its own
+        await asyncio.to_thread(self._write_factory_flash, board)
         board.start(plugged=True)
-        await self._until(lambda: board.boots > 0 and board.state != "booting")
+        await self.save()
+        if not await self._until(lambda: board.boots > 0 and board.state != "booting"):
+            return {"ok": False, "error": f"timed out waiting for the board to boot ({board.serial})"}
         return {"ok": True, "serial": board.serial, "board": board.info()}
 
     @staticmethod
-    async def _until(condition, timeout: float = TRANSITION_WAIT) -> bool:
-        deadline = time.monotonic() + timeout
+    async def _until(condition, timeout: float | None = None) -> bool:
+        deadline = time.monotonic() + (TRANSITION_WAIT if timeout is None else timeout)
         while not condition():
             if time.monotonic() >= deadline:
                 return False
@@ -472,10 +498,14 @@ def main(argv: list[str] | None = None) -> int:
     threading.stack_size(512 * 1024)
     try:
         counts = parse_boards(args.boards)
+    except RackError as error:
+        print(f"rack: {error}", file=sys.stderr)
+        return 2  # bad arguments, as argparse's own errors
+    try:
         return asyncio.run(Rack(args.state, counts, args.socket).run(watch_stdin=not args.ignore_stdin))
     except RackError as error:
         print(f"rack: {error}", file=sys.stderr)
-        return 2
+        return 1
 
 
 if __name__ == "__main__":
