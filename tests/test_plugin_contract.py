@@ -83,7 +83,8 @@ def test_plugin_redeclaring_a_board_type_is_skipped() -> None:
 
 
 def install_example_plugin(target: Path) -> None:
-    subprocess.run(
+    """pip-install examples/picofleet-example-board into ``target`` (offline: no build isolation)."""
+    result = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -96,10 +97,11 @@ def install_example_plugin(target: Path) -> None:
             str(target),
             str(ROOT / "examples" / "picofleet-example-board"),
         ],
-        check=True,
         capture_output=True,
+        text=True,
         timeout=120,
     )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_pip_installed_third_party_plugin_is_listed(tmp_path: Path) -> None:
