@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import serial
 
+from ..firmware.assets import sha256_of
 from .device import LIVE_FIELDS, Status, public_form
 from .models import APPLICATION, BOOTLOADER, BoardError, BoardIdentity, BoardRef, Sighting
 
@@ -39,6 +40,14 @@ class FlashJob:
     families: frozenset[int]
     version: str | None
     commit: str | None = None
+    sha256: str = ""
+
+    def __post_init__(self) -> None:
+        self.sha256 = self.sha256 or sha256_of(self.uf2)
+
+    def stored(self) -> dict[str, Any]:
+        """The record's ``PendingFlash``: what to flash again after a power cut (the UF2 is an asset)."""
+        return {"sha256": self.sha256, "commit": self.commit, "version": self.version}
 
 
 class Board:
@@ -51,6 +60,7 @@ class Board:
         self.sightings: dict[str, Sighting] = {}
         self.port: serial.Serial | None = None
         self.port_sighting: Sighting | None = None  # the node the open port belongs to
+        self.usb_port = str(record.get("UsbPort") or "")  # the USB port it was last seen on
         self.busy = False  # in the middle of a flash or restart
         self.hooks_running = 0
         self.broken = False  # stays Broken until replugged or asked to do something new
@@ -100,6 +110,7 @@ class Board:
     # -- what discovery tells us ------------------------------------------------------------
     def seen(self, sighting: Sighting) -> None:
         self.sightings[sighting.mode] = sighting
+        self.usb_port = sighting.usb_port or self.usb_port
         self._presence_changed()
 
     def gone(self, key: str) -> bool:
@@ -282,7 +293,9 @@ class Board:
         version = f"{identity.firmware} {identity.version}" if identity else None
         if not self.provisioned:
             await self.manager.provision(self, board_type)
-        await self.update(BoardType=board_type, FirmwareVersion=version, Port=app.devname)
+        await self.update(
+            BoardType=board_type, FirmwareVersion=version, Port=app.devname, UsbPort=app.usb_port or None
+        )
         return True
 
     async def close_port(self) -> None:
@@ -341,7 +354,9 @@ class Board:
         try:
             await flash_board(self, job)
         finally:
-            if self.pending_flash is job:
-                self.pending_flash = None
             self.busy = False
             self.record = {**self.record, "Progress": None}
+            if self.pending_flash is job:  # not replaced by a newer job meanwhile
+                self.pending_flash = None
+                await self.update(PendingFlash=None)
+                await self.manager.collect_assets()

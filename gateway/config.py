@@ -95,6 +95,16 @@ def parse_simulate(value: str) -> tuple[tuple[int, str], ...]:
     return tuple(groups)
 
 
+USB_DISCOVERY_MODES = ("auto", "udev", "sysfs", "off")
+
+
+def _usb_discovery(value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in USB_DISCOVERY_MODES:
+        raise ValueError(f"must be one of {', '.join(USB_DISCOVERY_MODES)}")
+    return mode
+
+
 def _optional_url(value: str) -> str | None:
     value = value.strip()
     if not value:
@@ -183,6 +193,14 @@ SETTINGS: tuple[Setting, ...] = (
         "virtual boards to add: N (pico2-ice) or N:BOARD, comma-separated",
     ),
     Setting(
+        "usb_discovery",
+        "PICOFLEET_USB_DISCOVERY",
+        None,
+        "auto",
+        _usb_discovery,
+        "how real USB boards are found: auto (udev, else sysfs polling), udev, sysfs or off",
+    ),
+    Setting(
         "disable_plugins",
         "PICOFLEET_DISABLE_PLUGINS",
         None,
@@ -198,6 +216,14 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         _optional_text,
         "the fleet's provisioning key (used once, to provision this gateway)",
+    ),
+    Setting(
+        "assets_max_bytes",
+        "PICOFLEET_ASSETS_MAX_BYTES",
+        None,
+        str(1024**3),
+        _positive_size,
+        "bound of the asset cache; assets in use are kept even beyond it (docs/assets.md)",
     ),
     Setting(
         "max_upload_bytes",
@@ -229,9 +255,11 @@ class GatewayConfig:
     update_retries: int
     lock_file_location: Path
     simulate: tuple[tuple[int, str], ...]
+    usb_discovery: str
     disable_plugins: frozenset[str]
     fleet_url: str | None
     provisioning_key: str | None
+    assets_max_bytes: int
     max_upload_bytes: int
 
     @property

@@ -1,24 +1,31 @@
 """The gateway's built-in hook implementations, asked last (``trylast``).
 
 They cover what is the same for every board: pyserial ports, picofleet's own firmware
-protocol (firmware/PROTOCOL.md), the 1200-baud touch, and writing a UF2 to a bootloader drive
-that is a directory (a mounted or virtual drive) or a raw block device. Board plugins override
-any of them by answering first.
+protocol (firmware/PROTOCOL.md), MicroPython's raw REPL (through mpremote), the 1200-baud
+touch, and writing a UF2 to a bootloader drive that is a directory (a mounted or virtual drive)
+or a raw block device. Board plugins override any of them by answering first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 
 import serial
+from mpremote.transport import TransportError
+from mpremote.transport_serial import SerialTransport
 
 from ..firmware.client import FirmwareClient, FirmwareError, NoAnswer, PortLost
+from . import bootloader_drive
+from .config import GatewayConfig
 from .hookspecs import hookimpl
-from .models import BoardError, BoardIdentity, BoardRef, ProgressCallback
+from .models import BoardError, BoardIdentity, BoardRef, DiscoverySource, ProgressCallback
+from .udev import usb_sources
 
 log = logging.getLogger("picofleet.board")
 
@@ -26,6 +33,15 @@ IDENTIFY_TIMEOUT = 1.0
 TOUCH_HOLD = 0.15
 WRITE_CHUNK = 64 * 512
 UF2_FILE_NAME = "PICOFLEET.UF2"
+MICROPYTHON_FIRMWARES = frozenset({"micropython", "pico-ice"})
+"""USB identities that may be MicroPython: stock rp2 builds, and tinyVision's for the pico-ice boards."""
+RAW_REPL_HANDSHAKE = 1.5
+"""Seconds a MicroPython raw REPL has to answer Ctrl-A."""
+RAW_REPL_BUDGET = 3.0
+"""Seconds for the whole raw REPL exchange: handshake, sending the code, listening for the reset."""
+RAW_REPL_READ_TIMEOUT = 0.2
+RAW_REPL_FOLLOW = 1.0
+BOOTLOADER_CODE = "import machine; machine.bootloader()"
 
 
 board_output = logging.getLogger("picofleet.board.output")
@@ -79,23 +95,129 @@ def picofleet_identify(board: BoardRef, port: serial.Serial) -> BoardIdentity | 
 
 
 def touch_1200(port: serial.Serial) -> None:
-    """The 1200-baud touch: set the line coding to 1200 baud and drop DTR, as arduino-cli does."""
+    """The 1200-baud touch: set the line coding to 1200 baud, then drop DTR, as arduino-cli does.
+
+    pico-sdk's stdio_usb reboots into BOOTSEL on the line coding alone
+    (``PICO_STDIO_USB_RESET_MAGIC_BAUD_RATE``), so once the baud rate is set the DTR step may
+    fail harmlessly: a port without modem lines (a pty) refuses it, and a board already
+    rebooting is gone.
+    """
     try:
         port.baudrate = 1200
-        port.dtr = False
-        time.sleep(TOUCH_HOLD)  # the firmware reacts to the line coding; give it a moment before close
     except (serial.SerialException, OSError) as error:
         raise BoardError(f"1200-baud touch failed: {error}") from None
+    with contextlib.suppress(serial.SerialException, OSError):
+        port.dtr = False
+    time.sleep(TOUCH_HOLD)  # the firmware reacts to the line coding; give it a moment before close
+
+
+class _RawRepl(SerialTransport):
+    """mpremote's serial transport, with every wait cut off at one deadline.
+
+    mpremote waits up to 10 s for a silent device in places; the hook must return within 5 s.
+    """
+
+    def __init__(self, device: str, budget: float) -> None:
+        self.deadline = time.monotonic() + budget
+        super().__init__(device, baudrate=115200, timeout=RAW_REPL_READ_TIMEOUT)
+
+    def read_until(
+        self,
+        min_num_bytes: int,
+        ending: bytes,
+        timeout: float | None = 10,
+        data_consumer: Callable[[bytes], None] | None = None,
+        timeout_overall: float | None = None,
+    ) -> bytes:
+        """mpremote's ``read_until``, returning at the deadline at the latest."""
+        remaining = max(0.0, self.deadline - time.monotonic())
+        if timeout_overall is None or timeout_overall > remaining:
+            timeout_overall = remaining
+        return super().read_until(min_num_bytes, ending, timeout, data_consumer, timeout_overall)
+
+    def close(self) -> None:
+        """Close the device; a board that reset may refuse mpremote's DTR/RTS change first."""
+        try:
+            super().close()
+        except OSError:
+            with contextlib.suppress(serial.SerialException, OSError):
+                self.serial.close()
+
+
+def _raw_repl_bootloader(board: BoardRef, device: str) -> bool:
+    """Run ``machine.bootloader()`` through MicroPython's raw REPL on ``device`` (mpremote).
+
+    Returns ``False`` when no raw REPL answered, ``True`` once the code was accepted (``OK``):
+    the board then resets and its port goes away mid-read, which is success. Raises
+    :class:`BoardError` if the board ran the code and reported an error instead.
+    """
+    try:
+        repl = _RawRepl(device, RAW_REPL_BUDGET)
+    except (TransportError, serial.SerialException, OSError) as error:
+        log.info("%s: cannot open %s for the MicroPython raw REPL: %s", board.serial, device, error)
+        return False
+    try:
+        try:
+            # On a failed handshake mpremote prints what it received to stdout; that line is left
+            # there: redirecting sys.stdout is process-wide and these hooks run in parallel threads.
+            repl.enter_raw_repl(soft_reset=False, timeout_overall=RAW_REPL_HANDSHAKE)
+            repl.exec_raw_no_follow(BOOTLOADER_CODE)
+        except (TransportError, serial.SerialException, OSError) as error:
+            log.info("%s: no MicroPython raw REPL answered on %s (%s)", board.serial, device, error)
+            if repl.in_raw_repl:
+                with contextlib.suppress(serial.SerialException, OSError):
+                    repl.exit_raw_repl()  # leave a MicroPython that half-answered at its normal REPL
+            return False
+        try:
+            _, error_output = repl.follow(timeout=RAW_REPL_FOLLOW)
+        except (TransportError, serial.SerialException, OSError):
+            return True  # the board reset under us: what machine.bootloader() does
+        if error_output:
+            text = error_output.decode("utf-8", errors="replace").strip().splitlines()
+            raise BoardError(f"machine.bootloader() failed on the board: {text[-1] if text else '?'}")
+        return True
+    finally:
+        repl.close()
 
 
 @hookimpl(trylast=True)
 def picofleet_enter_bootloader(board: BoardRef, port: serial.Serial) -> bool | None:
-    """Send picofleet's ``bootloader`` command; when no picofleet firmware answers, do the 1200-baud touch."""
+    """Reboot a board into its UF2 bootloader, whatever firmware it runs.
+
+    1. picofleet firmware: its ``bootloader`` command (1 s for an answer).
+    2. No picofleet firmware answered, and the USB identity may be MicroPython's
+       (``board.firmware`` is ``micropython``, or ``pico-ice``, which may be tinyVision's
+       MicroPython): ``machine.bootloader()`` through the raw REPL (mpremote; 1.5 s for the
+       handshake; the connection dropping as the board resets is success). mpremote opens the
+       device itself, so the gateway's port is closed first (and reopened for step 3).
+    3. Otherwise, or when no raw REPL answered: the 1200-baud touch (pico-sdk stdio_usb and
+       pico-ice-sdk firmware reboot on it; stock MicroPython ignores it).
+
+    Returns within about 4.5 s. The gateway closes the port afterwards; closing a port already
+    closed here is a no-op.
+    """
     try:
         _client(board, port).request("bootloader", timeout=IDENTIFY_TIMEOUT)
         return True
     except NoAnswer:
-        pass  # another firmware: pico-sdk and pico-ice-sdk stdio reboot to BOOTSEL on the touch
+        pass  # not picofleet firmware
+    if board.firmware in MICROPYTHON_FIRMWARES:
+        device = board.port or port.port
+        with contextlib.suppress(serial.SerialException, OSError):
+            port.close()  # mpremote opens the device exclusively itself
+        if _raw_repl_bootloader(board, device):
+            log.info("%s: asked MicroPython for its bootloader (machine.bootloader())", board.serial)
+            return True
+        try:
+            port.open()
+        except (serial.SerialException, OSError) as error:
+            if not os.path.exists(device):  # it reset before its "OK" reached us: let the gateway wait
+                log.info(
+                    "%s: %s went away during the raw REPL exchange; taken as rebooting", board.serial, device
+                )
+                return True
+            raise BoardError(f"cannot reopen {device} for the 1200-baud touch: {error}") from None
+    log.info("%s: no picofleet firmware or MicroPython answered; 1200-baud touch", board.serial)
     touch_1200(port)
     return True
 
@@ -132,12 +254,36 @@ def _write_chunks(fd: int, uf2: bytes, progress: ProgressCallback, *, positional
     os.fsync(fd)
 
 
+def _open_raw(drive: str, mode: int) -> int:
+    """Open a block device (or a regular file standing in for one) for raw, synchronous writes."""
+    flags = os.O_WRONLY | os.O_DSYNC  # each chunk is on the board before progress counts it
+    if stat.S_ISBLK(mode):
+        flags |= os.O_EXCL  # Linux refuses a mounted (or otherwise claimed) block device: EBUSY
+    try:
+        return os.open(drive, flags)
+    except OSError as error:
+        if error.errno == errno.EBUSY:
+            raise BoardError(
+                f"refusing to write to {drive}: it is mounted or in use by another program "
+                "(the gateway writes the bootloader drive raw; unmount it)"
+            ) from None
+        if error.errno in (errno.EACCES, errno.EPERM):
+            raise BoardError(
+                f"no permission to write to {drive} (docs/hardware.md: privileges and udev rules)"
+            ) from None
+        raise
+
+
 @hookimpl(trylast=True)
 def picofleet_write_uf2(board: BoardRef, drive: str, uf2: bytes, progress: ProgressCallback) -> bool | None:
     """Write the UF2 into a drive directory as one file, or raw and 512-aligned to a block device.
 
     The RP2 bootroms check every written 512-byte sector for UF2 magics and ignore the FAT, so a
-    raw write needs neither a mount nor extra tools.
+    raw write needs neither a mount nor extra tools: UF2 block ``i`` goes to byte ``512 * i`` of
+    the device (``pwrite``, 32 KiB at a time, ``O_DSYNC``, ``fsync`` at the end). Before the
+    first byte, ``bootloader_drive.check_raw_write`` insists that INFO_UF2.TXT was checked to
+    name the board's chip and still does, that the device is no larger than 1 GiB (the bootroms
+    present 128 MiB) and that the image is whole UF2 blocks; a mounted block device is refused.
     """
     try:
         mode = os.stat(drive).st_mode
@@ -145,7 +291,8 @@ def picofleet_write_uf2(board: BoardRef, drive: str, uf2: bytes, progress: Progr
             fd = os.open(os.path.join(drive, UF2_FILE_NAME), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             positional = False
         elif stat.S_ISBLK(mode) or stat.S_ISREG(mode):
-            fd = os.open(drive, os.O_WRONLY)
+            bootloader_drive.check_raw_write(drive, uf2)
+            fd = _open_raw(drive, mode)
             positional = True
         else:
             raise BoardError(f"{drive} is neither a directory nor a block device")
@@ -156,3 +303,13 @@ def picofleet_write_uf2(board: BoardRef, drive: str, uf2: bytes, progress: Progr
     except OSError as error:
         raise BoardError(f"the bootloader drive {drive} went away while writing: {error.strerror}") from None
     return True
+
+
+@hookimpl(trylast=True)
+def picofleet_discovery_sources(config: GatewayConfig) -> list[DiscoverySource]:
+    """The source of real USB boards, as ``usb_discovery`` says (gateway/udev.py).
+
+    ``auto``: udev when it is usable, else sysfs polling with one warning saying why;
+    ``udev``, ``sysfs``: that one; ``off``: none.
+    """
+    return usb_sources(config.usb_discovery)

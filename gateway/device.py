@@ -3,8 +3,11 @@
 Records carry exactly edge-node-manager's fields, in its order, plus picofleet's additions
 (documented in docs/api.md): ``Port`` (serial device path or null), ``FirmwareVersion``
 (what the firmware said in ``identify``, or null), ``StatusReason`` (why a board is Broken or
-waiting, or null) and ``Progress`` (flash progress ``{"done": bytes, "total": bytes}`` or null).
-``Port`` and ``Progress`` are live values and are not stored.
+waiting, or null), ``Progress`` (flash progress ``{"done": bytes, "total": bytes}`` or null) and
+``PendingFlash`` (the flash queued or under way: ``{"sha256", "commit", "version"}``, or null).
+``UsbPort`` (the physical USB port it was last seen on: how an RP2040 in its bootloader, whose
+USB serial is the same on every chip, is recognised). ``Port`` and ``Progress`` are live values
+and are not stored.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ ENM_FIELDS = (
     "RestartFlag",
     "DeleteFlag",
 )
-EXTRA_FIELDS = ("Port", "FirmwareVersion", "StatusReason", "Progress")
+EXTRA_FIELDS = ("Port", "UsbPort", "FirmwareVersion", "StatusReason", "Progress", "PendingFlash")
 LIVE_FIELDS = frozenset({"Port", "Progress"})
 RECORD_FIELDS = ENM_FIELDS + EXTRA_FIELDS
 
@@ -53,6 +56,10 @@ class Status(StrEnum):
     EVALUATING = "Evaluating"  # running an evaluation
 
 
+PORT_IDENTITY = "usb-port-"
+"""LocalUUID prefix of a board known only by its USB port (first seen in an RP2040 bootloader)."""
+
+
 def new_record(serial: str, board_type: str) -> dict[str, Any]:
     """A freshly provisioned record: LocalUUID = USB serial, ResinUUID a new random UUID."""
     return {
@@ -71,9 +78,11 @@ def new_record(serial: str, board_type: str) -> dict[str, Any]:
         "RestartFlag": False,
         "DeleteFlag": False,
         "Port": None,
+        "UsbPort": None,
         "FirmwareVersion": None,
         "StatusReason": None,
         "Progress": None,
+        "PendingFlash": None,
     }
 
 

@@ -27,10 +27,13 @@ def classify(device: UsbDevice, board_types: Mapping[str, BoardType]) -> Sightin
     an ambiguous sighting (the firmware decides, see ``picofleet_identify``).
     """
     best: list[tuple[str, UsbRule]] = []
+    matching: list[str] = []
     for name, board_type in board_types.items():
         for rule in board_type.usb_rules:
             if not rule.matches(device):
                 continue
+            if name not in matching:
+                matching.append(name)
             if not best or rule.priority > best[0][1].priority:
                 best = [(name, rule)]
             elif rule.priority == best[0][1].priority and name not in (n for n, _ in best):
@@ -38,16 +41,17 @@ def classify(device: UsbDevice, board_types: Mapping[str, BoardType]) -> Sightin
     if not best:
         return None
     rule = best[0][1]
-    serial = device.serial or device.usb_path or device.key
     return Sighting(
         key=device.key,
-        serial=serial,
+        serial=device.board_serial if rule.unique_serial else "",
         mode=rule.mode,
         board_types=tuple(name for name, _ in best),
         firmware=rule.firmware,
         devname=device.devname,
         usb_path=device.usb_path,
         virtual=device.properties.get("PICOFLEET_VIRTUAL") == "1",
+        usb_port=device.usb_port,
+        matching_types=tuple(matching),
     )
 
 

@@ -16,6 +16,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ..firmware import uf2
+from . import bootloader_drive
 from .device import Status
 from .models import APPLICATION, BOOTLOADER, BoardError, BoardType
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 PRESENCE_TIMEOUT = 10.0
 BOOTLOADER_TIMEOUT = 10.0
 BOOT_TIMEOUT = 15.0
+INFO_TIMEOUT = 10.0
 RETRY_BASE_DELAY = 0.5
 
 
@@ -38,19 +40,21 @@ def check_families(families: frozenset[int], board_type: BoardType) -> None:
 
 
 def check_bootloader_info(drive: str, board_type: BoardType) -> None:
-    """Check the drive's INFO_UF2.TXT names the chip we expect (mounted or virtual drives)."""
-    if not os.path.isdir(drive):
-        return  # a raw block device: the bootrom's FAT is not read without mounting it
-    try:
-        with open(os.path.join(drive, "INFO_UF2.TXT"), encoding="ascii", errors="replace") as handle:
-            info = handle.read()
-    except OSError as error:
-        raise BoardError(f"cannot read INFO_UF2.TXT on its bootloader drive: {error.strerror}") from None
-    board_ids = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("Board-ID:")]
-    if board_ids != [board_type.bootloader_board_id]:
+    """Check the drive's INFO_UF2.TXT names the chip we expect; blocking I/O, run it in a thread.
+
+    ``drive`` is a directory (a mounted or virtual drive) or a block device (or an image file
+    standing in for one), whose FAT is read without mounting it (gateway/bootloader_drive.py).
+    A raw drive that passes is marked as checked: the built-in ``picofleet_write_uf2`` writes a
+    block device only after such a check, and checks again right before writing.
+    """
+    info = bootloader_drive.read_info_uf2(drive)
+    board_ids = bootloader_drive.board_ids(info)
+    expected = board_type.bootloader_board_id
+    if board_ids != [expected]:
         found = board_ids[0] if board_ids else "no Board-ID"
-        expected = board_type.bootloader_board_id
         raise BoardError(f"its bootloader says {found!r}, a {board_type.name} bootloader says {expected!r}")
+    if not os.path.isdir(drive):
+        bootloader_drive.mark_checked(drive, expected)
 
 
 async def flash_board(board: Board, job: FlashJob) -> None:
@@ -93,7 +97,13 @@ async def _flash_once(board: Board, job: FlashJob) -> None:
             raise BoardError(f"did not enter its UF2 bootloader within {BOOTLOADER_TIMEOUT:g} s")
 
     bootloader = board.sightings[BOOTLOADER]
-    await asyncio.to_thread(check_bootloader_info, bootloader.devname, board_type)  # a USB drive can stall
+    try:
+        async with asyncio.timeout(INFO_TIMEOUT):  # a USB drive can stall
+            await asyncio.to_thread(check_bootloader_info, bootloader.devname, board_type)
+    except TimeoutError:
+        raise BoardError(
+            f"reading INFO_UF2.TXT on {bootloader.devname} took longer than {INFO_TIMEOUT:g} s"
+        ) from None
     await board.update(Status=Status.FLASHING.value)
     loop = asyncio.get_running_loop()
 

@@ -105,8 +105,10 @@ def picofleet_enter_bootloader(board: BoardRef, port: serial.Serial) -> bool | N
 
     Called before a flash, with the board's open port. Return ``True`` once the request was
     sent (the gateway then waits for a bootloader drive with the same serial), or ``None`` to
-    let the next plugin try (the built-in default sends picofleet's ``bootloader`` command, and
-    does the 1200-baud touch when no picofleet firmware answers). Must return within 5 s.
+    let the next plugin try (the built-in default sends picofleet's ``bootloader`` command; when
+    no picofleet firmware answers, MicroPython's ``machine.bootloader()`` over the raw REPL for a
+    board whose USB identity may be MicroPython; else, or if no raw REPL answers, the 1200-baud
+    touch). Must return within 5 s.
     """
 
 

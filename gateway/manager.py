@@ -15,10 +15,12 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ..firmware import uf2
+from ..firmware.assets import AssetCache, AssetError
 from .board import Board, FlashJob
 from .config import GatewayConfig
-from .device import loaded_form, new_record, stored_form
-from .models import BoardError, BoardType, Sighting
+from .device import PORT_IDENTITY, loaded_form, new_record, stored_form
+from .models import APPLICATION, BOOTLOADER, BoardError, BoardType, Sighting
 from .names import board_name
 from .plugin_manager import Plugins
 from .store import Store
@@ -52,6 +54,7 @@ class DeviceManager:
         self.store = store
         self.plugins = plugins
         self.board_types: dict[str, BoardType] = plugins.board_types
+        self.assets = AssetCache(config.assets_directory, config.assets_max_bytes)
         self.boards: dict[str, Board] = {}
         self.target_status = RUNNING
         self._keys: dict[str, str] = {}  # sighting key -> serial
@@ -70,7 +73,10 @@ class DeviceManager:
                 board = Board(self, record, provisioned=True)
                 board.delete_requested = bool(record["DeleteFlag"])  # acknowledged before a crash
                 self._add_board(board)
+                if record["PendingFlash"]:
+                    await self._resume_flash(board)
         log.info("%d known board(s); gateway target status %s", len(self.boards), self.target_status)
+        await self.collect_assets()
 
     async def stop(self) -> None:
         """Stop every board task; each closes its port on the way out."""
@@ -88,14 +94,58 @@ class DeviceManager:
 
     # -- discovery ------------------------------------------------------------------------------
     def on_present(self, sighting: Sighting) -> None:
-        """A board node appeared (or was enumerated)."""
-        self._keys[sighting.key] = sighting.serial
-        board = self.boards.get(sighting.serial)
+        """A board node appeared (or was enumerated).
+
+        A node belongs to the board of the same serial. A bootloader drive whose serial names no
+        board — or names none at all, as the RP2040 bootrom's does — belongs to the board being
+        flashed on the same USB port, or else to the board last seen on that port.
+        """
+        board = self.boards.get(sighting.serial) if sighting.serial else None
+        if board is None and sighting.mode == BOOTLOADER:
+            board = self._on_port(sighting)
         if board is None:
-            record = new_record(sighting.serial, sighting.board_types[0])
-            board = Board(self, record, provisioned=False)
+            serial = sighting.serial or f"{PORT_IDENTITY}{sighting.usb_port}"
+            board = Board(self, new_record(serial, sighting.board_types[0]), provisioned=False)
             self._add_board(board)
+        elif sighting.mode == APPLICATION:
+            self._forget_port_placeholder(sighting, board)
+        self._keys[sighting.key] = board.serial
         board.seen(sighting)
+
+    def _on_port(self, sighting: Sighting) -> Board | None:
+        if not sighting.usb_port:
+            return None
+        types = sighting.matching_types or sighting.board_types
+        absent = [
+            board
+            for board in self.boards.values()
+            if board.usb_port == sighting.usb_port
+            and not board.sightings
+            and board.record["BoardType"] in types
+        ]
+        busy = [board for board in absent if board.busy]
+        if busy or not sighting.serial:
+            board = (busy or absent or [None])[0]
+            if board is not None:
+                log.info(
+                    "%s: bootloader drive %s (serial %r) matched by its USB port %s",
+                    board.label,
+                    sighting.devname,
+                    sighting.serial,
+                    sighting.usb_port,
+                )
+            return board
+        return None
+
+    def _forget_port_placeholder(self, sighting: Sighting, board: Board) -> None:
+        """A board known only by its port shows its real serial: the placeholder record goes."""
+        placeholder = self.boards.get(f"{PORT_IDENTITY}{sighting.usb_port}")
+        if placeholder is not None and placeholder is not board and not placeholder.sightings:
+            log.info(
+                "%s is %s: forgetting the record made from its bootloader", placeholder.label, board.label
+            )
+            placeholder.delete_requested = True
+            placeholder.wake.set()
 
     def on_gone(self, key: str) -> None:
         """A board node went away."""
@@ -232,6 +282,41 @@ class DeviceManager:
         board.wake.set()
 
     async def request_flash(self, board: Board, job: FlashJob) -> None:
-        """Queue a flash; a previous job not yet started is replaced."""
+        """Queue a flash; a previous job not yet started is replaced.
+
+        The image goes into the asset cache and the job into the record first, so a flash cut
+        short by a power loss is done again at the next start (the board waits in its bootloader).
+        """
+        await asyncio.to_thread(self.assets.put, job.uf2)
+        await board.update(PendingFlash=job.stored())
         board.pending_flash = job
+        board.wake.set()
+
+    def referenced_assets(self) -> set[str]:
+        """The assets some board still needs (its pending flash)."""
+        return {
+            str(board.record["PendingFlash"]["sha256"])
+            for board in self.boards.values()
+            if isinstance(board.record.get("PendingFlash"), dict)
+        }
+
+    async def collect_assets(self) -> None:
+        """Garbage-collect the asset cache (docs/assets.md), in a worker thread."""
+        try:
+            await asyncio.to_thread(self.assets.collect, self.referenced_assets())
+        except OSError as error:
+            log.warning("asset cache collection failed: %s", error)
+
+    async def _resume_flash(self, board: Board) -> None:
+        """At start: requeue the flash a board's record says was pending."""
+        pending = board.record["PendingFlash"]
+        try:
+            image = await asyncio.to_thread(self.assets.get, str(pending.get("sha256", "")))
+            parsed = await asyncio.to_thread(uf2.read_uf2, image)
+        except (AssetError, uf2.UF2Error, AttributeError) as error:
+            log.error("%s: the flash pending before the restart cannot be resumed: %s", board.label, error)
+            await board.update(PendingFlash=None, StatusReason=f"pending flash dropped: {error}")
+            return
+        board.pending_flash = FlashJob(image, parsed.families, pending.get("version"), pending.get("commit"))
+        log.info("%s: resuming the flash pending before the restart (%s)", board.label, pending.get("sha256"))
         board.wake.set()

@@ -10,10 +10,12 @@ a :class:`BoardRef` when it calls a hook about a board.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+HEX = re.compile(r"[0-9a-fA-F]+")
 APPLICATION: Literal["application"] = "application"
 BOOTLOADER: Literal["bootloader"] = "bootloader"
 Mode = Literal["application", "bootloader"]
@@ -49,6 +51,28 @@ class UsbDevice:
     @property
     def usb_path(self) -> str:
         return self.properties.get("ID_PATH", "")
+
+    @property
+    def usb_port(self) -> str:
+        """The physical USB port, the same for a board's serial port and its bootloader drive.
+
+        ``PICOFLEET_USB_PORT`` (the USB device's sysfs name, e.g. ``1-1.2``) when the discovery
+        source sets it, else ``ID_PATH`` cut after its ``usb-`` port part (``...-usb-0:1.2``).
+        """
+        port = self.properties.get("PICOFLEET_USB_PORT")
+        if port:
+            return port
+        match = re.match(r"(.*?usb-\d+:[\d.]+)", self.usb_path)
+        return match.group(1) if match else self.usb_path
+
+    @property
+    def board_serial(self) -> str:
+        """The USB serial as a board identity: hex ids upper-case (MicroPython writes the chip id
+        in lower case, the bootroms in upper case), else as reported, else the port."""
+        serial = self.serial
+        if serial and HEX.fullmatch(serial):
+            return serial.upper()
+        return serial or self.usb_port or self.key
 
 
 @dataclass(frozen=True)
@@ -87,7 +111,9 @@ class UsbRule:
     ``bootrom``) for logs and for choosing how to talk to it. ``subsystem`` restricts the rule
     to tty (serial) or block (bootloader drive) nodes; ``interface`` to one USB interface number.
     When several board types match the same device, the one with the highest ``priority``
-    wins; a tie is resolved by asking the firmware (``picofleet_identify``).
+    wins; a tie is resolved by asking the firmware (``picofleet_identify``). ``unique_serial``
+    is False for identities whose USB serial is the same on every board (the RP2040 bootrom's):
+    such a device is matched to a board by its USB port instead.
     """
 
     vendor_id: str
@@ -97,6 +123,7 @@ class UsbRule:
     subsystem: Literal["tty", "block"] = "tty"
     interface: str | None = None
     priority: int = 0
+    unique_serial: bool = True
 
     def matches(self, device: UsbDevice) -> bool:
         if device.subsystem != self.subsystem:
@@ -127,7 +154,11 @@ class BoardType:
 
 @dataclass(frozen=True)
 class Sighting:
-    """A classified device: which board (serial), in which mode, reachable where."""
+    """A classified device: which board (serial), in which mode, reachable where.
+
+    ``serial`` is empty when the device's USB serial does not identify the board (see
+    ``UsbRule.unique_serial``); ``usb_port`` then does.
+    """
 
     key: str
     serial: str
@@ -137,6 +168,8 @@ class Sighting:
     devname: str
     usb_path: str
     virtual: bool = False
+    usb_port: str = ""
+    matching_types: tuple[str, ...] = ()  # every board type with a rule for it, whatever its priority
 
     @property
     def ambiguous(self) -> bool:

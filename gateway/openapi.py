@@ -29,11 +29,21 @@ _DEVICE: dict[str, Any] = {
         "RestartFlag": {"type": "boolean"},
         "DeleteFlag": {"type": "boolean"},
         "Port": {"type": ["string", "null"], "description": "serial device path, null when not held"},
+        "UsbPort": {"type": ["string", "null"], "description": "the USB port the board was last seen on"},
         "FirmwareVersion": {"type": ["string", "null"], "description": "what the firmware said it is"},
         "StatusReason": {"type": ["string", "null"], "description": "why the board is Broken or waiting"},
         "Progress": {
             "type": ["object", "null"],
             "properties": {"done": {"type": "integer"}, "total": {"type": "integer"}},
+        },
+        "PendingFlash": {
+            "type": ["object", "null"],
+            "description": "the flash queued or under way; resumed after a power cut",
+            "properties": {
+                "sha256": {"type": "string"},
+                "commit": {"type": ["string", "null"]},
+                "version": {"type": ["string", "null"]},
+            },
         },
     },
 }

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from . import __version__
 
-COMMANDS = ("gateway", "demo", "plugins", "sim")
+COMMANDS = ("gateway", "demo", "plugins", "sim", "firmware", "flash")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `picofleet ... | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

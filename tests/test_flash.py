@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 import httpx
 
 from picofleet.firmware import image, uf2
+from picofleet.plugins.virtual.control import RackUnavailable
 from tests.helpers.boards import app_uf2, rack, rack_boards
 from tests.helpers.gateway import wait_for
 
@@ -184,3 +186,44 @@ def test_a_failed_flash_leaves_the_board_broken_with_the_reason_until_replugged(
     rack(gateway.data, "plug", serial=serial)
     back = wait_for(lambda: idle(gateway, serial), 10, "Idle after a replug")
     assert back["FirmwareVersion"] is None and back["StatusReason"] is None
+
+
+def test_a_flash_cut_short_by_a_power_loss_is_done_at_the_next_start(gateway_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    gateway = gateway_factory("--simulate", "1")
+    serial = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "a board")[0][
+        "LocalUUID"
+    ]
+    JSON = {"Content-Type": "application/json"}
+    assert gateway.put("/v1/enm/status", content='{"targetStatus":"Paused"}', headers=JSON).status_code == 200
+    image_bytes = app_uf2("2.5.0")
+    assert (
+        httpx.post(
+            f"{gateway.url}/v1/devices/{serial}/flash?commit=c25", content=image_bytes, headers=OCTETS
+        ).status_code
+        == 202
+    )
+    pending = gateway.get(f"/v1/devices/{serial}").json()["PendingFlash"]
+    assert pending == {"sha256": hashlib.sha256(image_bytes).hexdigest(), "commit": "c25", "version": "2.5.0"}
+    gateway.kill()  # the power goes
+
+    def rack_gone() -> bool:
+        try:
+            rack_boards(gateway.data)
+        except (RackUnavailable, AssertionError):
+            return True
+        return False
+
+    wait_for(rack_gone, 10, "the rack to go with the gateway")
+    (gateway.data / "virtual" / "flash" / f"{serial}.uf2").unlink()  # a half-written flash: no valid image
+
+    again = gateway_factory("--simulate", "1")
+    waiting = again.wait_devices(
+        lambda d: len(d) == 1 and d[0]["Status"] == "Bootloader", 15, "in its bootloader"
+    )
+    assert waiting[0]["PendingFlash"]["commit"] == "c25"
+    assert again.put("/v1/enm/status", content='{"targetStatus":"Running"}', headers=JSON).status_code == 200
+    done = wait_for(
+        lambda: (d := idle(again, serial)) and d["Commit"] == "c25" and d, 20, "the resumed flash"
+    )
+    assert done["FirmwareVersion"] == "picofleet-app 2.5.0"
+    assert done["PendingFlash"] is None

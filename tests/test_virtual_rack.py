@@ -175,6 +175,7 @@ def test_touch_drive_and_flash(rack_factory, tmp_path: Path) -> None:
     props = rp2040_drive["properties"]
     assert (props["ID_VENDOR_ID"], props["ID_MODEL_ID"], props["ID_MODEL"]) == ("2e8a", "0003", "RP2 Boot")
     assert props["ID_FS_LABEL"] == "RPI-RP2"
+    assert props["ID_SERIAL_SHORT"] == "E0C9125B0D9B"  # like a real RP2040 bootrom: not the chip's id
     assert (Path(rp2040_drive["devname"]) / "INFO_UF2.TXT").read_text() == RP2040_INFO
 
 

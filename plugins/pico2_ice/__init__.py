@@ -18,7 +18,8 @@ BOARD_TYPE = BoardType(
     chip="RP2350",
     description="tinyVision pico2-ice (RP2350B + iCE40UP5K)",
     usb_rules=(
-        UsbRule(PID_CODES, "b1c0", APPLICATION, "pico-ice", priority=10),
+        # interface 00 is the firmware's console; pico-ice-sdk apps may add a UART bridge, MSC, DFU
+        UsbRule(PID_CODES, "b1c0", APPLICATION, "pico-ice", interface="00", priority=10),
         UsbRule("2e8a", "000f", BOOTLOADER, "bootrom", subsystem="block", priority=5),
     ),
     uf2_families=RP2350_FAMILIES,

@@ -18,10 +18,13 @@ BOARD_TYPE = BoardType(
     chip="RP2040",
     description="Raspberry Pi Pico (RP2040)",
     usb_rules=(
-        UsbRule(RASPBERRY_PI, "000a", APPLICATION, "pico-sdk", priority=10),
+        UsbRule(RASPBERRY_PI, "000a", APPLICATION, "pico-sdk", interface="00", priority=10),
         # MicroPython uses one id for RP2040 and RP2350: the firmware tells them apart (identify).
-        UsbRule(RASPBERRY_PI, "0005", APPLICATION, "micropython"),
-        UsbRule(RASPBERRY_PI, "0003", BOOTLOADER, "bootrom", subsystem="block", priority=10),
+        UsbRule(RASPBERRY_PI, "0005", APPLICATION, "micropython", interface="00"),
+        # the RP2040 bootrom's serial is the same on every chip: its drive is matched by USB port
+        UsbRule(
+            RASPBERRY_PI, "0003", BOOTLOADER, "bootrom", subsystem="block", priority=10, unique_serial=False
+        ),
     ),
     uf2_families=(uf2.RP2040,),
     bootloader_board_id="RPI-RP2",

@@ -21,8 +21,8 @@ BOARD_TYPE = BoardType(
     chip="RP2350",
     description="Raspberry Pi Pico 2 (RP2350)",
     usb_rules=(
-        UsbRule(RASPBERRY_PI, "0009", APPLICATION, "pico-sdk", priority=10),
-        UsbRule(RASPBERRY_PI, "0005", APPLICATION, "micropython"),
+        UsbRule(RASPBERRY_PI, "0009", APPLICATION, "pico-sdk", interface="00", priority=10),
+        UsbRule(RASPBERRY_PI, "0005", APPLICATION, "micropython", interface="00"),
         UsbRule(RASPBERRY_PI, "000f", BOOTLOADER, "bootrom", subsystem="block", priority=10),
     ),
     uf2_families=RP2350_FAMILIES,

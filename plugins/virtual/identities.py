@@ -81,7 +81,7 @@ def info_uf2(board_type: str) -> str:
 
 def index_htm(board_type: str) -> str:
     """The INDEX.HTM of the board's bootloader drive (a redirect to the chip's page)."""
-    version = "E0C9125B0D9B" if chip_of(board_type) == "rp2040" else "5A09D5312E22"
+    version = RP2040_BOOTROM_SERIAL if chip_of(board_type) == "rp2040" else "5A09D5312E22"
     url = f"https://raspberrypi.com/device/RP2?version={version}"
     return (
         f'<html><head><meta http-equiv="refresh" content="0;URL=\'{url}\'"/></head>'
@@ -120,9 +120,19 @@ def tty_properties(board_type: str, firmware: str | None, serial: str, slot: int
     return properties
 
 
+RP2040_BOOTROM_SERIAL = "E0C9125B0D9B"
+"""The RP2040 bootrom's USB serial: the same on every B2 chip (its bootrom version), not the chip id."""
+
+
 def block_properties(board_type: str, serial: str, slot: int) -> dict[str, str]:
-    """udev-style properties of the board's bootloader drive."""
+    """udev-style properties of the board's bootloader drive.
+
+    Like the real chips: the RP2350 bootrom reports the chip's unique id as its serial, the RP2040
+    bootrom a fixed string, so an RP2040 in its bootloader is told apart only by its USB port.
+    """
     identity, label = bootloader_identity(board_type)
+    if chip_of(board_type) == "rp2040":
+        serial = RP2040_BOOTROM_SERIAL
     properties = _properties(identity, serial, slot, board_type)
     properties.update(
         {"ID_USB_DRIVER": "usb-storage", "DEVTYPE": "disk", "ID_FS_TYPE": "vfat", "ID_FS_LABEL": label}

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,10 +36,16 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float 
 class GatewayProcess:
     """A gateway subprocess; its output goes to DATA/gateway.log."""
 
-    def __init__(self, data: Path, *args: str, env: dict[str, str] | None = None):
+    def __init__(
+        self, data: Path, *args: str, env: dict[str, str] | None = None, wrapper: Sequence[str] = ()
+    ):
+        """``wrapper`` prefixes the command (``["umockdev-run", "-d", FILE, "--"]``); ``pid`` is then its."""
         self.data = data
         self.args = list(args)
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.wrapper = list(wrapper)
+        # virtual-board tests must not pick up real USB boards (or warn about udev): USB discovery
+        # is off unless a test asks for it
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "PICOFLEET_USB_DISCOVERY": "off", **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.log_path = data / "gateway.log"
@@ -49,6 +55,7 @@ class GatewayProcess:
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 (the child owns it)
         command = [
+            *self.wrapper,
             sys.executable,
             "-m",
             "picofleet.cli",

@@ -23,7 +23,7 @@ BOARD_TYPE = BoardType(
     description="ACME relay board (RP2040)",
     usb_rules=(
         UsbRule("1209", "0001", APPLICATION, "acme-relay", priority=10),
-        UsbRule("2e8a", "0003", BOOTLOADER, "bootrom", subsystem="block", priority=1),
+        UsbRule("2e8a", "0003", BOOTLOADER, "bootrom", subsystem="block", priority=1, unique_serial=False),
     ),
     uf2_families=(uf2.RP2040,),
     bootloader_board_id="RPI-RP2",

@@ -1,0 +1,153 @@
+"""`picofleet firmware`: look at firmware files and pack iCE40 bitstreams.
+
+    picofleet firmware inspect FILE [--json]   what FILE is (UF2, iCE40 .asc or .bin), or why it is invalid
+    picofleet firmware pack IN.asc OUT.bin     pack an up5k .asc into the .bin a pico2-ice's FPGA takes
+
+Invalid files end the command with exit status 1 and one line on stderr naming the bad block,
+byte offset or line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from picofleet.firmware import bitstream, uf2
+from picofleet.gateway.atomic import atomic_write_bytes
+
+KIND_NAMES = {"uf2": "UF2", "ice40-asc": "iCE40 bitstream (.asc text)", "ice40-bin": "iCE40 bitstream (.bin)"}
+
+
+def _fail(reason: str) -> int:
+    print(f"picofleet firmware: {' '.join(reason.split())}", file=sys.stderr)
+    return 1
+
+
+def _invalid(path: Path, data: bytes, error: ValueError) -> str:
+    """The one-line reason why ``data`` (the content of ``path``) is invalid."""
+    kind = bitstream.detect_kind(data)
+    if isinstance(error, uf2.UF2Error) or kind == "uf2":
+        return f"{path}: not a valid UF2 file: {error}"
+    if kind is None:
+        return f"{path}: {error}"
+    return f"{path}: not a valid {KIND_NAMES[kind]}: {error}"
+
+
+def _text_summary(info: dict[str, Any]) -> list[str]:
+    """The lines `inspect` prints for ``info`` (from :func:`bitstream.inspect_file`)."""
+    kind = info["kind"]
+    if kind == "uf2":
+        chip = info["chip"] or "unknown chip"
+        lines = [f"{info['path']}: UF2, {chip} (family {info['family']})"]
+    else:
+        lines = [f"{info['path']}: {KIND_NAMES[kind]}, {info['chip']} ({info['device']})"]
+    lines.append(f"  size       {info['size']} bytes")
+    lines.append(f"  sha256     {info['sha256']}")
+    if kind == "uf2":
+        per_block = "256 per block" if info["all_payloads_256"] else "not all 256 per block"
+        lines.append(f"  blocks     {info['blocks']} ({info['payload_bytes']} bytes of payload, {per_block})")
+        lines.append(f"  addresses  {info['address_range_hex']}")
+        return lines
+    comment = info["comment"].replace("\n", " | ") if info["comment"] else "(none)"
+    lines.append(f"  comment    {comment}")
+    cram = info["cram"]
+    rows = ", ".join(str(bank["rows"]) for bank in cram["banks"])
+    bram = info["bram"]
+    bram_shape = ", ".join(f"{bank['width']}x{bank['rows']}" for bank in bram["banks"])
+    if kind == "ice40-bin":
+        lines.append(f"  CRAM       banks 0-3 of {cram['width']} bits x {rows} rows ({cram['bytes']} bytes)")
+        if bram["initialized"]:
+            lines.append(f"  BRAM       initialized: banks 0-3 of {bram_shape} ({bram['bytes']} bytes)")
+        else:
+            lines.append("  BRAM       not initialized (no BRAM data, as icepack -n writes)")
+        lines.append(
+            f"  options    oscillator {info['freqrange']}, warm boot {info['warmboot']}, "
+            f"no-sleep {info['nosleep']}; {info['crc_checks']} CRC check(s) passed"
+        )
+    else:
+        tiles = info["tiles"]
+        detail = ", ".join(f"{kind} {count}" for kind, count in sorted(tiles.items()))
+        lines.append(f"  tiles      {sum(tiles.values())} ({detail})")
+        lines.append(f"  CRAM       banks 0-3 of {cram['width']} bits x {rows} rows")
+        lines.append(f"  BRAM       {bram['ram_data_blocks']} .ram_data block(s): banks 0-3 of {bram_shape}")
+        lines.append(
+            f"  other      {info['lines']} lines, warm boot {info['warmboot']}, "
+            f"{info['extra_bits']} extra bit(s), {info['symbols']} symbol(s)"
+        )
+    return lines
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    """Print what FILE is: kind, chip/family, size, blocks, address range, sha256 (or why it is invalid)."""
+    path = Path(args.file)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        return _fail(f"{path}: {error.strerror or error}")
+    try:
+        info = {"path": str(path), **bitstream.inspect_bytes(data)}
+    except ValueError as error:  # UF2Error or BitstreamError
+        return _fail(_invalid(path, data, error))
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print("\n".join(_text_summary(info)))
+    return 0
+
+
+def run_pack(args: argparse.Namespace) -> int:
+    """Pack an up5k .asc into a .bin with icepack (validated before and after), written atomically."""
+    source, target = Path(args.asc), Path(args.bin)
+    try:
+        raw = source.read_bytes()
+    except OSError as error:
+        return _fail(f"{source}: {error.strerror or error}")
+    kind = bitstream.detect_kind(raw)
+    if kind in ("uf2", "ice40-bin"):
+        what = "a UF2 file" if kind == "uf2" else "already an iCE40 .bin"
+        return _fail(f"{source}: is {what}, not an .asc to pack")
+    try:
+        bitstream.read_asc(raw)
+    except bitstream.BitstreamError as error:
+        return _fail(f"{source}: not a valid iCE40 .asc: {error}")
+    try:
+        packed = bitstream.pack_asc(raw.decode("utf-8"), timeout=args.timeout)
+    except bitstream.BitstreamError as error:  # icepack missing, failing or too slow
+        return _fail(f"{source}: {error}")
+    try:
+        atomic_write_bytes(target, packed)
+    except OSError as error:
+        return _fail(f"{target}: {error.strerror or error}")
+    print(f"{target}: {len(packed)} bytes, iCE40UP5K (up5k), sha256 {hashlib.sha256(packed).hexdigest()}")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `picofleet firmware` with its `inspect` and `pack` actions."""
+    parser = subparsers.add_parser(
+        "firmware",
+        help="inspect UF2 files and iCE40 bitstreams; pack an .asc into a .bin",
+        description="Look at firmware files (UF2, iCE40 .asc/.bin) and pack iCE40 bitstreams.",
+    )
+    actions = parser.add_subparsers(dest="firmware_command", metavar="ACTION", required=True)
+    inspect = actions.add_parser(
+        "inspect",
+        help="what a UF2 file or iCE40 bitstream holds, or why it is invalid",
+        description=run_inspect.__doc__,
+    )
+    inspect.add_argument("file", metavar="FILE")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    inspect.set_defaults(run=run_inspect)
+    pack = actions.add_parser(
+        "pack", help="pack an up5k .asc into a .bin (with icepack)", description=run_pack.__doc__
+    )
+    pack.add_argument("asc", metavar="IN.asc")
+    pack.add_argument("bin", metavar="OUT.bin")
+    pack.add_argument(
+        "--timeout", type=float, default=60.0, metavar="SECONDS", help="time limit for icepack (default 60)"
+    )
+    pack.set_defaults(run=run_pack)

@@ -1,0 +1,140 @@
+"""A bootloader drive is matched to the board being flashed by serial, or by USB port path when the
+bootrom reports another serial; the flash goes through the real orchestration with a scripted plugin."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from pathlib import Path
+from typing import Any
+
+from picofleet.gateway.board import FlashJob
+from picofleet.gateway.config import load_config
+from picofleet.gateway.hookspecs import hookimpl
+from picofleet.gateway.manager import DeviceManager
+from picofleet.gateway.models import APPLICATION, BOOTLOADER, BoardIdentity, Sighting
+from picofleet.gateway.plugin_manager import load_plugins
+from picofleet.gateway.store import Store
+from tests.helpers.boards import app_uf2
+
+TTY_PATH = "platform-fd500000.pcie-pci-0000:01:00.0-usb-0:1.3:1.0"
+DISK_PATH = "platform-fd500000.pcie-pci-0000:01:00.0-usb-0:1.3:1.0-scsi-0:0:0:0"  # udev's ID_PATH differ
+PORT = "1-1.3"  # ... but the USB port is the same
+
+
+class ScriptedBoard:
+    """A plugin playing one board: its firmware, and a bootrom that reports ``bootrom_serial``."""
+
+    def __init__(self, manager_ref: dict[str, Any], drive: Path, bootrom_serial: str):
+        self.manager_ref, self.drive, self.bootrom_serial = manager_ref, drive, bootrom_serial
+        self.version = "1.0.0"
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def app(self, boot: int) -> Sighting:
+        return Sighting(
+            f"tty-{boot}",
+            "E6614103E73F9A2B",
+            APPLICATION,
+            ("rp2040",),
+            "pico-sdk",
+            f"/dev/ttyACM{boot}",
+            TTY_PATH,
+            usb_port=PORT,
+        )
+
+    def bootloader(self) -> Sighting:
+        return Sighting(
+            "block",
+            self.bootrom_serial,
+            BOOTLOADER,
+            ("rp2040",),
+            "bootrom",
+            str(self.drive),
+            DISK_PATH,
+            usb_port=PORT,
+        )
+
+    def later(self, *steps: Any) -> None:
+        manager = self.manager_ref["manager"]
+        assert self.loop is not None
+        for step in steps:
+            self.loop.call_soon_threadsafe(step, manager)
+
+    def plugin(self) -> types.ModuleType:
+        module = types.ModuleType("scripted_board")
+
+        @hookimpl(tryfirst=True)
+        def picofleet_open_port(board):  # type: ignore[no-untyped-def]
+            """A port that needs no device."""
+            return types.SimpleNamespace(close=lambda: None)
+
+        @hookimpl(tryfirst=True)
+        def picofleet_identify(board, port):  # type: ignore[no-untyped-def]
+            """The firmware's answer."""
+            return BoardIdentity("rp2040", board.serial, "app", self.version)
+
+        @hookimpl(tryfirst=True)
+        def picofleet_enter_bootloader(board, port):  # type: ignore[no-untyped-def]
+            """The tty goes, the bootrom's drive comes (with its own serial)."""
+            self.later(lambda m: m.on_gone("tty-1"), lambda m: m.on_present(self.bootloader()))
+            return True
+
+        @hookimpl(tryfirst=True)
+        def picofleet_write_uf2(board, drive, uf2, progress):  # type: ignore[no-untyped-def]
+            """The bootrom takes the image and reboots into it."""
+            Path(drive, "written.uf2").write_bytes(uf2)
+            self.version = "2.0.0"
+            self.later(lambda m: m.on_gone("block"), lambda m: m.on_present(self.app(2)))
+            return True
+
+        for function in (
+            picofleet_open_port,
+            picofleet_identify,
+            picofleet_enter_bootloader,
+            picofleet_write_uf2,
+        ):
+            setattr(module, function.__name__, function)
+        return module
+
+
+async def flash_with_bootrom_serial(tmp_path: Path, bootrom_serial: str) -> dict[str, Any]:
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    (drive / "INFO_UF2.TXT").write_text("UF2 Bootloader v3.0\nModel: Raspberry Pi RP2\nBoard-ID: RPI-RP2\n")
+    holder: dict[str, Any] = {}
+    board_script = ScriptedBoard(holder, drive, bootrom_serial)
+    board_script.loop = asyncio.get_running_loop()
+    config = load_config({"data": str(tmp_path / "data")}, {"ENM_UPDATE_RETRIES": "0"})
+    store = Store(config.db_path)
+    await store.open()
+    manager = DeviceManager(config, store, load_plugins(extra=[("scripted", board_script.plugin())]))
+    holder["manager"] = manager
+    await manager.start()
+    try:
+        manager.on_present(board_script.app(1))
+        async with asyncio.timeout(10):
+            while (board := manager.find("E6614103E73F9A2B")) is None or board.record["Status"] != "Idle":
+                await asyncio.sleep(0.01)
+        image = app_uf2("2.0.0", board="rp2040", family=0xE48BFF56)
+        await manager.request_flash(board, FlashJob(image, frozenset({0xE48BFF56}), "2.0.0", "c2"))
+        async with asyncio.timeout(10):
+            while board.record["Commit"] != "c2" and board.record["Status"] != "Broken":
+                await asyncio.sleep(0.01)
+        assert (drive / "written.uf2").read_bytes() == image
+        return {"record": board.record, "boards": len(manager.listed())}
+    finally:
+        await manager.stop()
+        await store.close()
+
+
+def test_bootloader_drive_with_the_same_serial_is_the_same_board(tmp_path: Path) -> None:
+    result = asyncio.run(flash_with_bootrom_serial(tmp_path, "E6614103E73F9A2B"))
+    assert result["record"]["Status"] == "Idle" and result["record"]["FirmwareVersion"] == "app 2.0.0"
+    assert result["boards"] == 1
+
+
+def test_bootloader_drive_with_another_serial_is_matched_by_usb_port_path(tmp_path: Path) -> None:
+    result = asyncio.run(flash_with_bootrom_serial(tmp_path, "RP2-BOOTROM-SERIAL"))
+    assert result["record"]["Status"] == "Idle", result["record"]["StatusReason"]
+    assert result["record"]["Commit"] == "c2"
+    assert result["boards"] == 1  # not a new board
