@@ -169,7 +169,8 @@ class Board:
 
     def set_progress(self, done: int, total: int) -> None:
         """Live flash progress (not stored); safe to call on the event loop only."""
-        self.record = {**self.record, "Progress": {"done": done, "total": total}}
+        percent = round(100 * done / total, 1) if total else 100.0
+        self.record = {**self.record, "Progress": {"done": done, "total": total, "percent": percent}}
 
     # -- the task ---------------------------------------------------------------------------
     async def run(self) -> None:

@@ -15,6 +15,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import serial
 from mpremote.transport import TransportError
@@ -220,6 +221,12 @@ def picofleet_enter_bootloader(board: BoardRef, port: serial.Serial) -> bool | N
     log.info("%s: no picofleet firmware or MicroPython answered; 1200-baud touch", board.serial)
     touch_1200(port)
     return True
+
+
+@hookimpl(trylast=True)
+def picofleet_update_lock(config: GatewayConfig) -> AbstractContextManager[object] | None:
+    """No lock outside balena (the balena integration provides the supervisor's update lock)."""
+    return contextlib.nullcontext()
 
 
 @hookimpl(trylast=True)

@@ -12,6 +12,7 @@ Broken with the reason.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,8 @@ from .models import APPLICATION, BOOTLOADER, BoardError, BoardType
 
 if TYPE_CHECKING:
     from .board import Board, FlashJob
+
+log = logging.getLogger("picofleet.board")
 
 PRESENCE_TIMEOUT = 10.0
 BOOTLOADER_TIMEOUT = 10.0
@@ -59,6 +62,11 @@ def check_bootloader_info(drive: str, board_type: BoardType) -> None:
 
 async def flash_board(board: Board, job: FlashJob) -> None:
     """Flash ``job`` onto ``board`` with retries; raise BoardError after the last failed attempt."""
+    async with board.manager.updating():
+        await _flash_with_retries(board, job)
+
+
+async def _flash_with_retries(board: Board, job: FlashJob) -> None:
     attempts = 1 + board.manager.config.update_retries
     for attempt in range(1, attempts + 1):
         try:
@@ -68,7 +76,7 @@ async def flash_board(board: Board, job: FlashJob) -> None:
             if attempt == attempts:
                 raise BoardError(f"flash failed after {attempts} attempt(s): {error}") from None
             delay = RETRY_BASE_DELAY * 2 ** (attempt - 1)
-            board.log.warning(
+            log.warning(
                 "%s: flash attempt %d of %d failed (%s); retrying in %g s",
                 board.label,
                 attempt,

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     import serial
 
     from .config import GatewayConfig
@@ -121,6 +123,18 @@ def picofleet_write_uf2(board: BoardRef, drive: str, uf2: bytes, progress: Progr
     mounted or virtual drive). Call ``progress(done, total)`` as bytes are written. Return
     ``True`` when every block is written (the board reboots by itself), or ``None`` to let the
     built-in default write it. Raise :class:`BoardError` if the drive went away.
+    """
+
+
+@hookspec(firstresult=True)
+def picofleet_update_lock(config: GatewayConfig) -> AbstractContextManager[object] | None:
+    """Return a context manager holding the platform's update lock while it is entered.
+
+    Called (in a worker thread) when the first board starts flashing; the gateway enters the
+    returned context manager and exits it when the last flash in progress ends (one lock for
+    all boards, also after errors, on pause and at shutdown). Entering may raise BoardError when
+    the lock cannot be taken (the flash then fails with that reason). Return ``None`` to let the
+    next plugin answer; the built-in default is a no-op (the balena issue adds balena's lock).
     """
 
 

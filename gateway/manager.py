@@ -9,10 +9,12 @@ current status turns Paused only once no board task holds a port or is mid-opera
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import Any
 
 from ..firmware import uf2
@@ -35,6 +37,7 @@ HOOK_TIMEOUTS = {
     "picofleet_write_uf2": 30.0,  # plus the image's size at MIN_WRITE_RATE
     "picofleet_restart": 10.0,
     "picofleet_blink": 5.0,
+    "picofleet_update_lock": 10.0,
 }
 """Time limits of the board hooks: twice what the contract asks of a plugin, for slow boards."""
 MIN_WRITE_RATE = 50_000
@@ -60,6 +63,9 @@ class DeviceManager:
         self._keys: dict[str, str] = {}  # sighting key -> serial
         self._executor = ThreadPoolExecutor(max_workers=128, thread_name_prefix="board-io")
         self._timers: set[asyncio.TimerHandle] = set()
+        self._lock_transition = asyncio.Lock()
+        self._lock_holders = 0
+        self._held_lock: AbstractContextManager[object] | None = None
         self._names: set[str] = set()  # names of provisioned boards (and those being provisioned)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -232,6 +238,25 @@ class DeviceManager:
 
         timer = asyncio.get_running_loop().call_later(delay, fire)
         self._timers.add(timer)
+
+    # -- the update lock ------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def updating(self) -> AsyncIterator[None]:
+        """Hold the platform's update lock (``picofleet_update_lock``) while any board is flashed."""
+        async with self._lock_transition:
+            if self._lock_holders == 0:
+                lock = await self.call_hook("picofleet_update_lock", config=self.config)
+                await asyncio.to_thread(lock.__enter__)
+                self._held_lock = lock
+            self._lock_holders += 1
+        try:
+            yield
+        finally:
+            async with self._lock_transition:
+                self._lock_holders -= 1
+                if self._lock_holders == 0 and self._held_lock is not None:
+                    lock, self._held_lock = self._held_lock, None
+                    await asyncio.to_thread(lock.__exit__, None, None, None)
 
     # -- pause / run ----------------------------------------------------------------------------
     @property

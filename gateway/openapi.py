@@ -34,7 +34,11 @@ _DEVICE: dict[str, Any] = {
         "StatusReason": {"type": ["string", "null"], "description": "why the board is Broken or waiting"},
         "Progress": {
             "type": ["object", "null"],
-            "properties": {"done": {"type": "integer"}, "total": {"type": "integer"}},
+            "properties": {
+                "done": {"type": "integer"},
+                "total": {"type": "integer"},
+                "percent": {"type": "number"},
+            },
         },
         "PendingFlash": {
             "type": ["object", "null"],

@@ -4,7 +4,9 @@ bootrom reports another serial; the flash goes through the real orchestration wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import types
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ class ScriptedBoard:
         self.manager_ref, self.drive, self.bootrom_serial = manager_ref, drive, bootrom_serial
         self.version = "1.0.0"
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.lock_events: list[str] = []
 
     def app(self, boot: int) -> Sighting:
         return Sighting(
@@ -79,9 +82,21 @@ class ScriptedBoard:
             self.later(lambda m: m.on_gone("tty-1"), lambda m: m.on_present(self.bootloader()))
             return True
 
+        @contextlib.contextmanager
+        def update_lock() -> Iterator[None]:
+            self.lock_events.append("taken")
+            yield
+            self.lock_events.append("released")
+
+        @hookimpl(tryfirst=True)
+        def picofleet_update_lock(config):  # type: ignore[no-untyped-def]
+            """A lock that records when it is held."""
+            return update_lock()
+
         @hookimpl(tryfirst=True)
         def picofleet_write_uf2(board, drive, uf2, progress):  # type: ignore[no-untyped-def]
             """The bootrom takes the image and reboots into it."""
+            self.lock_events.append("write")
             Path(drive, "written.uf2").write_bytes(uf2)
             self.version = "2.0.0"
             self.later(lambda m: m.on_gone("block"), lambda m: m.on_present(self.app(2)))
@@ -91,6 +106,7 @@ class ScriptedBoard:
             picofleet_open_port,
             picofleet_identify,
             picofleet_enter_bootloader,
+            picofleet_update_lock,
             picofleet_write_uf2,
         ):
             setattr(module, function.__name__, function)
@@ -121,7 +137,7 @@ async def flash_with_bootrom_serial(tmp_path: Path, bootrom_serial: str) -> dict
             while board.record["Commit"] != "c2" and board.record["Status"] != "Broken":
                 await asyncio.sleep(0.01)
         assert (drive / "written.uf2").read_bytes() == image
-        return {"record": board.record, "boards": len(manager.listed())}
+        return {"record": board.record, "boards": len(manager.listed()), "lock": board_script.lock_events}
     finally:
         await manager.stop()
         await store.close()
@@ -131,6 +147,7 @@ def test_bootloader_drive_with_the_same_serial_is_the_same_board(tmp_path: Path)
     result = asyncio.run(flash_with_bootrom_serial(tmp_path, "E6614103E73F9A2B"))
     assert result["record"]["Status"] == "Idle" and result["record"]["FirmwareVersion"] == "app 2.0.0"
     assert result["boards"] == 1
+    assert result["lock"] == ["taken", "write", "released"]  # the update lock is held while flashing
 
 
 def test_bootloader_drive_with_another_serial_is_matched_by_usb_port_path(tmp_path: Path) -> None:

@@ -227,3 +227,31 @@ def test_a_flash_cut_short_by_a_power_loss_is_done_at_the_next_start(gateway_fac
     )
     assert done["FirmwareVersion"] == "picofleet-app 2.5.0"
     assert done["PendingFlash"] is None
+
+
+def test_a_board_unplugged_mid_flash_is_recovered_by_the_retry(gateway_factory) -> None:  # type: ignore[no-untyped-def]
+    # the bootrom waits 1.5 s after the last block before rebooting: the cable is pulled then
+    gateway = gateway_factory(
+        "--simulate", "1", env={"PICOFLEET_SIM_REBOOT_DELAY": "1.5", "ENM_UPDATE_RETRIES": "2"}
+    )
+    serial = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "a board")[0][
+        "LocalUUID"
+    ]
+    assert (
+        httpx.post(
+            f"{gateway.url}/v1/devices/{serial}/flash?commit=c3", content=app_uf2("3.0.0"), headers=OCTETS
+        ).status_code
+        == 202
+    )
+    wait_for(
+        lambda: gateway.get(f"/v1/devices/{serial}").json()["Status"] == "Starting", 15, "written, rebooting"
+    )
+    rack(gateway.data, "unplug", serial=serial)
+    rack(gateway.data, "plug", serial=serial)
+    done = wait_for(
+        lambda: (d := gateway.get(f"/v1/devices/{serial}").json())["Status"] in ("Idle", "Broken") and d,
+        40,
+        "the retry",
+    )
+    assert (done["Status"], done["Commit"], done["FirmwareVersion"]) == ("Idle", "c3", "picofleet-app 3.0.0")
+    assert "flash attempt 1 of 3 failed" in gateway.output()
