@@ -12,11 +12,15 @@
   is being queued is not lost); if the cache is still larger than its bound, the least recently
   used unreferenced assets go first, whatever their age. Referenced assets are never deleted:
   when they alone exceed the bound, a warning says so. Partial downloads count like assets.
+  Only the cache's own files are considered (``<sha256[:2]>/<sha256>``, its ``.damaged`` copy,
+  ``partial/<sha256>``, and temporary files a killed write left, once past the grace period):
+  anything else stored under the directory is left alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -25,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 
 import httpx
 
@@ -33,6 +38,9 @@ from ..gateway.atomic import atomic_write_bytes, fsync_directory
 log = logging.getLogger("picofleet.assets")
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
+FOLDER = re.compile(r"[0-9a-f]{2}")
+TEMP = re.compile(r"\.[0-9a-f]{64}\..+\.tmp", re.DOTALL)
+"""What :func:`~picofleet.gateway.atomic.atomic_write_bytes` names its temporary files here."""
 GRACE_SECONDS = 3600.0
 DOWNLOAD_CHUNK = 64 * 1024
 
@@ -127,25 +135,30 @@ class AssetCache:
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         try:
             async with client.stream("GET", url, headers=headers) as response:
-                if response.status_code == 200 and offset:
-                    log.info("asset %s: the server ignored Range; downloading it whole again", sha256)
-                    digest, offset = hashlib.sha256(), 0
-                elif response.status_code == 416 and size is not None and offset == size:
-                    pass  # we already have every byte
-                elif response.status_code not in (200, 206):
-                    raise AssetError(f"download of {url} failed: HTTP {response.status_code}")
-                with open(partial, "r+b" if offset else "wb") as handle:
-                    handle.seek(offset)
-                    handle.truncate()
-                    async for chunk in response.aiter_bytes(DOWNLOAD_CHUNK):
-                        offset += len(chunk)
-                        if size is not None and offset > size:
-                            raise AssetError(f"download of {url} is larger than the {size} bytes announced")
-                        digest.update(chunk)
-                        await asyncio.to_thread(handle.write, chunk)
-                        if progress is not None:
-                            progress(offset, size)
-                    await asyncio.to_thread(_flush_and_sync, handle)
+                if response.status_code == 416 and size is not None and offset == size:
+                    # We already have every byte: the reply's body is an error page, not data.
+                    if progress is not None:
+                        progress(offset, size)
+                else:
+                    if response.status_code == 200 and offset:
+                        log.info("asset %s: the server ignored Range; downloading it whole again", sha256)
+                        digest, offset = hashlib.sha256(), 0
+                    elif response.status_code not in (200, 206):
+                        raise AssetError(f"download of {url} failed: HTTP {response.status_code}")
+                    with open(partial, "r+b" if offset else "wb") as handle:
+                        handle.seek(offset)
+                        handle.truncate()
+                        async for chunk in response.aiter_bytes(DOWNLOAD_CHUNK):
+                            offset += len(chunk)
+                            if size is not None and offset > size:
+                                raise AssetError(
+                                    f"download of {url} is larger than the {size} bytes announced"
+                                )
+                            digest.update(chunk)
+                            await asyncio.to_thread(handle.write, chunk)
+                            if progress is not None:
+                                progress(offset, size)
+                        await asyncio.to_thread(_flush_and_sync, handle)
         except httpx.HTTPError as error:
             raise AssetError(f"download of {url} interrupted after {offset} bytes: {error}") from None
         if digest.hexdigest() != sha256:
@@ -161,6 +174,12 @@ class AssetCache:
         now = time.time() if now is None else now
         report = Collected()
         candidates: list[tuple[float, int, Path, str]] = []
+        for path in self._stale_temp_files(now):
+            with contextlib.suppress(FileNotFoundError):
+                size = path.lstat().st_size
+                path.unlink()
+                report.freed_bytes += size
+                log.info("asset cache: deleted stale temporary file %s (%d bytes)", path.name, size)
         for path in self._stored_files():
             name = path.name.split(".")[0]
             stat = path.stat()
@@ -185,12 +204,47 @@ class AssetCache:
             )
         return report
 
-    def _stored_files(self) -> list[Path]:
+    def _cache_folders(self) -> list[Path]:
+        """The folders the cache writes: ``<sha256[:2]>`` ones and ``partial`` (not symlinks)."""
         if not self.directory.is_dir():
             return []
         return [
-            path for path in self.directory.glob("*/*") if path.is_file() and not path.name.startswith(".")
+            folder
+            for folder in self.directory.iterdir()
+            if (FOLDER.fullmatch(folder.name) or folder.name == "partial")
+            and not folder.is_symlink()
+            and folder.is_dir()
         ]
+
+    def _stored_files(self) -> list[Path]:
+        """The cache's own files: ``<sha256[:2]>/<sha256>[.damaged]`` and ``partial/<sha256>``.
+
+        Anything else under the directory (another program's files, a stray folder) is never
+        touched; temporary files are left to :meth:`_stale_temp_files`.
+        """
+        found = []
+        for folder in self._cache_folders():
+            for path in folder.iterdir():
+                if folder.name == "partial":
+                    sha = path.name
+                else:
+                    sha = path.name.removesuffix(".damaged")
+                    if not sha.startswith(folder.name):
+                        continue
+                if SHA256.fullmatch(sha) and _is_plain_file(path):
+                    found.append(path)
+        return found
+
+    def _stale_temp_files(self, now: float) -> list[Path]:
+        """Temporary files (``.<sha256>.<...>.tmp``) a killed write left, older than the grace period."""
+        stale = []
+        for folder in self._cache_folders():
+            for path in folder.iterdir():
+                if TEMP.fullmatch(path.name) and _is_plain_file(path):
+                    with contextlib.suppress(FileNotFoundError):
+                        if now - path.lstat().st_mtime > GRACE_SECONDS:
+                            stale.append(path)
+        return stale
 
     @staticmethod
     def _delete(path: Path, name: str, size: int, report: Collected) -> None:
@@ -211,6 +265,14 @@ def _hash_existing(partial: Path, size: int | None) -> tuple[hashlib._Hash, int]
         return digest, 0
     digest.update(data)
     return digest, len(data)
+
+
+def _is_plain_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file itself (not a symlink to one)."""
+    try:
+        return S_ISREG(path.lstat().st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _flush_and_sync(handle: object) -> None:

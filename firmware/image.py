@@ -41,7 +41,7 @@ def find_descriptor(image: bytes) -> dict[str, str] | None:
             body = image[length_at + 2 : length_at + 2 + length]
             try:
                 fields = json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested too deeply to parse
                 fields = None
             if isinstance(fields, dict) and {"name", "version", "board"} <= fields.keys():
                 return {key: str(fields[key]) for key in ("name", "version", "board")}

@@ -176,7 +176,10 @@ def create_app(manager: DeviceManager) -> Starlette:
             raise ApiError(409, f"board type {board.record['BoardType']!r} has no plugin loaded")
         job = await asyncio.to_thread(_read_image, bytes(body), board_type)
         job.commit = request.query_params.get("commit")
-        await manager.request_flash(board, job)
+        try:
+            await manager.request_flash(board, job)
+        except BoardError as error:  # the asset cache could not store it (disk full, read-only)
+            raise ApiError(507, str(error)) from None
         return JSONResponse({"queued": True, "device": board.serial, "bytes": len(body)}, status_code=202)
 
     async def openapi(request: Request) -> Response:

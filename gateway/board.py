@@ -229,9 +229,15 @@ class Board:
             return  # Broken until it is replugged or asked to flash or restart
         if app is None:
             await self.close_port()
+            await self.correct_board_type(bootloader)
+            if not self.provisioned:
+                await self.manager.provision(self, str(self.record["BoardType"]))
             await self.update(
                 Status=Status.BOOTLOADER.value,
                 Port=None,
+                UsbPort=bootloader.usb_port
+                if bootloader and bootloader.usb_port
+                else self.record.get("UsbPort"),
                 StatusReason="in its UF2 bootloader, waiting for firmware",
             )
             return
@@ -245,6 +251,20 @@ class Board:
             await self.blink()
         elif self.record["Status"] not in (Status.IDLE.value, Status.RESERVED.value):
             await self.update(Status=Status.IDLE.value)
+
+    async def correct_board_type(self, bootloader: Sighting | None) -> None:
+        """The bootrom tells the chip for sure: a board whose USB identity was ambiguous (MicroPython
+        is 2e8a:0005 on both chips) and guessed wrong takes the type its bootloader shows."""
+        if bootloader is None or not bootloader.matching_types:
+            return
+        if self.record["BoardType"] not in bootloader.matching_types:
+            log.warning(
+                "%s: its bootloader is a %s's, not a %s's: corrected",
+                self.label,
+                bootloader.board_types[0],
+                self.record["BoardType"],
+            )
+            await self.update(BoardType=bootloader.board_types[0])
 
     async def present_while_paused(self, *, bootloader: bool) -> None:
         """Show a board that is plugged in while the gateway is paused, without touching it.
@@ -354,10 +374,24 @@ class Board:
         self.broken = False
         try:
             await flash_board(self, job)
+        except asyncio.CancelledError:
+            raise  # the gateway stops: the flash stays pending (PendingFlash) and resumes at the next start
+        except BoardError:
+            await self.finish_job(job)
+            raise
+        else:
+            await self.finish_job(job)
         finally:
             self.busy = False
             self.record = {**self.record, "Progress": None}
-            if self.pending_flash is job:  # not replaced by a newer job meanwhile
-                self.pending_flash = None
-                await self.update(PendingFlash=None)
-                await self.manager.collect_assets()
+
+    async def finish_job(self, job: FlashJob) -> None:
+        """The job is done (or failed for good): drop it, unless a newer job replaced it meanwhile."""
+        async with self.update_lock:
+            if self.pending_flash is not job:
+                return  # a newer job was queued (and stored) while this one ran
+            self.pending_flash = None
+            if self.provisioned and not self.forgotten:
+                await self.manager.persist({**self.record, "PendingFlash": None})
+            self.record = {**self.record, "PendingFlash": None}
+        await self.manager.collect_assets()

@@ -200,6 +200,8 @@ def picofleet_enter_bootloader(board: BoardRef, port: serial.Serial) -> bool | N
     try:
         _client(board, port).request("bootloader", timeout=IDENTIFY_TIMEOUT)
         return True
+    except PortLost:
+        return True  # it reset before its answer reached us: the gateway waits for the drive
     except NoAnswer:
         pass  # not picofleet firmware
     if board.firmware in MICROPYTHON_FIRMWARES:

@@ -66,7 +66,11 @@ class DeviceManager:
         self._lock_transition = asyncio.Lock()
         self._lock_holders = 0
         self._held_lock: AbstractContextManager[object] | None = None
-        self._names: set[str] = set()  # names of provisioned boards (and those being provisioned)
+        self._names: set[str] = set()
+        self._storing: set[str] = set()  # images stored for flashes being queued right now
+        self._background: set[asyncio.Task[None]] = (
+            set()
+        )  # names of provisioned boards (and those being provisioned)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -104,7 +108,7 @@ class DeviceManager:
 
         A node belongs to the board of the same serial. A bootloader drive whose serial names no
         board — or names none at all, as the RP2040 bootrom's does — belongs to the board being
-        flashed on the same USB port, or else to the board last seen on that port.
+        flashed on the same USB port, or else to the one board last seen on that port.
         """
         board = self.boards.get(sighting.serial) if sighting.serial else None
         if board is None and sighting.mode == BOOTLOADER:
@@ -113,8 +117,10 @@ class DeviceManager:
             serial = sighting.serial or f"{PORT_IDENTITY}{sighting.usb_port}"
             board = Board(self, new_record(serial, sighting.board_types[0]), provisioned=False)
             self._add_board(board)
-        elif sighting.mode == APPLICATION:
+        if sighting.mode == APPLICATION:
             self._forget_port_placeholder(sighting, board)
+        if sighting.usb_port:
+            self._release_port(sighting.usb_port, board)
         self._keys[sighting.key] = board.serial
         board.seen(sighting)
 
@@ -122,26 +128,38 @@ class DeviceManager:
         if not sighting.usb_port:
             return None
         types = sighting.matching_types or sighting.board_types
-        absent = [
-            board
-            for board in self.boards.values()
-            if board.usb_port == sighting.usb_port
-            and not board.sightings
-            and board.record["BoardType"] in types
+        on_port = [
+            b
+            for b in self.boards.values()
+            if b.usb_port == sighting.usb_port and b.record["BoardType"] in types
         ]
-        busy = [board for board in absent if board.busy]
-        if busy or not sighting.serial:
-            board = (busy or absent or [None])[0]
-            if board is not None:
-                log.info(
-                    "%s: bootloader drive %s (serial %r) matched by its USB port %s",
-                    board.label,
-                    sighting.devname,
-                    sighting.serial,
-                    sighting.usb_port,
-                )
-            return board
-        return None
+        # a board being flashed there (its tty's remove may come after the drive's add)
+        busy = [b for b in on_port if b.busy and BOOTLOADER not in b.sightings]
+        absent = [b for b in on_port if not b.sightings]
+        if len(busy) == 1:
+            board = busy[0]
+        elif not busy and not sighting.serial and len(absent) == 1:
+            board = absent[0]
+        else:
+            return None  # nobody, or more than one candidate: never guess
+        log.info(
+            "%s: bootloader drive %s (serial %r) matched by its USB port %s",
+            board.label,
+            sighting.devname,
+            sighting.serial,
+            sighting.usb_port,
+        )
+        return board
+
+    def _release_port(self, usb_port: str, owner: Board) -> None:
+        """``owner`` is on ``usb_port`` now: no other board may still claim that port."""
+        for other in self.boards.values():
+            if other is not owner and other.usb_port == usb_port and not other.sightings:
+                other.usb_port = ""
+                if other.provisioned:
+                    task = asyncio.get_running_loop().create_task(other.update(UsbPort=None))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
 
     def _forget_port_placeholder(self, sighting: Sighting, board: Board) -> None:
         """A board known only by its port shows its real serial: the placeholder record goes."""
@@ -246,7 +264,14 @@ class DeviceManager:
         async with self._lock_transition:
             if self._lock_holders == 0:
                 lock = await self.call_hook("picofleet_update_lock", config=self.config)
-                await asyncio.to_thread(lock.__enter__)
+                entering = asyncio.ensure_future(asyncio.to_thread(lock.__enter__))
+                try:
+                    await asyncio.shield(entering)
+                except asyncio.CancelledError:  # taken anyway once the thread returns: give it back
+                    entering.add_done_callback(
+                        lambda done: done.exception() or lock.__exit__(None, None, None)
+                    )
+                    raise
                 self._held_lock = lock
             self._lock_holders += 1
         try:
@@ -312,18 +337,30 @@ class DeviceManager:
         The image goes into the asset cache and the job into the record first, so a flash cut
         short by a power loss is done again at the next start (the board waits in its bootloader).
         """
-        await asyncio.to_thread(self.assets.put, job.uf2)
-        await board.update(PendingFlash=job.stored())
-        board.pending_flash = job
+        try:
+            await asyncio.to_thread(self.assets.put, job.uf2)
+        except OSError as error:
+            raise BoardError(f"cannot store the image in the asset cache: {error.strerror}") from None
+        self._storing.add(job.sha256)
+        try:
+            async with board.update_lock:
+                if board.provisioned and not board.forgotten:
+                    await self.persist({**board.record, "PendingFlash": job.stored()})
+                board.record = {**board.record, "PendingFlash": job.stored()}
+                board.pending_flash = job
+        finally:
+            self._storing.discard(job.sha256)
         board.wake.set()
 
     def referenced_assets(self) -> set[str]:
-        """The assets some board still needs (its pending flash)."""
-        return {
-            str(board.record["PendingFlash"]["sha256"])
-            for board in self.boards.values()
-            if isinstance(board.record.get("PendingFlash"), dict)
-        }
+        """The assets some board still needs (its pending flash, stored or being queued)."""
+        referenced = set(self._storing)
+        for board in self.boards.values():
+            if board.pending_flash is not None:
+                referenced.add(board.pending_flash.sha256)
+            if isinstance(board.record.get("PendingFlash"), dict):
+                referenced.add(str(board.record["PendingFlash"].get("sha256")))
+        return referenced
 
     async def collect_assets(self) -> None:
         """Garbage-collect the asset cache (docs/assets.md), in a worker thread."""

@@ -11,9 +11,10 @@
 
 The monitor is opened before the enumeration so that nothing plugged in between is lost (a
 device seen twice is reported once). The monitor thread is supervised here: when it dies
-(POLLERR, ENOBUFS after an overflow, any exception) a new monitor is opened, the devices are
-enumerated again and only the difference is reported (boards that stayed do not flap Offline),
-with one log line saying what happened.
+(POLLERR, ENOBUFS after an overflow, POLLHUP, any exception) a new monitor is opened, the devices
+are enumerated again and only the difference is reported (boards that stayed do not flap Offline),
+with one log line saying what happened. Opening or enumerating that fails is retried here (0.5 s,
+doubling up to 5 s) with the reported devices kept: no board is reported gone unless it vanished.
 
 Which devices are reported and how their properties are completed from sysfs when udev's are
 missing: :mod:`picofleet.gateway.sysfs_poll`, shared with the sysfs poller.
@@ -30,6 +31,7 @@ import contextlib
 import logging
 import os
 import select
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -47,6 +49,11 @@ RESTART_DELAYS = (0.0, 0.5, 1.0, 2.0, 5.0)
 """Seconds before reopening a monitor that died, by the number of deaths in a row."""
 HEALTHY_RUN = 60.0
 """A monitor that ran this long resets the restart delay."""
+REOPEN_FIRST_DELAY = 0.5
+REOPEN_MAX_DELAY = 5.0
+"""Seconds before retrying a monitor that cannot be opened or enumerated: doubling, at most this."""
+MONITOR_DEATH = select.POLLERR | select.POLLHUP | select.POLLNVAL
+"""poll() flags on the netlink socket that mean the monitor died."""
 BATCH = 256
 """Most changes handed to the event loop in one call."""
 RUN_UDEV = "/run/udev"
@@ -119,10 +126,28 @@ class UdevSource:
         reported = DeviceSet(emit)
         context = await asyncio.to_thread(self._context_factory)
         failures = 0
+        reopen_failures = 0
         died: str | None = None
         while True:
-            monitor = await asyncio.to_thread(self._open_monitor, context)
-            current = await asyncio.to_thread(enumerate_devices, context)
+            try:
+                monitor = await asyncio.to_thread(self._open_monitor, context)
+                current = await asyncio.to_thread(enumerate_devices, context)
+            except Exception as error:
+                # kept here, not raised to the supervisor: that would report every board gone
+                delay = min(REOPEN_FIRST_DELAY * 2**reopen_failures, REOPEN_MAX_DELAY)
+                reopen_failures += 1
+                log.log(
+                    logging.WARNING if reopen_failures == 1 else logging.DEBUG,
+                    "usb: cannot open the udev monitor or enumerate the devices (%s: %s); "
+                    "retrying in %g s, the %d devices reported stay reported",
+                    type(error).__name__,
+                    error,
+                    delay,
+                    len(reported.devices),
+                )
+                await asyncio.sleep(delay)
+                continue
+            reopen_failures = 0
             added, removed = reported.update(current)
             if died is None:
                 log.info("usb: %d USB tty/block devices present; watching udev for hotplug", len(current))
@@ -137,7 +162,10 @@ class UdevSource:
                 )
             self.ready.set()
             started = loop.time()
-            died = await self._follow(monitor, reported)
+            try:
+                died = await self._follow(monitor, reported)
+            except Exception as error:  # the monitor thread could not be started
+                died = f"{type(error).__name__}: {error}"
             self.restarts += 1
             if loop.time() - started > HEALTHY_RUN:
                 failures = 0
@@ -165,14 +193,19 @@ class UdevSource:
             with contextlib.suppress(OSError):
                 os.write(wake_write, b"x")
 
-        thread = threading.Thread(
-            target=self._receive,
-            args=(monitor, wake_read, loop, apply, done),
-            name="udev-monitor",
-            daemon=True,
-        )
+        try:
+            thread = threading.Thread(
+                target=self._receive,
+                args=(monitor, wake_read, loop, apply, done),
+                name="udev-monitor",
+                daemon=True,
+            )
+            thread.start()
+        except BaseException:
+            os.close(wake_read)
+            os.close(wake_write)
+            raise
         self._stopping.append(stop)
-        thread.start()
         try:
             return await finished
         finally:
@@ -193,16 +226,16 @@ class UdevSource:
         """The monitor thread: wait for the socket, drain it, hand changes to the loop."""
         reason = "the monitor thread stopped"
         try:
+            fd = monitor.fileno()
             poller = select.poll()
-            poller.register(monitor.fileno(), select.POLLIN)
+            poller.register(fd, select.POLLIN)
             poller.register(wake, select.POLLIN)
             while True:
                 ready = dict(poller.poll())
                 if wake in ready:
                     return
-                if ready.get(monitor.fileno(), 0) & select.POLLNVAL:
-                    raise OSError("the netlink socket was closed (POLLNVAL)")
-                # POLLERR (ENOBUFS after an overflow) makes the receive below raise
+                if ready.get(fd, 0) & MONITOR_DEATH:
+                    raise _death(fd, ready[fd])  # reading on would spin: POLLHUP leaves nothing to read
                 changes: list[Change] = []
                 while len(changes) < BATCH:
                     device = monitor.poll(timeout=0)
@@ -239,6 +272,25 @@ class UdevSource:
         """Stop a monitor thread that is still running (``run`` normally stops it when cancelled)."""
         for stop in list(self._stopping):
             stop()
+
+
+def _death(fd: int, flags: int) -> OSError:
+    """Why the monitor's socket ``fd`` died, given its poll() ``flags``: its pending error if any."""
+    names = "|".join(name for name in ("POLLERR", "POLLHUP", "POLLNVAL") if flags & getattr(select, name))
+    code = 0
+    if not flags & select.POLLNVAL:
+        with contextlib.suppress(OSError):
+            copy = os.dup(fd)
+            try:
+                sock = socket.socket(fileno=copy)
+            except OSError:
+                os.close(copy)  # not a socket: nothing took it over
+                raise
+            with sock:
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # ENOBUFS after an overflow
+    if code:
+        return OSError(code, f"{os.strerror(code)} ({names})")
+    return OSError(f"the netlink socket reported {names}")
 
 
 def _udev_properties_readable(context: Any) -> bool:

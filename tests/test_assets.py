@@ -78,3 +78,67 @@ def test_collect_keeps_referenced_and_recent_and_respects_the_bound(tmp_path: Pa
     assert not report.over_bound
     report = AssetCache(tmp_path, max_bytes=50_000).collect([used, recent2])
     assert report.over_bound and cache.has(used) and cache.has(recent2)  # in use: never deleted
+
+
+def test_resuming_a_download_that_already_has_every_byte(tmp_path: Path) -> None:
+    """The server answers 416 (with an error page) to a range at the end: verify and install."""
+
+    async def scenario() -> None:
+        cache = AssetCache(tmp_path)
+        partial = cache.partial_path(SHA)
+        partial.parent.mkdir(parents=True)
+        partial.write_bytes(BLOB)  # interrupted after the last byte, before the install
+        server = FileServer({"blob": BLOB})
+        seen: list[tuple[int, int | None]] = []
+        async with server.running(), httpx.AsyncClient() as client:
+            path = await cache.download(
+                client, f"{server.url}/blob", SHA, len(BLOB), progress=lambda *a: seen.append(a)
+            )
+            assert path.read_bytes() == BLOB and not partial.exists()
+            assert server.ranges_seen == [f"bytes={len(BLOB)}-"]
+            assert seen == [(len(BLOB), len(BLOB))]
+            # A complete partial file with the wrong bytes is still refused, and discarded.
+            other = hashlib.sha256(b"y" * len(BLOB)).hexdigest()
+            cache.partial_path(other).write_bytes(b"z" * len(BLOB))
+            server.blobs["other"] = b"y" * len(BLOB)
+            with pytest.raises(AssetError, match="does not match its sha256"):
+                await cache.download(client, f"{server.url}/other", other, len(BLOB))
+            assert not cache.partial_path(other).exists() and not cache.has(other)
+
+    asyncio.run(scenario())
+
+
+def test_collect_leaves_foreign_files_alone(tmp_path: Path) -> None:
+    cache = AssetCache(tmp_path, max_bytes=0)
+    sha = cache.put(os.urandom(1000))
+    partial_sha = hashlib.sha256(b"partial").hexdigest()
+    cache.partial_path(partial_sha).parent.mkdir()
+    cache.partial_path(partial_sha).write_bytes(b"part")
+    damaged = cache.path_of(sha).with_name(f"{sha}.damaged")
+    damaged.write_bytes(b"rot")
+    foreign = [
+        tmp_path / "myapp" / "firmware.bin",
+        tmp_path / "readme.txt",
+        tmp_path / sha[:2] / "notes.txt",  # a two-hex-digit folder, but not an asset name
+        tmp_path / sha[:2] / ("0" * 64 if sha[:2] != "00" else "1" * 64),  # sha256 in the wrong folder
+        tmp_path / "partial" / "download.bin",
+        tmp_path / "ab" / ".notes.tmp",  # a temporary file, but not one of the cache's
+        tmp_path / "myapp" / f".{sha}.1.abcd.tmp",  # the cache's temp name, outside its folders
+    ]
+    for path in foreign:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"not an asset")
+    stale_temp = cache.path_of(sha).with_name(f".{sha}.1234.0badcafe.tmp")
+    fresh_temp = cache.path_of(sha).with_name(f".{sha}.1234.12345678.tmp")
+    stale_temp.write_bytes(b"x" * 10)
+    fresh_temp.write_bytes(b"x" * 20)
+    long_ago = time.time() - GRACE_SECONDS - 10
+    for path in [cache.path_of(sha), cache.partial_path(partial_sha), stale_temp, *foreign]:
+        os.utime(path, (long_ago, long_ago))
+
+    report = cache.collect([])
+    assert sorted(report.deleted) == sorted([sha, sha, partial_sha])  # the asset, its .damaged, the partial
+    assert report.freed_bytes == 1000 + 3 + 4 + 10
+    assert not cache.has(sha) and not damaged.exists() and not cache.partial_path(partial_sha).exists()
+    assert not stale_temp.exists() and fresh_temp.exists()  # a write may still be under way
+    assert all(path.read_bytes() == b"not an asset" for path in foreign)

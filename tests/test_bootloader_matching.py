@@ -155,3 +155,116 @@ def test_bootloader_drive_with_another_serial_is_matched_by_usb_port_path(tmp_pa
     assert result["record"]["Status"] == "Idle", result["record"]["StatusReason"]
     assert result["record"]["Commit"] == "c2"
     assert result["boards"] == 1  # not a new board
+
+
+def test_a_port_drive_is_never_given_to_a_board_that_left_the_port_or_to_one_of_several(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        config = load_config({"data": str(tmp_path / "data")}, {})
+        store = Store(config.db_path)
+        await store.open()
+        manager = DeviceManager(config, store, load_plugins())
+        await manager.start()
+        try:
+
+            def app(key: str, serial: str) -> Sighting:
+                return Sighting(
+                    key,
+                    serial,
+                    APPLICATION,
+                    ("rp2040",),
+                    "pico-sdk",
+                    "/nonexistent",
+                    TTY_PATH,
+                    usb_port=PORT,
+                    matching_types=("rp2040",),
+                )
+
+            drive = Sighting(
+                "drive",
+                "",
+                BOOTLOADER,
+                ("rp2040",),
+                "bootrom",
+                "/nonexistent",
+                DISK_PATH,
+                usb_port=PORT,
+                matching_types=("rp2040",),
+            )
+            manager.on_present(app("a", "AAAA000000000001"))
+            manager.on_gone("a")
+            manager.on_present(app("b", "BBBB000000000002"))  # another Pico on the same port
+            assert manager.boards["AAAA000000000001"].usb_port == ""  # A no longer claims it
+            manager.on_gone("b")
+            manager.on_present(drive)  # an RP2040 bootrom there: the last board seen on the port
+            assert manager.boards["BBBB000000000002"].sightings.get(BOOTLOADER) is drive
+            manager.on_gone("drive")
+            manager.boards["AAAA000000000001"].usb_port = PORT  # two boards claiming one port...
+            manager.on_present(
+                Sighting(
+                    "drive2",
+                    "",
+                    BOOTLOADER,
+                    ("rp2040",),
+                    "bootrom",
+                    "/nonexistent",
+                    DISK_PATH,
+                    usb_port=PORT,
+                    matching_types=("rp2040",),
+                )
+            )
+            placeholder = manager.boards[f"usb-port-{PORT}"]  # ... and nobody guesses between them
+            assert placeholder.sightings
+        finally:
+            await manager.stop()
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_wrong_guess_from_an_ambiguous_usb_id_is_corrected_by_the_bootloader(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        config = load_config({"data": str(tmp_path / "data")}, {})
+        store = Store(config.db_path)
+        await store.open()
+        manager = DeviceManager(config, store, load_plugins())
+        await manager.start()
+        try:  # MicroPython on an RP2350 that did not answer identify: guessed rp2040
+            manager.on_present(
+                Sighting(
+                    "tty",
+                    "5B8C0E2F7A4D9136",
+                    APPLICATION,
+                    ("rp2040", "rp2350"),
+                    "micropython",
+                    "/nonexistent",
+                    TTY_PATH,
+                    usb_port=PORT,
+                )
+            )
+            manager.on_gone("tty")
+            manager.on_present(
+                Sighting(
+                    "disk",
+                    "5B8C0E2F7A4D9136",
+                    BOOTLOADER,
+                    ("rp2350",),
+                    "bootrom",
+                    "/nonexistent",
+                    DISK_PATH,
+                    usb_port=PORT,
+                    matching_types=("rp2350", "pico2-ice"),
+                )
+            )
+            async with asyncio.timeout(5):
+                while (board := manager.find("5B8C0E2F7A4D9136")) is None or board.record[
+                    "Status"
+                ] != "Bootloader":
+                    await asyncio.sleep(0.01)
+            assert board.record["BoardType"] == "rp2350"
+        finally:
+            await manager.stop()
+            await store.close()
+
+    asyncio.run(scenario())

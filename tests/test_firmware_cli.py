@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from picofleet.cli import main
-from picofleet.firmware import image, uf2
+from picofleet.firmware import bitstream, image, uf2
 from tests.helpers.fpga import FpgaBuild, icepack, session_counter
 
 
@@ -154,3 +156,58 @@ def test_console_script_exit_status_and_stderr(tmp_path: Path) -> None:
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.count("\n") == 1
     assert done.stderr.startswith(f"picofleet firmware: {path}: not a valid UF2 file: file size 104")
+
+
+def test_inspect_refuses_a_file_over_the_bound_without_reading_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "huge.bin"
+    with path.open("wb") as handle:
+        handle.truncate(bitstream.MAX_INSPECT_SIZE + 1)  # sparse: no disk space, nothing to read
+    started = time.monotonic()
+    for extra in ((), ("--json",)):
+        line = one_line_failure(capsys, "firmware", "inspect", str(path), *extra)
+        assert line == (
+            f"picofleet firmware: {path}: the file is more than {bitstream.MAX_INSPECT_SIZE} bytes"
+            " (no firmware is)"
+        )
+    assert time.monotonic() - started < 2
+
+
+def test_inspect_reads_a_device_only_up_to_the_bound(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/dev/zero has no size to stat and no end: read the bound + 1 byte, then refuse it."""
+    monkeypatch.setattr(bitstream, "MAX_INSPECT_SIZE", 1 << 20)  # keep the test light
+    line = one_line_failure(capsys, "firmware", "inspect", "/dev/zero")
+    assert line == f"picofleet firmware: /dev/zero: the file is more than {1 << 20} bytes (no firmware is)"
+
+
+def test_pack_refuses_non_utf8_and_oversized_asc_with_one_line(
+    tmp_path: Path, counter: FpgaBuild, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.bin"
+    bad = tmp_path / "bad.asc"
+    bad.write_bytes(counter.asc.read_bytes().replace(b".device 5k", b".device 5k\n\xff", 1))
+    line = one_line_failure(capsys, "firmware", "pack", str(bad), str(out))
+    assert "not a valid iCE40 .asc: line 3: byte" in line and "is not UTF-8 text" in line
+    huge = tmp_path / "huge.asc"
+    with huge.open("wb") as handle:
+        handle.truncate(bitstream.MAX_ASC_SIZE + 1)
+    line = one_line_failure(capsys, "firmware", "pack", str(huge), str(out))
+    assert f"not a valid iCE40 .asc: the file is more than {bitstream.MAX_ASC_SIZE} bytes" in line
+    assert not out.exists()
+
+
+def test_find_descriptor_survives_deeply_nested_json() -> None:
+    """A body of 60000 '[' makes json.loads recurse too deeply: no descriptor there, not a crash."""
+    nested = b"[" * 60_000
+    hostile = image.MAGIC + struct.pack("<H", len(nested)) + nested
+    assert image.find_descriptor(hostile) is None
+    assert image.find_descriptor(hostile + b"\0" * 16) is None
+    good = image.make_descriptor("picofleet-app", "1.0.0", "pico2-ice")
+    assert image.find_descriptor(hostile + good) == {
+        "name": "picofleet-app",
+        "version": "1.0.0",
+        "board": "pico2-ice",
+    }

@@ -117,10 +117,20 @@ def test_a_flash_queued_during_a_flash_is_kept(gateway_factory) -> None:  # type
     wait_for(
         lambda: gateway.get(f"/v1/devices/{serial}").json()["Status"] != "Idle", 5, "the first flash to start"
     )
-    assert httpx.post(url + "?commit=two", content=app_uf2("3.0.0"), headers=OCTETS).status_code == 202
-    device = wait_for(
-        lambda: (d := idle(gateway, serial)) and d["Commit"] == "two" and d, 30, "the second flash"
-    )
+    second = app_uf2("3.0.0")
+    assert httpx.post(url + "?commit=two", content=second, headers=OCTETS).status_code == 202
+
+    violations: list[dict] = []
+
+    def second_done() -> dict | None:
+        device = gateway.get(f"/v1/devices/{serial}").json()
+        pending = device["PendingFlash"] or {}
+        if device["Commit"] != "two" and pending.get("sha256") != hashlib.sha256(second).hexdigest():
+            violations.append(device)  # until done, the second job must be recorded as pending
+        return device if device["Commit"] == "two" and device["Status"] == "Idle" else None
+
+    device = wait_for(second_done, 30, "the second flash")
+    assert violations == []
     assert device["FirmwareVersion"] == "picofleet-app 3.0.0"
     assert rack_boards(gateway.data)[serial]["flashes"] == 2
 
@@ -255,3 +265,29 @@ def test_a_board_unplugged_mid_flash_is_recovered_by_the_retry(gateway_factory) 
     )
     assert (done["Status"], done["Commit"], done["FirmwareVersion"]) == ("Idle", "c3", "picofleet-app 3.0.0")
     assert "flash attempt 1 of 3 failed" in gateway.output()
+
+
+def test_a_gateway_stopped_mid_flash_keeps_the_flash_and_finishes_it_after_the_restart(
+    gateway_factory,
+) -> None:  # type: ignore[no-untyped-def]
+    env = {"PICOFLEET_SIM_REBOOT_DELAY": "1.5"}
+    gateway = gateway_factory("--simulate", "1", env=env)
+    serial = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "a board")[0][
+        "LocalUUID"
+    ]
+    assert (
+        httpx.post(
+            f"{gateway.url}/v1/devices/{serial}/flash?commit=c4", content=app_uf2("4.0.0"), headers=OCTETS
+        ).status_code
+        == 202
+    )
+    wait_for(
+        lambda: gateway.get(f"/v1/devices/{serial}").json()["Status"] == "Starting", 15, "written, rebooting"
+    )
+    assert gateway.stop() == 0  # SIGTERM in the middle of the flash
+    again = gateway_factory("--simulate", "1", env=env)
+    assert again.get(f"/v1/devices/{serial}").json()["PendingFlash"]["commit"] == "c4"
+    done = wait_for(
+        lambda: (d := idle(again, serial)) and d["Commit"] == "c4" and d, 30, "the flash finished"
+    )
+    assert (done["FirmwareVersion"], done["PendingFlash"]) == ("picofleet-app 4.0.0", None)

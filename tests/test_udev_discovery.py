@@ -318,12 +318,16 @@ class FakeDevice:
 
 
 class FakeContext:
-    """pyudev.Context.list_devices over a FakeSysfs."""
+    """pyudev.Context.list_devices over a FakeSysfs; ``failures`` makes the next listings raise."""
 
     def __init__(self, sysfs: FakeSysfs) -> None:
         self.sysfs = sysfs
+        self.failures = 0
 
     def list_devices(self, subsystem: str) -> Iterator[FakeDevice]:
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.EIO, "Input/output error")
         class_dir = self.sysfs.root / "class" / subsystem
         for link in sorted(class_dir.iterdir()):
             yield FakeDevice(os.path.realpath(link), subsystem)
@@ -359,6 +363,11 @@ class FakeMonitor:
         self.failure = error
         os.write(self.write_end, b"!")
 
+    def hang_up(self) -> None:
+        """The socket hangs up with nothing to read: poll() says POLLHUP, receiving gives None."""
+        os.close(self.write_end)
+        self.write_end = -1
+
     def poll(self, timeout: float | None = None) -> FakeDevice | None:
         assert timeout == 0, "the monitor thread must never block in poll()"
         if self.failure is not None:
@@ -370,7 +379,8 @@ class FakeMonitor:
 
     def close(self) -> None:
         os.close(self.read_end)
-        os.close(self.write_end)
+        if self.write_end >= 0:
+            os.close(self.write_end)
 
 
 async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
@@ -448,6 +458,124 @@ def test_monitor_thread_death_restarts_it_and_reports_only_the_difference(
     message = died[0].getMessage()
     assert died[0].levelno == logging.WARNING
     assert "No buffer space available" in message and "1 added, 1 removed, 2 unchanged" in message
+
+
+@pytest.mark.parametrize("failing", ["monitor", "enumeration"])
+def test_reopen_failing_once_reports_no_board_gone_and_recovers(
+    failing: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reopening after a death fails once: retried after a back-off, nothing flaps Offline."""
+    sysfs = FakeSysfs(tmp_path / "sys")
+    sysfs.plug_tty("1-1.1", "AAAA000000000001", "ttyACM0")
+    sysfs.plug_tty("1-1.2", "BBBB000000000002", "ttyACM1")
+    context = FakeContext(sysfs)
+    monitors: list[FakeMonitor] = []
+    opened = 0
+
+    def open_monitor(context: FakeContext) -> FakeMonitor:
+        nonlocal opened
+        opened += 1
+        if failing == "monitor" and opened == 2:
+            raise OSError(errno.EMFILE, "Too many open files")
+        monitors.append(FakeMonitor())
+        return monitors[-1]
+
+    async def scenario() -> None:
+        events: list[DeviceEvent] = []
+        source = UdevSource(context_factory=lambda: context, monitor_factory=open_monitor)
+        task = asyncio.create_task(source.run(events.append))
+        try:
+            await asyncio.wait_for(source.ready.wait(), 5)
+            assert len(events) == 2
+            events.clear()
+            if failing == "enumeration":
+                context.failures = 1
+            monitors[0].die(OSError(errno.ENOBUFS, "No buffer space available"))
+            await until(lambda: source.restarts == 1 and opened == 3, "the monitor reopened after a failure")
+            await until(lambda: monitors[-1].started and not task.done(), "the new monitor started")
+            await asyncio.sleep(0.05)  # time for the reopened monitor's enumeration to be reported
+            assert events == []  # A and B stayed: neither is reported gone, nor added again
+            assert not task.done()  # the failure did not escape to the supervisor
+
+            new = monitors[-1]  # the new monitor is followed
+            new.push(FakeDevice(sysfs.plug_tty("1-1.3", "CCCC000000000003", "ttyACM2"), "tty", "add"))
+            await until(lambda: len(events) == 1, "the board seen by the new monitor")
+            assert summary(events) == [("add", "CCCC000000000003", "/dev/ttyACM2")]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await source.close()
+            for monitor in monitors:
+                monitor.close()
+
+    with caplog.at_level(logging.INFO, logger="picofleet.discovery.usb"):
+        asyncio.run(asyncio.wait_for(scenario(), 20))
+    messages = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    error = "Too many open files" if failing == "monitor" else "Input/output error"
+    assert len(messages) == 2, messages
+    assert "cannot open the udev monitor or enumerate the devices" in messages[0] and error in messages[0]
+    assert messages[0].endswith("retrying in 0.5 s, the 2 devices reported stay reported")
+    assert messages[1].startswith("usb: the udev monitor died (OSError: [Errno 105] No buffer space")
+    assert messages[1].endswith("0 added, 0 removed, 2 unchanged")
+
+
+def test_pollhup_restarts_the_monitor_without_spinning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A monitor whose socket hangs up (POLLHUP, nothing to read) is replaced, not polled in a loop."""
+    sysfs = FakeSysfs(tmp_path / "sys")
+    sysfs.plug_tty("1-1.1", "AAAA000000000001", "ttyACM0")
+    monitors: list[FakeMonitor] = []
+    polls = 0
+    real_poll = udev.select.poll
+
+    class CountingPoll:
+        def __init__(self) -> None:
+            self.poller = real_poll()
+
+        def register(self, fd: int, mask: int) -> None:
+            self.poller.register(fd, mask)
+
+        def poll(self, *timeout: float) -> list[tuple[int, int]]:
+            nonlocal polls
+            polls += 1
+            return self.poller.poll(*timeout)
+
+    monkeypatch.setattr(udev.select, "poll", CountingPoll)
+
+    async def scenario() -> None:
+        events: list[DeviceEvent] = []
+        source = UdevSource(
+            context_factory=lambda: FakeContext(sysfs),
+            monitor_factory=lambda context: monitors.append(FakeMonitor()) or monitors[-1],
+        )
+        task = asyncio.create_task(source.run(events.append))
+        try:
+            await asyncio.wait_for(source.ready.wait(), 5)
+            assert len(events) == 1
+            events.clear()
+            monitors[0].hang_up()
+            await until(lambda: source.restarts == 1 and len(monitors) == 2, "the monitor restarted")
+            await until(lambda: monitors[1].started, "the new monitor started")
+            await asyncio.sleep(0.3)  # a spinning thread would poll thousands of times meanwhile
+            assert polls <= 5, f"{polls} poll() calls: the monitor thread spins"
+            assert source.restarts == 1 and len(monitors) == 2
+            assert events == []  # the board stayed: not reported gone
+
+            monitors[1].push(FakeDevice(events_key(sysfs, "1-1.1", "ttyACM0"), "tty", "remove"))
+            await until(lambda: len(events) == 1, "the removal seen by the new monitor")
+            assert summary(events) == [("remove", "AAAA000000000001", "/dev/ttyACM0")]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await source.close()
+            for monitor in monitors:
+                monitor.close()
+
+    with caplog.at_level(logging.INFO, logger="picofleet.discovery.usb"):
+        asyncio.run(asyncio.wait_for(scenario(), 20))
+    died = [record.getMessage() for record in caplog.records if "udev monitor died" in record.getMessage()]
+    assert len(died) == 1 and "POLLHUP" in died[0], died
 
 
 def events_key(sysfs: FakeSysfs, port: str, tty: str) -> str:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from picofleet.firmware import bitstream, uf2
@@ -81,13 +83,30 @@ def _text_summary(info: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _read_bounded(path: Path, bound: int) -> bytes | None:
+    """The bytes of ``path``, or ``None`` if it has more than ``bound`` (reading at most ``bound`` + 1).
+
+    A regular file's size is checked first, so a huge one is not read at all; a device or a pipe
+    (``/dev/zero``) has no size to trust and is read up to the bound.
+    """
+    with path.open("rb") as handle:
+        stat = os.fstat(handle.fileno())
+        if S_ISREG(stat.st_mode) and stat.st_size > bound:
+            return None
+        data = handle.read(bound + 1)
+    return None if len(data) > bound else data
+
+
 def run_inspect(args: argparse.Namespace) -> int:
     """Print what FILE is: kind, chip/family, size, blocks, address range, sha256 (or why it is invalid)."""
     path = Path(args.file)
+    bound = bitstream.MAX_INSPECT_SIZE  # inspect_file's bound; a device or pipe has no size to stat
     try:
-        data = path.read_bytes()
+        data = _read_bounded(path, bound)
     except OSError as error:
         return _fail(f"{path}: {error.strerror or error}")
+    if data is None:
+        return _fail(f"{path}: the file is more than {bound} bytes (no firmware is)")
     try:
         info = {"path": str(path), **bitstream.inspect_bytes(data)}
     except ValueError as error:  # UF2Error or BitstreamError
@@ -102,22 +121,24 @@ def run_inspect(args: argparse.Namespace) -> int:
 def run_pack(args: argparse.Namespace) -> int:
     """Pack an up5k .asc into a .bin with icepack (validated before and after), written atomically."""
     source, target = Path(args.asc), Path(args.bin)
+    bound = bitstream.MAX_ASC_SIZE
     try:
-        raw = source.read_bytes()
+        raw = _read_bounded(source, bound)
     except OSError as error:
         return _fail(f"{source}: {error.strerror or error}")
+    if raw is None:
+        return _fail(f"{source}: not a valid iCE40 .asc: the file is more than {bound} bytes")
     kind = bitstream.detect_kind(raw)
     if kind in ("uf2", "ice40-bin"):
         what = "a UF2 file" if kind == "uf2" else "already an iCE40 .bin"
         return _fail(f"{source}: is {what}, not an .asc to pack")
     try:
-        bitstream.read_asc(raw)
+        # pack_asc validates the .asc (bytes too: non-UTF-8 input is refused naming its line).
+        packed = bitstream.pack_asc(raw, timeout=args.timeout)  # type: ignore[arg-type]
     except bitstream.BitstreamError as error:
+        if error.reason.startswith(("icepack", "cannot run icepack")):  # missing, failing or too slow
+            return _fail(f"{source}: {error}")
         return _fail(f"{source}: not a valid iCE40 .asc: {error}")
-    try:
-        packed = bitstream.pack_asc(raw.decode("utf-8"), timeout=args.timeout)
-    except bitstream.BitstreamError as error:  # icepack missing, failing or too slow
-        return _fail(f"{source}: {error}")
     try:
         atomic_write_bytes(target, packed)
     except OSError as error:

@@ -18,7 +18,10 @@ from starlette.routing import Route
 
 @dataclass
 class FileServer:
-    """Serves ``blobs[name]`` at /name; ``cut_after`` bytes into a response it drops the connection."""
+    """Serves ``blobs[name]`` at /name; ``cut_after`` bytes into a response it drops the connection.
+
+    A range starting at or past the end gets 416 (Range Not Satisfiable) and a small error page.
+    """
 
     blobs: dict[str, bytes] = field(default_factory=dict)
     honour_range: bool = True
@@ -34,6 +37,12 @@ class FileServer:
             start, status = 0, 200
             if header and self.honour_range:
                 start, status = int(header.removeprefix("bytes=").split("-")[0]), 206
+                if start >= len(data):  # nothing left to send: 416, with an error page as real servers do
+                    return Response(
+                        b"<html>416 Range Not Satisfiable</html>",
+                        status_code=416,
+                        headers={"content-range": f"bytes */{len(data)}"},
+                    )
             body = data[start:]
 
             async def chunks() -> AsyncIterator[bytes]:

@@ -1,0 +1,126 @@
+"""Running the fleet service: admin token, ``DATA/fleet.db``, the repositories and Hypercorn.
+
+``python -m picofleet.fleet.service --data DIR [--host H] [--port P] [--max-asset-bytes N]`` runs
+it (the ``picofleet fleet serve`` command is wired elsewhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HypercornConfig
+
+from ..gateway.config import ConfigError
+from ..gateway.service import bind_socket
+from ..gateway.store import StoreLockedError
+from .app import FleetService, create_app
+from .git_http import FleetRepos
+from .manifest import DEFAULT_MAX_ASSET_BYTES
+from .store import FleetStore
+
+__all__ = ["load_admin_token", "main", "run_fleet"]
+
+log = logging.getLogger("picofleet.fleet")
+
+TOKEN_ENV = "PICOFLEET_ADMIN_TOKEN"
+MAX_ASSET_ENV = "PICOFLEET_MAX_ASSET_BYTES"
+
+
+def load_admin_token(data: Path) -> str:
+    """``PICOFLEET_ADMIN_TOKEN`` if set, else ``DATA/admin-token`` (created, mode 0600, at first start)."""
+    from_env = os.environ.get(TOKEN_ENV, "").strip()
+    if from_env:
+        return from_env
+    path = data / "admin-token"
+    try:
+        token = path.read_text().strip()
+        if token:
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return token
+
+
+async def run_fleet(
+    data: Path, host: str = "0.0.0.0", port: int = 8080, max_asset_bytes: int = DEFAULT_MAX_ASSET_BYTES
+) -> None:
+    """Serve the fleet service until SIGINT/SIGTERM; prints the URL it listens on at any log level."""
+    data = Path(data)
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot create {data}: {error.strerror} (choose another with --data DIR)"
+        ) from None
+    token = load_admin_token(data)
+    sock = bind_socket(host, port)
+    store = FleetStore(data / "fleet.db")
+    try:
+        await store.open()
+    except StoreLockedError as error:
+        sock.close()
+        raise ConfigError(str(error)) from None
+    repos = FleetRepos(data, store, max_asset_bytes)
+    await repos.start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    config = HypercornConfig()
+    bound_host, bound_port = sock.getsockname()[:2]
+    config.bind = [f"fd://{sock.detach()}"]  # Hypercorn owns (and closes) the socket from here
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 2.0
+    print(f"picofleet fleet listening on http://{bound_host}:{bound_port} (data in {data})", flush=True)
+    try:
+        app = create_app(FleetService(store, repos, token))
+        await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    finally:
+        await store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry for tests and development: ``python -m picofleet.fleet.service``."""
+    parser = argparse.ArgumentParser(prog="python -m picofleet.fleet.service", description=__doc__)
+    parser.add_argument("--data", type=Path, required=True, help="directory of fleet.db, git/, assets/")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument(
+        "--max-asset-bytes",
+        type=int,
+        default=int(os.environ.get(MAX_ASSET_ENV) or DEFAULT_MAX_ASSET_BYTES),
+        help=f"size limit of one firmware file (default 32 MiB, or ${MAX_ASSET_ENV})",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("ENM_LOG_LEVEL", "info"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stdout,
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(run_fleet(args.data, args.host, args.port, args.max_asset_bytes))
+    except ConfigError as error:
+        print(f"picofleet fleet: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Run a real fleet service process on an ephemeral loopback port, and drive the real git client."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.helpers.gateway import LISTENING, wait_for
+
+GIT_IDENTITY = ("-c", "user.name=Fleet Tester", "-c", "user.email=tester@example.invalid")
+
+
+class FleetProcess:
+    """A ``python -m picofleet.fleet.service`` subprocess; its output goes to DATA/fleet.log."""
+
+    def __init__(self, data: Path, *args: str, token: str = "test-admin-token") -> None:
+        self.data = data
+        self.args = list(args)
+        self.token = token
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "PICOFLEET_ADMIN_TOKEN": token}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.log_path = data / "fleet.log"
+
+    def start(self, timeout: float = 20.0) -> FleetProcess:
+        self.data.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 (the child owns it)
+        command = [sys.executable, "-m", "picofleet.fleet.service", "--data", str(self.data)]
+        command += ["--host", "127.0.0.1", "--port", "0", *self.args]
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=self.env, stdin=subprocess.DEVNULL
+        )
+        log.close()
+
+        def listening() -> str | None:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"fleet service exited with {self.process.returncode}:\n{self.output()}")
+            match = LISTENING.search(self.output())
+            return match.group(1) if match else None
+
+        self.url = wait_for(listening, timeout, "the fleet service to listen")
+        return self
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
+        return httpx.request(method, self.url + path, headers=headers, timeout=10, **kwargs)
+
+    def create_fleet(self, name: str) -> dict[str, Any]:
+        response = self.request("POST", "/v1/fleets", json={"name": name})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def fleet(self, name: str) -> dict[str, Any]:
+        response = self.request("GET", f"/v1/fleets/{name}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def releases(self, name: str) -> list[dict[str, Any]]:
+        response = self.request("GET", f"/v1/fleets/{name}/releases")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def push_url(self, fleet: str, token: str | None = None) -> str:
+        host = self.url.removeprefix("http://")
+        return f"http://x:{token or self.token}@{host}/git/{fleet}.git"
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError(f"fleet service did not stop within {timeout} s:\n{self.output()}") from None
+
+
+def git(
+    cwd: Path, *args: str, check: bool = True, timeout: float = 60.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real git client (no prompts, no user/system config surprises)."""
+    env = {
+        **os.environ,
+        **(env or {}),
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_ASKPASS": "",
+        "SSH_ASKPASS": "",
+    }
+    result = subprocess.run(
+        ["git", *GIT_IDENTITY, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"git {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
