@@ -42,6 +42,7 @@ import re
 import secrets
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,8 @@ class FleetRepos:
         self.store = store
         self.max_asset_bytes = max_asset_bytes
         self._ingest_lock = asyncio.Lock()
+        self.on_release: Callable[[str], None] | None = None
+        """Called with the fleet's name after a release of it was recorded (the service wakes waiters)."""
 
     def path_of(self, fleet: str) -> Path:
         """The bare repository of ``fleet``."""
@@ -160,6 +163,8 @@ class FleetRepos:
                 if tip == commit or containing:
                     await self.store.record_release(fleet, release, make_target=tip == commit)
                     recorded.append(commit)
+                    if self.on_release is not None:
+                        self.on_release(fleet)
                     log.info("fleet %s: release %s (%s) recorded", fleet, commit, ref)
                 else:
                     log.warning(

@@ -3,13 +3,22 @@
 Only the fleet service process opens ``DATA/fleet.db`` (the Store holds an ``flock``); the
 ``pre-receive`` hook never writes it (see :mod:`.git_http` for how releases reach it).
 
-Tables: ``fleets`` (``name``, ``created``, ``target``: the commit the fleet's boards should run or
-``None``, ``pinned``: a commit or ``None``) and ``releases`` (``id`` = ``fleet/commit``, ``fleet``,
-``commit``, ``ref``, ``created``, ``boards``).
+Tables:
+
+* ``fleets``: ``name``, ``created``, ``target`` (the commit the fleet's boards should run, or
+  ``None``), ``pinned`` (a commit or ``None``), ``latest`` (the newest release pushed to its branch
+  tip, whatever the pin), ``provisioning_key_sha256``, ``env`` and ``config`` (fleet variables).
+* ``releases``: ``id`` = ``fleet/commit``, ``fleet``, ``commit``, ``ref``, ``created``, ``boards``.
+* ``gateways``: ``id`` (uuid hex), ``fleet``, ``name``, ``key_sha256``, ``created``, ``last_seen``,
+  ``boards`` (the last full list the gateway reported).
+* ``board_settings``: ``id`` = ``fleet/LocalUUID``, ``fleet``, ``uuid``, ``pin``, ``env``, ``config``.
+
+Keys (the provisioning key, the gateway keys) are stored only as their sha256.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +28,9 @@ from tinydb import TinyDB
 from ..gateway.storage import detached
 from ..gateway.store import Store
 
-__all__ = ["FleetExistsError", "FleetStore", "now_iso"]
+__all__ = ["FleetExistsError", "FleetStore", "key_hash", "now_iso"]
 
-FLEETS, RELEASES = "fleets", "releases"
+FLEETS, RELEASES, GATEWAYS, BOARD_SETTINGS = "fleets", "releases", "gateways", "board_settings"
 
 
 class FleetExistsError(Exception):
@@ -32,6 +41,11 @@ def now_iso() -> str:
     """The current UTC time as ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
     now = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+def key_hash(key: str) -> str:
+    """The sha256 (hex) under which a secret key is stored."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def _find(db: TinyDB, table: str, field: str, value: Any) -> Any:
@@ -55,9 +69,19 @@ class FleetStore:
         """Write what is pending and close the database."""
         await self.store.close()
 
-    async def create_fleet(self, name: str) -> dict[str, Any]:
-        """Create fleet ``name``; raise :class:`FleetExistsError` if it exists."""
-        record = {"name": name, "created": now_iso(), "target": None, "pinned": None}
+    async def create_fleet(self, name: str, provisioning_key: str = "") -> dict[str, Any]:
+        """Create fleet ``name`` (its provisioning key stored hashed); raise :class:`FleetExistsError`
+        if it exists."""
+        record = {
+            "name": name,
+            "created": now_iso(),
+            "target": None,
+            "pinned": None,
+            "latest": None,
+            "provisioning_key_sha256": key_hash(provisioning_key) if provisioning_key else None,
+            "env": {},
+            "config": {},
+        }
 
         def job(db: TinyDB) -> dict[str, Any]:
             if _find(db, FLEETS, "name", name) is not None:
@@ -109,8 +133,85 @@ class FleetStore:
                 table.insert(fresh)
             else:
                 table.update({**fresh, "created": existing["created"]}, doc_ids=[existing.doc_id])
-            if make_target and not record.get("pinned"):
-                fleets.update({"target": commit}, doc_ids=[record.doc_id])
+            if make_target:
+                change: dict[str, Any] = {"latest": commit}
+                if not record.get("pinned"):
+                    change["target"] = commit
+                fleets.update(change, doc_ids=[record.doc_id])
             return detached(dict(_find(db, FLEETS, "name", fleet)))
+
+        return await self.store.transact(job)
+
+    async def update_fleet(self, name: str, **fields: Any) -> dict[str, Any] | None:
+        """Set top-level ``fields`` of fleet ``name``; the updated record, or ``None`` if unknown."""
+        change = detached(fields)
+
+        def job(db: TinyDB) -> dict[str, Any] | None:
+            record = _find(db, FLEETS, "name", name)
+            if record is None:
+                return None
+            db.table(FLEETS).update(dict(change), doc_ids=[record.doc_id])
+            return detached(dict(_find(db, FLEETS, "name", name)))
+
+        return await self.store.transact(job)
+
+    async def fleet_by_provisioning_key(self, key: str) -> dict[str, Any] | None:
+        """The fleet whose provisioning key is ``key``, or ``None``."""
+        digest = key_hash(key)
+        return await self.store.read(
+            lambda db: detached(dict(_find(db, FLEETS, "provisioning_key_sha256", digest) or {})) or None
+        )
+
+    async def add_gateway(self, record: dict[str, Any]) -> None:
+        """Insert a new gateway record (``id``, ``fleet``, ``name``, ``key_sha256`` ...)."""
+        fresh = detached(record)
+        await self.store.transact(lambda db: db.table(GATEWAYS).insert(dict(fresh)) and None)
+
+    async def gateway_by_key_hash(self, digest: str) -> dict[str, Any] | None:
+        """The gateway whose key hashes to ``digest``, or ``None``."""
+        return await self.store.read(
+            lambda db: detached(dict(_find(db, GATEWAYS, "key_sha256", digest) or {})) or None
+        )
+
+    async def gateway(self, gateway_id: str) -> dict[str, Any] | None:
+        """The gateway's record, or ``None``."""
+        return await self.store.read(
+            lambda db: detached(dict(_find(db, GATEWAYS, "id", gateway_id) or {})) or None
+        )
+
+    async def gateways(self, fleet: str) -> list[dict[str, Any]]:
+        """The fleet's gateways, oldest first."""
+        return [g for g in await self.store.all(GATEWAYS) if g.get("fleet") == fleet]
+
+    async def report_boards(self, gateway_id: str, boards: list[dict[str, Any]], seen: str) -> None:
+        """Replace the gateway's board list and set its ``last_seen``."""
+        change = detached({"boards": boards, "last_seen": seen})
+
+        def job(db: TinyDB) -> None:
+            record = _find(db, GATEWAYS, "id", gateway_id)
+            if record is None:
+                raise KeyError(f"no gateway {gateway_id!r}")
+            db.table(GATEWAYS).update(dict(change), doc_ids=[record.doc_id])
+
+        await self.store.transact(job)
+
+    async def board_settings(self, fleet: str) -> dict[str, dict[str, Any]]:
+        """The fleet's per-board settings (``pin``, ``env``, ``config``) by LocalUUID."""
+        return {s["uuid"]: s for s in await self.store.all(BOARD_SETTINGS) if s.get("fleet") == fleet}
+
+    async def update_board_settings(self, fleet: str, uuid: str, **fields: Any) -> dict[str, Any]:
+        """Set top-level ``fields`` (``pin``, ``env``, ``config``) of the board's settings."""
+        key = f"{fleet}/{uuid}"
+        change = detached(fields)
+
+        def job(db: TinyDB) -> dict[str, Any]:
+            record = _find(db, BOARD_SETTINGS, "id", key)
+            table = db.table(BOARD_SETTINGS)
+            if record is None:
+                fresh = {"id": key, "fleet": fleet, "uuid": uuid, "pin": None, "env": {}, "config": {}}
+                table.insert({**fresh, **change})
+            else:
+                table.update(dict(change), doc_ids=[record.doc_id])
+            return detached(dict(_find(db, BOARD_SETTINGS, "id", key)))
 
         return await self.store.transact(job)

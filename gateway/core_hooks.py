@@ -263,6 +263,13 @@ def _write_chunks(fd: int, uf2: bytes, progress: ProgressCallback, *, positional
     os.fsync(fd)
 
 
+def _same_device(fd: int, drive: str) -> None:
+    """The checks read ``drive`` by its path: make sure it still names the device ``fd`` holds."""
+    held, named = os.fstat(fd), os.stat(drive)
+    if (held.st_dev, held.st_ino, held.st_rdev) != (named.st_dev, named.st_ino, named.st_rdev):
+        raise BoardError(f"refusing to write to {drive}: it changed while it was being checked")
+
+
 def _open_raw(drive: str, mode: int) -> int:
     """Open a block device (or a regular file standing in for one) for raw, synchronous writes."""
     flags = os.O_WRONLY | os.O_DSYNC  # each chunk is on the board before progress counts it
@@ -300,8 +307,13 @@ def picofleet_write_uf2(board: BoardRef, drive: str, uf2: bytes, progress: Progr
             fd = os.open(os.path.join(drive, UF2_FILE_NAME), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             positional = False
         elif stat.S_ISBLK(mode) or stat.S_ISREG(mode):
-            bootloader_drive.check_raw_write(drive, uf2)
-            fd = _open_raw(drive, mode)
+            fd = _open_raw(drive, mode)  # first: O_EXCL holds a block device while it is checked
+            try:
+                bootloader_drive.check_raw_write(drive, uf2)
+                _same_device(fd, drive)
+            except BaseException:
+                os.close(fd)
+                raise
             positional = True
         else:
             raise BoardError(f"{drive} is neither a directory nor a block device")

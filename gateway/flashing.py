@@ -107,7 +107,7 @@ async def _flash_once(board: Board, job: FlashJob) -> None:
     bootloader = board.sightings[BOOTLOADER]
     try:
         async with asyncio.timeout(INFO_TIMEOUT):  # a USB drive can stall
-            await asyncio.to_thread(check_bootloader_info, bootloader.devname, board_type)
+            await board.manager.run_blocking(check_bootloader_info, bootloader.devname, board_type)
     except TimeoutError:
         raise BoardError(
             f"reading INFO_UF2.TXT on {bootloader.devname} took longer than {INFO_TIMEOUT:g} s"
@@ -131,10 +131,23 @@ async def _flash_once(board: Board, job: FlashJob) -> None:
     )
     if not back:
         raise BoardError(f"did not come back with its new firmware within {BOOT_TIMEOUT:g} s")
-    if not await board.open_and_identify(board.sightings[APPLICATION]):
+    if not await _open_when_back(board):
         raise BoardError("came back with its new firmware but its serial port cannot be opened")
     running = board.record.get("FirmwareVersion") or "unknown firmware"
     if job.version is not None and not running.endswith(f" {job.version}"):
         raise BoardError(f"came back running {running}, expected version {job.version}")
     commit = job.commit if job.commit is not None else board.record.get("Commit")
     await board.update(Status=Status.IDLE.value, Commit=commit)
+
+
+async def _open_when_back(board: Board) -> bool:
+    """Open the port of the board back from its bootloader, retrying a passing failure (a
+    ModemManager probing the new port, udev still applying permissions) until BOOT_TIMEOUT."""
+    deadline = asyncio.get_running_loop().time() + BOOT_TIMEOUT
+    while True:
+        app = board.sightings.get(APPLICATION)
+        if app is not None and await board.open_and_identify(app):
+            return True
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(0.5)

@@ -12,10 +12,10 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 from ..firmware import uf2
 from ..firmware.assets import AssetCache, AssetError
@@ -28,6 +28,7 @@ from .plugin_manager import Plugins
 from .store import Store
 
 log = logging.getLogger("picofleet.manager")
+T = TypeVar("T")
 
 HOOK_TIMEOUTS = {
     "picofleet_open_port": 5.0,
@@ -246,6 +247,12 @@ class DeviceManager:
         except Exception as error:
             log.exception("hook %s raised", name)
             raise BoardError(f"{name} failed in a plugin: {type(error).__name__}: {error}") from None
+
+    async def run_blocking(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a blocking function (board or drive I/O) in the board I/O pool, not the shared one."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(function, *args)
+        )
 
     def wake_later(self, board: Board, delay: float) -> None:
         """Wake a board's task after ``delay`` seconds (back-off without blocking it)."""
