@@ -15,6 +15,7 @@ database access; long polls wait on the event, never poll.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import secrets
 import uuid
@@ -35,6 +36,7 @@ from .targets import (
     encode_target,
     etag_matches,
     gateway_target,
+    new_key,
     validate_report,
     variable_key_error,
 )
@@ -70,7 +72,6 @@ class FleetService:
         self._targets: dict[str, tuple[tuple[int, int], bytes, str]] = {}
         self._auth: dict[str, GatewayAuth] = {}
         self._last_seen: dict[str, str] = {}
-        self._board_keys: dict[str, list[tuple[str, str]]] = {}
         repos.on_release = self.fleet_changed
 
     # -- change tracking ------------------------------------------------------------------------
@@ -149,14 +150,29 @@ def _git_url(request: Request, fleet: str) -> str:
     return f"{str(request.base_url).rstrip('/')}/git/{fleet}.git"
 
 
+async def _json_body(request: Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        return None
+
+
 def create_app(service: FleetService) -> Starlette:
     """The Starlette application of the fleet service."""
+    store = service.store
 
     def unauthorized() -> JSONResponse:
         return JSONResponse(
             {"error": "missing or wrong admin token (Authorization: Bearer TOKEN)"},
             status_code=401,
             headers={"WWW-Authenticate": 'Bearer realm="picofleet"'},
+        )
+
+    def gateway_unauthorized() -> JSONResponse:
+        return JSONResponse(
+            {"error": "missing or wrong gateway key (Authorization: Bearer KEY, from POST /v1/gateways)"},
+            status_code=401,
+            headers={"WWW-Authenticate": 'Bearer realm="picofleet-gateway"'},
         )
 
     def fleet_json(request: Request, fleet: dict[str, Any]) -> dict[str, Any]:
@@ -166,55 +182,372 @@ def create_app(service: FleetService) -> Starlette:
             "created": fleet["created"],
             "target": fleet.get("target"),
             "pinned": fleet.get("pinned"),
+            "latest": fleet.get("latest"),
+            "env": fleet.get("env") or {},
+            "config": fleet.get("config") or {},
         }
 
-    async def create_fleet(request: Request) -> JSONResponse:
-        """``POST /v1/fleets {"name"}``: create a fleet and its git repository; 201 {"fleet", "git_url"}."""
+    async def admin_fleet(request: Request) -> dict[str, Any] | JSONResponse:
+        """The path's fleet for an admin request, or the error response."""
         if not _authorized(request, service.admin_token):
             return unauthorized()
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, 'the body must be JSON: {"name": "..."}')
+        name = request.path_params["name"]
+        fleet = await store.fleet(name)
+        if fleet is None:
+            return _error(404, f"no fleet {name!r}")
+        return fleet
+
+    async def create_fleet(request: Request) -> JSONResponse:
+        """``POST /v1/fleets {"name"}``: create a fleet, its git repository and provisioning key;
+        201 ``{"fleet", "git_url", "provisioning_key"}`` (the key is shown only here)."""
+        if not _authorized(request, service.admin_token):
+            return unauthorized()
+        body = await _json_body(request)
         name = body.get("name") if isinstance(body, dict) else None
         if not isinstance(name, str) or not FLEET_NAME.fullmatch(name):
             return _error(
                 400,
                 "invalid fleet name: lowercase letters, digits and '-' (at most 63, not starting with '-')",
             )
+        key = new_key("pk")
         try:
-            await service.store.create_fleet(name)
+            await store.create_fleet(name, key)
         except FleetExistsError:
             return _error(409, f"fleet {name!r} already exists")
         await service.repos.create(name)
-        return JSONResponse({"fleet": name, "git_url": _git_url(request, name)}, status_code=201)
+        return JSONResponse(
+            {"fleet": name, "git_url": _git_url(request, name), "provisioning_key": key}, status_code=201
+        )
+
+    async def rotate_provisioning_key(request: Request) -> JSONResponse:
+        """``POST /v1/fleets/{name}/provisioning-key``: a new provisioning key (the old one stops
+        working; provisioned gateways keep theirs); 200 ``{"fleet", "provisioning_key"}``."""
+        fleet = await admin_fleet(request)
+        if isinstance(fleet, JSONResponse):
+            return fleet
+        key = new_key("pk")
+        await store.update_fleet(fleet["name"], provisioning_key_sha256=key_hash(key))
+        return JSONResponse({"fleet": fleet["name"], "provisioning_key": key})
 
     async def list_fleets(request: Request) -> JSONResponse:
         """``GET /v1/fleets``: every fleet with its target commit."""
         if not _authorized(request, service.admin_token):
             return unauthorized()
-        return JSONResponse([fleet_json(request, fleet) for fleet in await service.store.fleets()])
+        return JSONResponse([fleet_json(request, fleet) for fleet in await store.fleets()])
 
     async def get_fleet(request: Request) -> JSONResponse:
-        """``GET /v1/fleets/{name}``: the fleet, its git URL, target commit and pin."""
-        if not _authorized(request, service.admin_token):
-            return unauthorized()
-        fleet = await service.store.fleet(request.path_params["name"])
-        if fleet is None:
-            return _error(404, f"no fleet {request.path_params['name']!r}")
+        """``GET /v1/fleets/{name}``: the fleet, its git URL, target commit, pin and variables."""
+        fleet = await admin_fleet(request)
+        if isinstance(fleet, JSONResponse):
+            return fleet
         return JSONResponse(fleet_json(request, fleet))
 
     async def list_releases(request: Request) -> JSONResponse:
         """``GET /v1/fleets/{name}/releases``: the releases (commit, ref, created, boards), oldest first."""
-        if not _authorized(request, service.admin_token):
-            return unauthorized()
-        name = request.path_params["name"]
-        if await service.store.fleet(name) is None:
-            return _error(404, f"no fleet {name!r}")
-        releases = await service.store.releases(name)
+        fleet = await admin_fleet(request)
+        if isinstance(fleet, JSONResponse):
+            return fleet
+        releases = await store.releases(fleet["name"])
         return JSONResponse(
             [{key: r.get(key) for key in ("commit", "ref", "created", "boards")} for r in releases]
         )
+
+    # -- gateways -------------------------------------------------------------------------------
+
+    async def provision(request: Request) -> JSONResponse:
+        """``POST /v1/gateways {"provisioning_key", "name"?}``: register a gateway in the key's fleet;
+        201 ``{"gateway", "key", "fleet"}`` (the key is shown only here); wrong key: 401."""
+        body = await _json_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("provisioning_key"), str):
+            return _error(400, 'the body must be JSON: {"provisioning_key": "...", "name": "optional"}')
+        name = body.get("name")
+        if name is not None and (not isinstance(name, str) or len(name) > 128):
+            return _error(400, "name: must be a string of at most 128 characters")
+        fleet = await store.fleet_by_provisioning_key(body["provisioning_key"])
+        if fleet is None or not body["provisioning_key"]:
+            return _error(401, "wrong provisioning key")
+        gateway_id, key = uuid.uuid4().hex, new_key("gk")
+        await store.add_gateway(
+            {
+                "id": gateway_id,
+                "fleet": fleet["name"],
+                "name": name or f"gateway-{gateway_id[:7]}",
+                "key_sha256": key_hash(key),
+                "created": now_iso(),
+                "last_seen": None,
+                "boards": [],
+            }
+        )
+        return JSONResponse({"gateway": gateway_id, "key": key, "fleet": fleet["name"]}, status_code=201)
+
+    async def report_state(request: Request) -> JSONResponse:
+        """``PUT /v1/gateway/state {"boards": [...]}``: the gateway's full current board list."""
+        gateway = await service.gateway_of(request)
+        if gateway is None:
+            return gateway_unauthorized()
+        try:
+            boards = validate_report(await _json_body(request))
+        except BoardReportError as error:
+            return _error(400, str(error))
+        record = await store.gateway(gateway.id)
+        before = [(b["LocalUUID"], b["BoardType"]) for b in (record or {}).get("boards") or []]
+        await store.report_boards(gateway.id, boards, now_iso())
+        if before != [(b["LocalUUID"], b["BoardType"]) for b in boards]:
+            service.gateway_changed(gateway)
+        return JSONResponse({"gateway": gateway.id, "boards": len(boards)})
+
+    async def target_state(request: Request) -> Response:
+        """``GET /v1/gateway/state[?wait=N]``: the gateway's target state with an ``ETag``; 304 when
+        ``If-None-Match`` names it (after waiting up to N ≤ 60 s for a change with ``wait``)."""
+        gateway = await service.gateway_of(request)
+        if gateway is None:
+            return gateway_unauthorized()
+        raw_wait = request.query_params.get("wait", "0")
+        try:
+            wait = float(raw_wait)
+        except ValueError:
+            wait = -1.0
+        if not 0 <= wait <= MAX_WAIT:
+            return _error(400, f"wait: a number of seconds from 0 to {MAX_WAIT}")
+        known = request.headers.get("if-none-match")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            changed = service.change_event(gateway.fleet)  # taken before reading: no change is missed
+            try:
+                body, etag = await service.target(gateway)
+            except LookupError as error:
+                return _error(404, str(error))
+            if not etag_matches(known, etag):
+                return Response(body, media_type="application/json", headers={"ETag": etag})
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return Response(status_code=304, headers={"ETag": etag})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+
+    # -- assets ---------------------------------------------------------------------------------
+
+    async def asset(request: Request) -> Response:
+        """``GET /v1/assets/{sha256}``: an asset of a release of the caller's fleet (any fleet for
+        the admin), streamed, with ``Range`` support (206, 416)."""
+        if _authorized(request, service.admin_token):
+            fleets = [f["name"] for f in await store.fleets()]
+        else:
+            gateway = await service.gateway_of(request)
+            if gateway is None:
+                return gateway_unauthorized()
+            fleets = [gateway.fleet]
+        sha256 = request.path_params["sha256"]
+        if not SHA256.fullmatch(sha256):
+            return _error(404, f"no asset {sha256!r}")
+        referenced = False
+        for fleet in fleets:
+            for release in await store.releases(fleet):
+                if any(b.get("sha256") == sha256 for b in (release.get("boards") or {}).values()):
+                    referenced = True
+        path = service.assets.path_of(sha256)
+        if not referenced or not path.is_file():
+            return _error(404, f"no asset {sha256} in a release of your fleet")
+        return FileResponse(path, media_type="application/octet-stream", headers={"ETag": f'"{sha256}"'})
+
+    # -- operator views -------------------------------------------------------------------------
+
+    View = tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]
+
+    async def fleet_view(fleet: dict[str, Any]) -> View:
+        gateways = await store.gateways(fleet["name"])
+        releases = {r["commit"]: r for r in await store.releases(fleet["name"])}
+        settings = await store.board_settings(fleet["name"])
+        return gateways, releases, settings
+
+    def board_json(
+        board: dict[str, Any],
+        gateway: dict[str, Any],
+        fleet: dict[str, Any],
+        releases: dict[str, Any],
+        settings: dict[str, Any],
+    ) -> dict[str, Any]:
+        mine = settings.get(board["LocalUUID"]) or {}
+        target = board_target(board, fleet, releases, mine)
+        return {
+            **board,
+            "gateway": gateway["id"],
+            "target_commit": target["commit"],
+            "pin": mine.get("pin"),
+            "board_env": mine.get("env") or {},
+            "board_config": mine.get("config") or {},
+            "target_environment": target["environment"],
+            "target_config": target["config"],
+        }
+
+    async def list_gateways(request: Request) -> JSONResponse:
+        """``GET /v1/fleets/{name}/gateways``: the gateways with last_seen and their boards."""
+        fleet = await admin_fleet(request)
+        if isinstance(fleet, JSONResponse):
+            return fleet
+        gateways, releases, settings = await fleet_view(fleet)
+        return JSONResponse(
+            [
+                {
+                    "gateway": g["id"],
+                    "name": g.get("name"),
+                    "created": g.get("created"),
+                    "last_seen": service.last_seen(g),
+                    "boards": [board_json(b, g, fleet, releases, settings) for b in g.get("boards") or []],
+                }
+                for g in gateways
+            ]
+        )
+
+    async def list_boards(request: Request) -> JSONResponse:
+        """``GET /v1/fleets/{name}/boards``: every reported board with its target commit and pin."""
+        fleet = await admin_fleet(request)
+        if isinstance(fleet, JSONResponse):
+            return fleet
+        gateways, releases, settings = await fleet_view(fleet)
+        return JSONResponse(
+            [board_json(b, g, fleet, releases, settings) for g in gateways for b in g.get("boards") or []]
+        )
+
+    # -- pins -----------------------------------------------------------------------------------
+
+    async def release_commit(fleet: str, request: Request) -> str | JSONResponse:
+        """The release commit a pin request names (full or a unique prefix of 7+), or the error."""
+        body = await _json_body(request)
+        commit = body.get("commit") if isinstance(body, dict) else None
+        if not isinstance(commit, str) or not re.fullmatch(r"[0-9a-f]{7,40}", commit):
+            return _error(400, 'the body must be JSON: {"commit": "<release commit, 7 to 40 hex digits>"}')
+        matches = [r["commit"] for r in await store.releases(fleet) if r["commit"].startswith(commit)]
+        if not matches:
+            return _error(409, f"{commit} is not a release of fleet {fleet!r}")
+        if len(matches) > 1:
+            return _error(409, f"{commit} is ambiguous: it starts {len(matches)} releases")
+        return matches[0]
+
+    async def pin_fleet(request: Request) -> JSONResponse:
+        """``PUT /v1/fleets/{name}/pin {"commit"}``: the fleet's boards run that release."""
+        fleet = await admin_fleet(request)
+        if isinstance(fleet, JSONResponse):
+            return fleet
+        commit = await release_commit(fleet["name"], request)
+        if isinstance(commit, JSONResponse):
+            return commit
+        updated = await store.update_fleet(fleet["name"], pinned=commit, target=commit)
+        service.fleet_changed(fleet["name"])
+        return JSONResponse(fleet_json(request, updated or fleet))
+
+    async def unpin_fleet(request: Request) -> JSONResponse:
+        """``DELETE /v1/fleets/{name}/pin``: the fleet tracks its latest release again."""
+        fleet = await admin_fleet(request)
+        if isinstance(fleet, JSONResponse):
+            return fleet
+        releases = await store.releases(fleet["name"])
+        latest = fleet.get("latest") or (releases[-1]["commit"] if releases else None)
+        updated = await store.update_fleet(fleet["name"], pinned=None, target=latest)
+        service.fleet_changed(fleet["name"])
+        return JSONResponse(fleet_json(request, updated or fleet))
+
+    async def known_board(fleet: dict[str, Any], uuid_: str) -> bool:
+        if uuid_ in await store.board_settings(fleet["name"]):
+            return True
+        gateways = await store.gateways(fleet["name"])
+        return any(b["LocalUUID"] == uuid_ for g in gateways for b in g.get("boards") or [])
+
+    async def admin_board(request: Request) -> tuple[dict[str, Any], str] | JSONResponse:
+        fleet = await admin_fleet(request)
+        if isinstance(fleet, JSONResponse):
+            return fleet
+        board = request.path_params["uuid"]
+        if not await known_board(fleet, board):
+            return _error(404, f"no board {board!r} in fleet {fleet['name']!r} (no gateway reported it)")
+        return fleet, board
+
+    def board_settings_json(fleet: str, settings: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "fleet": fleet,
+            "LocalUUID": settings["uuid"],
+            "pin": settings.get("pin"),
+            "env": settings.get("env") or {},
+            "config": settings.get("config") or {},
+        }
+
+    async def pin_board(request: Request) -> JSONResponse:
+        """``PUT /v1/fleets/{name}/boards/{uuid}/pin {"commit"}``: this board runs that release,
+        whatever the fleet's target."""
+        found = await admin_board(request)
+        if isinstance(found, JSONResponse):
+            return found
+        fleet, board = found
+        commit = await release_commit(fleet["name"], request)
+        if isinstance(commit, JSONResponse):
+            return commit
+        settings = await store.update_board_settings(fleet["name"], board, pin=commit)
+        service.fleet_changed(fleet["name"])
+        return JSONResponse(board_settings_json(fleet["name"], settings))
+
+    async def unpin_board(request: Request) -> JSONResponse:
+        """``DELETE /v1/fleets/{name}/boards/{uuid}/pin``: the board follows the fleet again."""
+        found = await admin_board(request)
+        if isinstance(found, JSONResponse):
+            return found
+        fleet, board = found
+        settings = await store.update_board_settings(fleet["name"], board, pin=None)
+        service.fleet_changed(fleet["name"])
+        return JSONResponse(board_settings_json(fleet["name"], settings))
+
+    # -- variables ------------------------------------------------------------------------------
+
+    async def variable_value(request: Request) -> str | JSONResponse:
+        body = await _json_body(request)
+        value = body.get("value") if isinstance(body, dict) else None
+        if not isinstance(value, str) or len(value) > MAX_VALUE:
+            return _error(400, f'the body must be JSON: {{"value": "<a string of at most {MAX_VALUE}>"}}')
+        return value
+
+    def variables_endpoint(kind: str, per_board: bool) -> Any:
+        async def endpoint(request: Request) -> JSONResponse:
+            if per_board:
+                found = await admin_board(request)
+                if isinstance(found, JSONResponse):
+                    return found
+                fleet, board = found
+                current = (await store.board_settings(fleet["name"])).get(board) or {}
+            else:
+                found_fleet = await admin_fleet(request)
+                if isinstance(found_fleet, JSONResponse):
+                    return found_fleet
+                fleet, board, current = found_fleet, "", found_fleet
+            variables = dict(current.get(kind) or {})
+            key = request.path_params.get("key")
+            if request.method == "GET":
+                return JSONResponse(variables)
+            assert key is not None
+            problem = variable_key_error(kind, key)
+            if problem:
+                return _error(400, problem)
+            if request.method == "PUT":
+                value = await variable_value(request)
+                if isinstance(value, JSONResponse):
+                    return value
+                variables[key] = value
+            elif key not in variables:
+                return _error(404, f"{kind} variable {key} is not set")
+            else:
+                del variables[key]
+            if per_board:
+                await store.update_board_settings(fleet["name"], board, **{kind: variables})
+            else:
+                await store.update_fleet(fleet["name"], **{kind: variables})
+            service.fleet_changed(fleet["name"])
+            return JSONResponse(variables)
+
+        where = "/v1/fleets/{name}/boards/{uuid}/" if per_board else "/v1/fleets/{name}/"
+        endpoint.__doc__ = (
+            f'``GET {where}{kind}``, ``PUT|DELETE {where}{kind}/{{key}}`` ``{{"value"}}``: '
+            f"{'board' if per_board else 'fleet'} {kind} variables; answers the resulting set."
+        )
+        return endpoint
 
     git = GitHttpBackend(service.repos, service.admin_token)
     routes = [
@@ -222,6 +555,27 @@ def create_app(service: FleetService) -> Starlette:
         Route("/v1/fleets", list_fleets, methods=["GET"]),
         Route("/v1/fleets/{name}", get_fleet, methods=["GET"]),
         Route("/v1/fleets/{name}/releases", list_releases, methods=["GET"]),
+        Route("/v1/fleets/{name}/provisioning-key", rotate_provisioning_key, methods=["POST"]),
+        Route("/v1/fleets/{name}/gateways", list_gateways, methods=["GET"]),
+        Route("/v1/fleets/{name}/boards", list_boards, methods=["GET"]),
+        Route("/v1/fleets/{name}/pin", pin_fleet, methods=["PUT"]),
+        Route("/v1/fleets/{name}/pin", unpin_fleet, methods=["DELETE"]),
+        Route("/v1/fleets/{name}/boards/{uuid}/pin", pin_board, methods=["PUT"]),
+        Route("/v1/fleets/{name}/boards/{uuid}/pin", unpin_board, methods=["DELETE"]),
+        Route("/v1/gateways", provision, methods=["POST"]),
+        Route("/v1/gateway/state", report_state, methods=["PUT"]),
+        Route("/v1/gateway/state", target_state, methods=["GET"]),
+        Route("/v1/assets/{sha256}", asset, methods=["GET", "HEAD"]),
         Route("/git/{fleet}.git/{path:path}", git, methods=["GET", "POST"]),
     ]
+    for kind in ("env", "config"):
+        fleet_vars, board_vars = variables_endpoint(kind, False), variables_endpoint(kind, True)
+        routes += [
+            Route(f"/v1/fleets/{{name}}/{kind}", fleet_vars, methods=["GET"]),
+            Route(f"/v1/fleets/{{name}}/{kind}/{{key}}", fleet_vars, methods=["PUT", "DELETE"]),
+            Route(f"/v1/fleets/{{name}}/boards/{{uuid}}/{kind}", board_vars, methods=["GET"]),
+            Route(
+                f"/v1/fleets/{{name}}/boards/{{uuid}}/{kind}/{{key}}", board_vars, methods=["PUT", "DELETE"]
+            ),
+        ]
     return Starlette(routes=routes)

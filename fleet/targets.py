@@ -22,12 +22,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
 from typing import Any
 
 __all__ = [
-    "BoardReportError",
     "CONFIG_KEY",
     "ENV_KEY",
+    "BoardReportError",
     "asset_url",
     "board_target",
     "encode_target",
@@ -68,7 +69,10 @@ def variable_key_error(kind: str, key: str) -> str | None:
     if len(key) > MAX_KEY or not ENV_KEY.fullmatch(key):
         return f"invalid {kind} variable name {key!r}: use [A-Z_][A-Z0-9_]* (at most {MAX_KEY} characters)"
     if kind == "env" and key.startswith(RESERVED_PREFIXES):
-        return f"invalid env variable name {key!r}: BALENA_* and RESIN_* are configuration variables (use config)"
+        return (
+            f"invalid env variable name {key!r}: BALENA_* and RESIN_* are configuration variables"
+            " (use config)"
+        )
     return None
 
 
@@ -170,3 +174,12 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
         if candidate in ("*", etag):
             return True
     return False
+
+
+def new_key(kind: str) -> str:
+    """A new secret key such as ``pk_...`` (provisioning) or ``gk_...`` (gateway).
+
+    The prefix says what a key is when it turns up in a log, and keeps a key from starting with
+    ``-`` (keys are passed on command lines: ``--provisioning-key KEY``).
+    """
+    return f"{kind}_{secrets.token_urlsafe(32)}"

@@ -18,6 +18,7 @@ from .discovery import Discovery
 from .manager import DeviceManager
 from .plugin_manager import Plugins, load_plugins
 from .store import Store, StoreLockedError
+from .sync import FleetSync
 
 log = logging.getLogger("picofleet.gateway")
 
@@ -66,6 +67,11 @@ def prepare_directories(config: GatewayConfig) -> None:
             ) from None
 
 
+def _sync_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("fleet sync stopped: %s (the gateway keeps serving its boards)", task.exception())
+
+
 async def run_gateway(config: GatewayConfig) -> None:
     """Run until SIGINT/SIGTERM; then close every port, stop discovery and flush the store."""
     prepare_directories(config)
@@ -85,6 +91,9 @@ async def run_gateway(config: GatewayConfig) -> None:
         log.warning("--simulate was given but no plugin provides virtual boards (is 'virtual' disabled?)")
     discovery = Discovery(sources, plugins.board_types, manager.on_present, manager.on_gone)
     discovery.start()
+    sync_task = asyncio.create_task(FleetSync(config, manager, store).run()) if config.fleet_url else None
+    if sync_task is not None:
+        sync_task.add_done_callback(_sync_ended)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -109,6 +118,9 @@ async def run_gateway(config: GatewayConfig) -> None:
         await serve(create_app(manager), hypercorn_config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
     finally:
         log.info("shutting down: closing ports")
+        if sync_task is not None:
+            sync_task.cancel()
+            await asyncio.gather(sync_task, return_exceptions=True)
         await discovery.stop()
         await manager.stop()
         await store.close()

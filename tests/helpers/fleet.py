@@ -70,6 +70,21 @@ class FleetProcess:
         assert response.status_code == 200, response.text
         return response.json()
 
+    def provision(self, provisioning_key: str, name: str | None = None) -> dict[str, Any]:
+        """Register a gateway with the fleet's provisioning key: {"gateway", "key", "fleet"}."""
+        body: dict[str, Any] = {"provisioning_key": provisioning_key}
+        if name is not None:
+            body["name"] = name
+        response = httpx.post(self.url + "/v1/gateways", json=body, timeout=10)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def as_gateway(self, key: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A request authenticated with a gateway key."""
+        headers = {"Authorization": f"Bearer {key}", **kwargs.pop("headers", {})}
+        timeout = kwargs.pop("timeout", 10)
+        return httpx.request(method, self.url + path, headers=headers, timeout=timeout, **kwargs)
+
     def push_url(self, fleet: str, token: str | None = None) -> str:
         host = self.url.removeprefix("http://")
         return f"http://x:{token or self.token}@{host}/git/{fleet}.git"

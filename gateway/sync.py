@@ -1,0 +1,193 @@
+"""Keeping a gateway's boards at the fleet's target: provision once, follow the target, report back.
+
+The fleet API is docs/fleet-api.md. The loop:
+
+* **Provisioning**, once: with ``--fleet URL --provisioning-key KEY`` the gateway asks the fleet for
+  its own key and keeps it in its database, so restarts do not provision again.
+* **Target state**: a long poll (``GET /v1/gateway/state?wait=30`` with ``If-None-Match``) learns
+  of a new release at once; on errors it backs off exponentially (with jitter, at most
+  ENM_CONFIG_LOOP_DELAY). The last target is stored, so boards keep their targets with the fleet
+  unreachable, also after a restart.
+* **Applying it**: each board's TargetCommit/TargetEnvironment/TargetConfig are set as received;
+  a board whose Commit differs from its target gets the firmware asset (downloaded once per
+  gateway into the asset cache, resumable, sha256-verified) queued as a flash with that commit —
+  the flashing pipeline does the rest, respecting pause.
+* **Reporting**: the boards' state (Commit, Status, online, progress...) is sent when it changed,
+  at most once a second, and at every (re)connection — so after a gateway or fleet restart the
+  fleet's view is corrected within one cycle (ENM issue #49).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from typing import Any
+
+import httpx
+
+from ..firmware import uf2
+from ..firmware.assets import AssetError
+from .board import FlashJob
+from .config import GatewayConfig
+from .device import Status
+from .manager import DeviceManager
+from .store import Store
+
+log = logging.getLogger("picofleet.sync")
+
+GATEWAY_KEY = "fleetGatewayKey"
+GATEWAY_ID = "fleetGatewayId"
+TARGET = "fleetTarget"
+ETAG = "fleetTargetEtag"
+LONG_POLL_SECONDS = 30
+REPORT_INTERVAL = 1.0
+
+
+class SyncError(Exception):
+    """The fleet answered something the gateway cannot use; the message says what."""
+
+
+class FleetSync:
+    """The gateway's side of the fleet service."""
+
+    def __init__(self, config: GatewayConfig, manager: DeviceManager, store: Store):
+        assert config.fleet_url is not None
+        self.config = config
+        self.manager = manager
+        self.store = store
+        self.failures = 0
+        self.last_report: str | None = None
+
+    async def run(self) -> None:
+        """Provision (once), then follow the target and report, until cancelled."""
+        key = await self._gateway_key()
+        headers = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(
+            base_url=self.config.fleet_url or "", headers=headers, timeout=LONG_POLL_SECONDS + 15
+        ) as client:
+            stored = await self.store.get_value(TARGET)
+            if stored:
+                await self.apply(client, stored)  # the last known target, fleet reachable or not
+            reporter = asyncio.create_task(self._report_forever(client))
+            try:
+                await self._follow(client)
+            finally:
+                reporter.cancel()
+                await asyncio.gather(reporter, return_exceptions=True)
+
+    # -- provisioning -------------------------------------------------------------------------------
+    async def _gateway_key(self) -> str:
+        key = await self.store.get_value(GATEWAY_KEY)
+        while not key:
+            if not self.config.provisioning_key:
+                raise SyncError(
+                    "--fleet needs --provisioning-key the first time (the gateway is not provisioned)"
+                )
+            try:
+                async with httpx.AsyncClient(base_url=self.config.fleet_url or "", timeout=15) as client:
+                    response = await client.post(
+                        "/v1/gateways", json={"provisioning_key": self.config.provisioning_key}
+                    )
+                if response.status_code == 401:
+                    raise SyncError(f"the fleet refused the provisioning key: {_reason(response)}")
+                response.raise_for_status()
+                answer = response.json()
+                await self.store.set_value(GATEWAY_ID, answer["gateway"])
+                await self.store.set_value(GATEWAY_KEY, answer["key"])
+                key = answer["key"]
+                log.info("provisioned into fleet %s as gateway %s", answer.get("fleet"), answer["gateway"])
+            except (httpx.HTTPError, KeyError, ValueError) as error:
+                await self._back_off(f"provisioning failed: {error}")
+        return str(key)
+
+    # -- target state -------------------------------------------------------------------------------
+    async def _follow(self, client: httpx.AsyncClient) -> None:
+        etag = await self.store.get_value(ETAG)
+        while True:
+            try:
+                headers = {"If-None-Match": etag} if etag else {}
+                response = await client.get(
+                    "/v1/gateway/state", params={"wait": LONG_POLL_SECONDS}, headers=headers
+                )
+                if response.status_code == 200:
+                    target = response.json()
+                    etag = response.headers.get("etag")
+                    await self.store.set_value(TARGET, target)
+                    await self.store.set_value(ETAG, etag)
+                    await self.apply(client, target)
+                elif response.status_code != 304:
+                    raise SyncError(f"target state: HTTP {response.status_code}: {_reason(response)}")
+                self.failures = 0
+            except (httpx.HTTPError, SyncError, ValueError) as error:
+                await self._back_off(f"cannot follow the fleet's target: {error}")
+
+    async def apply(self, client: httpx.AsyncClient, target: dict[str, Any]) -> None:
+        """Set every board's targets as received and queue the flashes that bring it there."""
+        for uuid, board_target in (target.get("boards") or {}).items():
+            board = self.manager.find(uuid)
+            if board is None or not isinstance(board_target, dict):
+                continue
+            commit = board_target.get("commit")
+            await self.manager.set_target(
+                board, commit, board_target.get("environment"), board_target.get("config")
+            )
+            firmware = board_target.get("firmware")
+            if not firmware or commit is None or board.record.get("Commit") == commit:
+                continue
+            if board.record["Status"] in (Status.RESERVED.value, Status.EVALUATING.value):
+                continue  # a reserved board is flashed once it is released
+            pending = board.pending_flash
+            if pending is not None and pending.sha256 == firmware.get("sha256") and pending.commit == commit:
+                continue
+            try:
+                job = await self._job(client, firmware, commit)
+            except (AssetError, uf2.UF2Error, httpx.HTTPError) as error:
+                log.warning("%s: cannot get the firmware of %s: %s", board.label, commit, error)
+                continue
+            await self.manager.request_flash(board, job)
+
+    async def _job(self, client: httpx.AsyncClient, firmware: dict[str, Any], commit: str) -> FlashJob:
+        sha256 = str(firmware["sha256"])
+        assets = self.manager.assets
+        await assets.download(client, str(firmware["url"]), sha256, firmware.get("size"))
+        data = await asyncio.to_thread(assets.get, sha256)
+        parsed = await asyncio.to_thread(uf2.read_uf2, data)
+        return FlashJob(data, parsed.families, None, commit, sha256)
+
+    # -- reporting ----------------------------------------------------------------------------------
+    async def _report_forever(self, client: httpx.AsyncClient) -> None:
+        while True:
+            report = {"boards": [self._board_report(board.record) for board in self.manager.listed()]}
+            text = json.dumps(report, sort_keys=True)
+            if text != self.last_report:
+                try:
+                    response = await client.put("/v1/gateway/state", json=report)
+                    response.raise_for_status()
+                    self.last_report = text
+                except httpx.HTTPError as error:
+                    log.debug("report to the fleet failed (retried): %s", error)
+            await asyncio.sleep(REPORT_INTERVAL)
+
+    @staticmethod
+    def _board_report(record: dict[str, Any]) -> dict[str, Any]:
+        fields = ("LocalUUID", "BoardType", "Name", "Commit", "Status", "FirmwareVersion", "Progress")
+        return {
+            **{field: record.get(field) for field in fields},
+            "online": record.get("Status") != Status.OFFLINE,
+        }
+
+    async def _back_off(self, reason: str) -> None:
+        self.failures += 1
+        delay = min(self.config.config_loop_delay, 0.5 * 2 ** min(self.failures, 10))
+        delay *= random.uniform(0.8, 1.2)
+        log.warning("%s; retrying in %.1f s", reason, delay)
+        await asyncio.sleep(delay)
+
+
+def _reason(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error", response.text))
+    except ValueError:
+        return response.text[:200]

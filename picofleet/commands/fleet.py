@@ -1,0 +1,318 @@
+"""`picofleet fleet`: run the fleet service, and operate it (fleets, gateways, boards, pins, variables).
+
+Operator subcommands talk to the service's HTTP API (docs/fleet-api.md) with the admin token:
+``--url`` (default ``$PICOFLEET_FLEET_URL`` or http://127.0.0.1:8080) and ``--token`` (default
+``$PICOFLEET_ADMIN_TOKEN``). Every one takes ``--json`` (the API's answer as JSON on stdout).
+Errors end the command with one line ``picofleet fleet: <reason>`` on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import httpx
+
+URL_ENV, TOKEN_ENV = "PICOFLEET_FLEET_URL", "PICOFLEET_ADMIN_TOKEN"
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class CommandError(Exception):
+    """Ends the command with this one-line reason."""
+
+
+def _client(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    token = args.token or os.environ.get(TOKEN_ENV, "")
+    if not token:
+        raise CommandError(f"no admin token: pass --token or set {TOKEN_ENV}")
+    url = (args.url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
+    return url, {"Authorization": f"Bearer {token}"}
+
+
+def call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """One API call with the admin token; its JSON answer, or :class:`CommandError` with the reason."""
+    url, headers = _client(args)
+    try:
+        response = httpx.request(method, url + path, headers=headers, json=body, timeout=30)
+    except httpx.HTTPError as error:
+        raise CommandError(f"cannot reach the fleet service at {url}: {error}") from None
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if response.status_code >= 400:
+        reason = answer.get("error") if isinstance(answer, dict) else None
+        raise CommandError(
+            f"{reason or response.text.strip() or response.reason_phrase} (HTTP {response.status_code})"
+        )
+    return answer
+
+
+def with_credentials(git_url: str, token: str) -> str:
+    """``git_url`` with ``admin:TOKEN@`` in it: the remote ``git push`` authenticates with."""
+    parts = urlsplit(git_url)
+    netloc = f"admin:{quote(token, safe='')}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _short(commit: str | None) -> str:
+    return commit[:12] if commit else "-"
+
+
+# -- subcommands -------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the fleet service until Ctrl-C (admin token in DATA/admin-token or $PICOFLEET_ADMIN_TOKEN)."""
+    import asyncio
+
+    from picofleet.fleet.service import run_fleet
+    from picofleet.gateway.config import ConfigError
+
+    logging.basicConfig(
+        stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(run_fleet(Path(args.data), args.host, args.port))
+    except ConfigError as error:
+        raise CommandError(str(error)) from None
+    return 0
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    """Create a fleet; print its git remote (admin token embedded) and its provisioning key."""
+    answer = call(args, "POST", "/v1/fleets", {"name": args.name})
+    _, headers = _client(args)
+    git_url = with_credentials(answer["git_url"], headers["Authorization"].removeprefix("Bearer "))
+    result = {"fleet": answer["fleet"], "git_url": git_url, "provisioning_key": answer["provisioning_key"]}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"fleet {result['fleet']} created")
+    print(f"git remote:       {git_url}")
+    print("                  (the admin token is embedded: `git push` needs it; keep this URL secret)")
+    print(f"provisioning key: {result['provisioning_key']}")
+    print(
+        "                  (shown only now; gateways use it once: picofleet gateway --provisioning-key KEY)"
+    )
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """List the fleets with their target commit and pin."""
+    fleets = call(args, "GET", "/v1/fleets")
+    if args.json:
+        print(json.dumps(fleets))
+        return 0
+    rows = [[f["fleet"], _short(f["target"]), _short(f.get("pinned")), f["git_url"]] for f in fleets]
+    _table(rows, ["FLEET", "TARGET", "PINNED", "GIT URL"])
+    return 0
+
+
+def cmd_gateways(args: argparse.Namespace) -> int:
+    """List the fleet's gateways with when they were last seen and their boards."""
+    gateways = call(args, "GET", f"/v1/fleets/{args.fleet}/gateways")
+    if args.json:
+        print(json.dumps(gateways))
+        return 0
+    rows = []
+    for g in gateways:
+        online = sum(1 for b in g["boards"] if b.get("online"))
+        converged = sum(
+            1 for b in g["boards"] if b.get("Commit") and b.get("Commit") == b.get("target_commit")
+        )
+        rows.append(
+            [
+                g["gateway"],
+                g["name"] or "",
+                g["last_seen"] or "never",
+                str(len(g["boards"])),
+                str(online),
+                str(converged),
+            ]
+        )
+    _table(rows, ["GATEWAY", "NAME", "LAST SEEN", "BOARDS", "ONLINE", "ON TARGET"])
+    return 0
+
+
+def cmd_boards(args: argparse.Namespace) -> int:
+    """List the fleet's boards: online state, commit, target commit, pin."""
+    boards = call(args, "GET", f"/v1/fleets/{args.fleet}/boards")
+    if args.json:
+        print(json.dumps(boards))
+        return 0
+    rows = [
+        [
+            b["LocalUUID"],
+            b["BoardType"],
+            "online" if b.get("online") else "offline",
+            _short(b.get("Commit")),
+            _short(b.get("target_commit")),
+            _short(b.get("pin")),
+            b.get("Status") or "",
+        ]
+        for b in boards
+    ]
+    _table(rows, ["BOARD", "TYPE", "STATE", "COMMIT", "TARGET", "PINNED", "STATUS"])
+    return 0
+
+
+def cmd_releases(args: argparse.Namespace) -> int:
+    """List the fleet's releases, oldest first."""
+    releases = call(args, "GET", f"/v1/fleets/{args.fleet}/releases")
+    if args.json:
+        print(json.dumps(releases))
+        return 0
+    rows = [[r["commit"], r.get("ref") or "", r["created"], ", ".join(sorted(r["boards"]))] for r in releases]
+    _table(rows, ["COMMIT", "REF", "CREATED", "BOARD TYPES"])
+    return 0
+
+
+def _print_fleet(args: argparse.Namespace, fleet: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(fleet))
+    elif fleet.get("pinned"):
+        print(f"fleet {fleet['fleet']} pinned to {fleet['pinned']}")
+    else:
+        print(f"fleet {fleet['fleet']} tracks its latest release ({fleet.get('target') or 'none yet'})")
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    """Pin the fleet to a release (full commit or a unique prefix)."""
+    _print_fleet(args, call(args, "PUT", f"/v1/fleets/{args.fleet}/pin", {"commit": args.commit}))
+    return 0
+
+
+def cmd_unpin(args: argparse.Namespace) -> int:
+    """Unpin the fleet: it tracks its latest release again."""
+    _print_fleet(args, call(args, "DELETE", f"/v1/fleets/{args.fleet}/pin"))
+    return 0
+
+
+def _print_board(args: argparse.Namespace, board: dict[str, Any]) -> None:
+    if args.json:
+        print(json.dumps(board))
+    elif board.get("pin"):
+        print(f"board {board['LocalUUID']} pinned to {board['pin']}")
+    else:
+        print(f"board {board['LocalUUID']} follows fleet {board['fleet']}")
+
+
+def cmd_pin_board(args: argparse.Namespace) -> int:
+    """Pin one board to a release, whatever the fleet's target."""
+    path = f"/v1/fleets/{args.fleet}/boards/{args.board}/pin"
+    _print_board(args, call(args, "PUT", path, {"commit": args.commit}))
+    return 0
+
+
+def cmd_unpin_board(args: argparse.Namespace) -> int:
+    """Unpin one board: it follows the fleet again."""
+    _print_board(args, call(args, "DELETE", f"/v1/fleets/{args.fleet}/boards/{args.board}/pin"))
+    return 0
+
+
+def cmd_variables(args: argparse.Namespace) -> int:
+    """Set, unset or list environment / config variables of the fleet or (``--board``) of a board."""
+    base = f"/v1/fleets/{args.fleet}" + (f"/boards/{args.board}" if args.board else "")
+    kind = args.kind
+    if args.action == "set":
+        variables = call(args, "PUT", f"{base}/{kind}/{args.key}", {"value": args.value})
+    elif args.action == "unset":
+        variables = call(args, "DELETE", f"{base}/{kind}/{args.key}")
+    else:
+        variables = call(args, "GET", f"{base}/{kind}")
+    if args.json:
+        print(json.dumps(variables))
+    else:
+        for key, value in sorted(variables.items()):
+            print(f"{key}={value}")
+    return 0
+
+
+# -- wiring ------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a `picofleet fleet` subcommand; errors are one line and exit status 1."""
+    try:
+        return int(args.fleet_run(args) or 0)
+    except CommandError as error:
+        print(f"picofleet fleet: {error}", file=sys.stderr)
+        return 1
+
+
+def _operator(sub: argparse._SubParsersAction, name: str, fn: Any, help_: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_, description=fn.__doc__)
+    parser.add_argument(
+        "--url", default=None, help=f"fleet service URL (env {URL_ENV}; default {DEFAULT_URL})"
+    )
+    parser.add_argument("--token", default=None, help=f"admin token (env {TOKEN_ENV})")
+    parser.add_argument("--json", action="store_true", help="print the answer as JSON")
+    parser.set_defaults(fleet_run=fn)
+    return parser
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `picofleet fleet` and its subcommands."""
+    parser = subparsers.add_parser(
+        "fleet", help="run or operate the fleet service", description=__doc__.split("\n\n")[0]
+    )
+    parser.set_defaults(run=run)
+    sub = parser.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND", required=True)
+
+    serve = sub.add_parser("serve", help="run the fleet service", description=cmd_serve.__doc__)
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument(
+        "--data", default="fleet-data", help="directory of fleet.db, git/, assets/ (default ./fleet-data)"
+    )
+    serve.set_defaults(fleet_run=cmd_serve)
+
+    _operator(sub, "create", cmd_create, "create a fleet").add_argument("name")
+    _operator(sub, "list", cmd_list, "list fleets")
+    for name, fn, help_ in (
+        ("gateways", cmd_gateways, "list a fleet's gateways"),
+        ("boards", cmd_boards, "list a fleet's boards"),
+        ("releases", cmd_releases, "list a fleet's releases"),
+        ("unpin", cmd_unpin, "unpin a fleet"),
+    ):
+        _operator(sub, name, fn, help_).add_argument("fleet")
+    pin = _operator(sub, "pin", cmd_pin, "pin a fleet to a release")
+    pin.add_argument("fleet")
+    pin.add_argument("commit")
+    pin_board = _operator(sub, "pin-board", cmd_pin_board, "pin a board to a release")
+    unpin_board = _operator(sub, "unpin-board", cmd_unpin_board, "unpin a board")
+    for board_parser in (pin_board, unpin_board):
+        board_parser.add_argument("fleet")
+        board_parser.add_argument("board", metavar="UUID")
+    pin_board.add_argument("commit")
+
+    for kind, what in (("env", "environment"), ("config", "configuration")):
+        variables = _operator(sub, kind, cmd_variables, f"set/unset {what} variables")
+        variables.set_defaults(kind=kind)
+        variables.add_argument("fleet")
+        actions = variables.add_subparsers(dest="action", metavar="ACTION", required=True)
+        for action in ("set", "unset", "list"):
+            act = actions.add_parser(action, help=f"{action} {what} variables")
+            act.add_argument(
+                "--board", default=None, metavar="UUID", help="a board's variable, not the fleet's"
+            )
+            act.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+            act.add_argument("--url", default=argparse.SUPPRESS, help="fleet service URL")
+            act.add_argument("--token", default=argparse.SUPPRESS, help="admin token")
+            if action != "list":
+                act.add_argument("key")
+            if action == "set":
+                act.add_argument("value")
