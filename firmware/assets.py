@@ -255,16 +255,19 @@ class AssetCache:
 
 
 def _hash_existing(partial: Path, size: int | None) -> tuple[hashlib._Hash, int]:
-    digest = hashlib.sha256()
+    """The hash and length of what a previous download left, read in chunks (never whole)."""
+    digest, length = hashlib.sha256(), 0
     try:
-        data = partial.read_bytes()
+        with open(partial, "rb") as handle:
+            while chunk := handle.read(DOWNLOAD_CHUNK * 16):
+                digest.update(chunk)
+                length += len(chunk)
     except FileNotFoundError:
-        return digest, 0
-    if size is not None and len(data) > size:
+        return hashlib.sha256(), 0
+    if size is not None and length > size:
         partial.unlink()
-        return digest, 0
-    digest.update(data)
-    return digest, len(data)
+        return hashlib.sha256(), 0
+    return digest, length
 
 
 def _is_plain_file(path: Path) -> bool:

@@ -32,6 +32,7 @@ def setup_logging(config: GatewayConfig) -> None:
         force=True,
     )
     logging.getLogger("picofleet.board.output").setLevel(config.dependent_log_level.upper())
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request to the fleet
 
 
 def check_simulate(config: GatewayConfig, plugins: Plugins) -> None:

@@ -67,11 +67,11 @@ class FleetSync:
         async with httpx.AsyncClient(
             base_url=self.config.fleet_url or "", headers=headers, timeout=LONG_POLL_SECONDS + 15
         ) as client:
-            stored = await self.store.get_value(TARGET)
-            if stored:
-                await self.apply(client, stored)  # the last known target, fleet reachable or not
             reporter = asyncio.create_task(self._report_forever(client))
             try:
+                stored = await self.store.get_value(TARGET)
+                if stored:
+                    await self.apply(client, stored)  # the last known target, fleet reachable or not
                 await self._follow(client)
             finally:
                 reporter.cancel()
@@ -121,6 +121,7 @@ class FleetSync:
                     raise SyncError(f"target state: HTTP {response.status_code}: {_reason(response)}")
                 self.failures = 0
             except (httpx.HTTPError, SyncError, ValueError) as error:
+                self.last_report = None  # the fleet may have lost what we told it: tell it again
                 await self._back_off(f"cannot follow the fleet's target: {error}")
 
     async def apply(self, client: httpx.AsyncClient, target: dict[str, Any]) -> None:

@@ -233,7 +233,9 @@ def test_a_flash_cut_short_by_a_power_loss_is_done_at_the_next_start(gateway_fac
     assert waiting[0]["PendingFlash"]["commit"] == "c25"
     assert again.put("/v1/enm/status", content='{"targetStatus":"Running"}', headers=JSON).status_code == 200
     done = wait_for(
-        lambda: (d := idle(again, serial)) and d["Commit"] == "c25" and d, 20, "the resumed flash"
+        lambda: (d := idle(again, serial)) and d["Commit"] == "c25" and d["PendingFlash"] is None and d,
+        20,
+        "the resumed flash",
     )
     assert done["FirmwareVersion"] == "picofleet-app 2.5.0"
     assert done["PendingFlash"] is None
@@ -288,6 +290,8 @@ def test_a_gateway_stopped_mid_flash_keeps_the_flash_and_finishes_it_after_the_r
     again = gateway_factory("--simulate", "1", env=env)
     assert again.get(f"/v1/devices/{serial}").json()["PendingFlash"]["commit"] == "c4"
     done = wait_for(
-        lambda: (d := idle(again, serial)) and d["Commit"] == "c4" and d, 30, "the flash finished"
+        lambda: (d := idle(again, serial)) and d["Commit"] == "c4" and d["PendingFlash"] is None and d,
+        30,
+        "the flash finished",
     )
     assert (done["FirmwareVersion"], done["PendingFlash"]) == ("picofleet-app 4.0.0", None)

@@ -27,9 +27,12 @@ class FleetProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.log_path = data / "fleet.log"
+        self.log_offset = 0
 
     def start(self, timeout: float = 20.0) -> FleetProcess:
         self.data.mkdir(parents=True, exist_ok=True)
+        # a restart appends to the same log: look for this run's "listening on" line only
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 (the child owns it)
         command = [sys.executable, "-m", "picofleet.fleet.service", "--data", str(self.data)]
         command += ["--host", "127.0.0.1", "--port", "0", *self.args]
@@ -49,7 +52,12 @@ class FleetProcess:
         return self
 
     def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """What this run of the fleet service printed so far."""
+        if not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as handle:
+            handle.seek(self.log_offset)
+            return handle.read().decode(errors="replace")
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
