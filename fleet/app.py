@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from ..firmware.assets import AssetCache
 from .git_http import FLEET_NAME, FleetRepos, GitHttpBackend
-from .store import FleetExistsError, FleetStore, key_hash, now_iso
+from .store import BOARD_LOG_LINES, BoardLogs, FleetExistsError, FleetStore, key_hash, now_iso
 from .targets import (
     MAX_VALUE,
     BoardReportError,
@@ -44,6 +44,10 @@ from .targets import (
 __all__ = ["FleetService", "create_app"]
 
 MAX_WAIT = 60
+MAX_LOG_BATCH = 1000
+"""Lines per ``POST /v1/gateway/logs`` (the gateway sends at most 500)."""
+MAX_LOG_TEXT = 4096
+LOG_LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -72,6 +76,11 @@ class FleetService:
         self._targets: dict[str, tuple[tuple[int, int], bytes, str]] = {}
         self._auth: dict[str, GatewayAuth] = {}
         self._last_seen: dict[str, str] = {}
+        self.logs = BoardLogs()
+        self.logs_ignored: dict[str, int] = {}
+        """Per gateway: lines it posted for boards it has not reported (this run)."""
+        self.logs_dropped: dict[str, int] = {}
+        """Per gateway: lines it says it dropped from its own full queue (its last word)."""
         repos.on_release = self.fleet_changed
 
     # -- change tracking ------------------------------------------------------------------------
@@ -296,6 +305,46 @@ def create_app(service: FleetService) -> Starlette:
             service.gateway_changed(gateway)
         return JSONResponse({"gateway": gateway.id, "boards": len(boards)})
 
+    async def post_logs(request: Request) -> JSONResponse:
+        """``POST /v1/gateway/logs {"lines": [{"board", "time", "level", "text"}], "dropped"?}``:
+        board log lines; lines of boards the gateway has not reported are ignored (counted)."""
+        gateway = await service.gateway_of(request)
+        if gateway is None:
+            return gateway_unauthorized()
+        body = await _json_body(request)
+        lines = body.get("lines") if isinstance(body, dict) else None
+        if not isinstance(lines, list) or len(lines) > MAX_LOG_BATCH:
+            return _error(
+                400,
+                'the body must be JSON: {"lines": [{"board", "time", "level", "text"}, ...]}'
+                f" (at most {MAX_LOG_BATCH} lines)",
+            )
+        checked = []
+        for n, line in enumerate(lines):
+            fields = [
+                line.get(k) if isinstance(line, dict) else None for k in ("board", "time", "level", "text")
+            ]
+            if not all(isinstance(f, str) for f in fields) or not fields[0] or len(fields[0]) > 128:
+                return _error(400, f"lines[{n}]: board, time, level and text must be strings (board 1..128)")
+            board, time_, level, text = fields
+            level = level.lower() if level.lower() in LOG_LEVELS else "info"
+            checked.append((board, {"time": time_[:64], "level": level, "text": text[:MAX_LOG_TEXT]}))
+        dropped = body.get("dropped")
+        if isinstance(dropped, int) and dropped >= 0:
+            service.logs_dropped[gateway.id] = dropped
+        record = await store.gateway(gateway.id)
+        reported = {b["LocalUUID"] for b in (record or {}).get("boards") or []}
+        accepted = ignored = 0
+        for board, line in checked:
+            if board in reported:
+                service.logs.add(gateway.fleet, board, {**line, "gateway": gateway.id})
+                accepted += 1
+            else:
+                ignored += 1
+        if ignored:
+            service.logs_ignored[gateway.id] = service.logs_ignored.get(gateway.id, 0) + ignored
+        return JSONResponse({"gateway": gateway.id, "accepted": accepted, "ignored": ignored})
+
     async def target_state(request: Request) -> Response:
         """``GET /v1/gateway/state[?wait=N]``: the gateway's target state with an ``ETag``; 304 when
         ``If-None-Match`` names it (after waiting up to N ≤ 60 s for a change with ``wait``)."""
@@ -496,6 +545,22 @@ def create_app(service: FleetService) -> Starlette:
         service.fleet_changed(fleet["name"])
         return JSONResponse(board_settings_json(fleet["name"], settings))
 
+    async def board_logs(request: Request) -> JSONResponse:
+        """``GET /v1/fleets/{name}/boards/{uuid}/logs[?limit=N]``: the board's last N log lines
+        (default 100, at most the 1,000 kept), oldest first."""
+        found = await admin_board(request)
+        if isinstance(found, JSONResponse):
+            return found
+        fleet, board = found
+        raw = request.query_params.get("limit", "100")
+        try:
+            limit = int(raw)
+        except ValueError:
+            limit = -1
+        if not 1 <= limit <= BOARD_LOG_LINES:
+            return _error(400, f"limit: a whole number from 1 to {BOARD_LOG_LINES}")
+        return JSONResponse(service.logs.last(fleet["name"], board, limit))
+
     # -- variables ------------------------------------------------------------------------------
 
     async def variable_value(request: Request) -> str | JSONResponse:
@@ -562,9 +627,11 @@ def create_app(service: FleetService) -> Starlette:
         Route("/v1/fleets/{name}/pin", unpin_fleet, methods=["DELETE"]),
         Route("/v1/fleets/{name}/boards/{uuid}/pin", pin_board, methods=["PUT"]),
         Route("/v1/fleets/{name}/boards/{uuid}/pin", unpin_board, methods=["DELETE"]),
+        Route("/v1/fleets/{name}/boards/{uuid}/logs", board_logs, methods=["GET"]),
         Route("/v1/gateways", provision, methods=["POST"]),
         Route("/v1/gateway/state", report_state, methods=["PUT"]),
         Route("/v1/gateway/state", target_state, methods=["GET"]),
+        Route("/v1/gateway/logs", post_logs, methods=["POST"]),
         Route("/v1/assets/{sha256}", asset, methods=["GET", "HEAD"]),
         Route("/git/{fleet}.git/{path:path}", git, methods=["GET", "POST"]),
     ]

@@ -14,10 +14,15 @@ Tables:
 * ``board_settings``: ``id`` = ``fleet/LocalUUID``, ``fleet``, ``uuid``, ``pin``, ``env``, ``config``.
 
 Keys (the provisioning key, the gateway keys) are stored only as their sha256.
+
+Board log lines are not in the database: :class:`BoardLogs` keeps the last
+:data:`BOARD_LOG_LINES` lines of each board in memory. They are diagnostics, not state: a fleet
+restart forgets them (gateways send what they log from then on).
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import time
 from pathlib import Path
@@ -28,7 +33,10 @@ from tinydb import TinyDB
 from ..gateway.storage import detached
 from ..gateway.store import Store
 
-__all__ = ["FleetExistsError", "FleetStore", "key_hash", "now_iso"]
+__all__ = ["BOARD_LOG_LINES", "BoardLogs", "FleetExistsError", "FleetStore", "key_hash", "now_iso"]
+
+BOARD_LOG_LINES = 1000
+"""Log lines kept per board (the oldest are dropped)."""
 
 FLEETS, RELEASES, GATEWAYS, BOARD_SETTINGS = "fleets", "releases", "gateways", "board_settings"
 
@@ -215,3 +223,29 @@ class FleetStore:
             return detached(dict(_find(db, BOARD_SETTINGS, "id", key)))
 
         return await self.store.transact(job)
+
+
+class BoardLogs:
+    """The last ``per_board`` log lines of every board, in memory, by ``(fleet, LocalUUID)``."""
+
+    def __init__(self, per_board: int = BOARD_LOG_LINES) -> None:
+        self.per_board = per_board
+        self._lines: dict[tuple[str, str], collections.deque[dict[str, Any]]] = {}
+        self.dropped = 0
+        """Lines pushed out of a full ring (this run)."""
+
+    def add(self, fleet: str, uuid: str, line: dict[str, Any]) -> None:
+        """Append ``line`` (``time``, ``level``, ``text``, ``gateway``) to the board's ring."""
+        ring = self._lines.get((fleet, uuid))
+        if ring is None:
+            ring = self._lines[(fleet, uuid)] = collections.deque(maxlen=self.per_board)
+        elif len(ring) == self.per_board:
+            self.dropped += 1
+        ring.append(line)
+
+    def last(self, fleet: str, uuid: str, limit: int) -> list[dict[str, Any]]:
+        """The board's last ``limit`` lines, oldest first."""
+        ring = self._lines.get((fleet, uuid))
+        if not ring or limit <= 0:
+            return []
+        return list(ring)[-limit:]

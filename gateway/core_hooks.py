@@ -53,7 +53,8 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 def _client(board: BoardRef, port: serial.Serial) -> FirmwareClient:
     def forward(level: str, text: str) -> None:
-        board_output.log(_LEVELS.get(level, logging.INFO), "[%s] %s", board.serial, text)
+        level_number = _LEVELS.get(level, logging.INFO)
+        board_output.log(level_number, "[%s] %s", board.serial, text, extra={"board": board.serial})
 
     return FirmwareClient(port, on_log=forward)
 

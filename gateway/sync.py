@@ -15,14 +15,24 @@ The fleet API is docs/fleet-api.md. The loop:
 * **Reporting**: the boards' state (Commit, Status, online, progress...) is sent when it changed,
   at most once a second, and at every (re)connection — so after a gateway or fleet restart the
   fleet's view is corrected within one cycle (ENM issue #49).
+* **Board logs**: :class:`BoardLogQueue`, a logging handler on the ``picofleet.board*``,
+  ``picofleet.manager`` and ``picofleet.sync`` loggers, keeps every line about a board (the
+  firmware's own log lines and the gateway's status lines) in a bounded queue
+  (:data:`LOG_QUEUE_LINES`, oldest dropped and counted). After each state report, at most
+  :data:`LOG_BATCH_LINES` of them go to ``POST /v1/gateway/logs``; lines the fleet did not take
+  stay queued and are sent after reconnection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import random
+import re
+import threading
+import time
 from typing import Any
 
 import httpx
@@ -43,6 +53,89 @@ TARGET = "fleetTarget"
 ETAG = "fleetTargetEtag"
 LONG_POLL_SECONDS = 30
 REPORT_INTERVAL = 1.0
+LOG_QUEUE_LINES = 10_000
+"""Board log lines kept while the fleet is unreachable; beyond that the oldest are dropped."""
+LOG_BATCH_LINES = 500
+"""Board log lines per ``POST /v1/gateway/logs`` (one request per report cycle at most)."""
+LOG_TEXT_MAX = 2048
+BOARD_LOGGERS = ("picofleet.board", "picofleet.manager", "picofleet.sync")
+"""Loggers whose lines about a board are sent (``picofleet.board.output`` propagates to the first)."""
+_OUTPUT_PREFIX = re.compile(r"\[([^\]]+)\] ")
+_LABEL = re.compile(r"^(?:.*? )?\(([^()\s]+)\): ")
+
+
+def _iso(created: float) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    return f"{stamp}.{int(created % 1 * 1000):03d}Z"
+
+
+class BoardLogQueue(logging.Handler):
+    """A logging handler keeping the log lines about boards, bounded, until they are sent.
+
+    A record's board is its ``board`` attribute (``extra={"board": serial}``); failing that, the
+    ``[SERIAL] `` prefix of a firmware line (``picofleet.board.output``) or the ``name (SERIAL): ``
+    label the gateway's status lines start with. Records about no board are ignored. Thread-safe:
+    hooks log from worker threads.
+    """
+
+    def __init__(self, capacity: int = LOG_QUEUE_LINES) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: collections.deque[dict[str, Any]] = collections.deque()
+        self.capacity = capacity
+        self.dropped = 0
+        self._guard = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Queue the record if it is about a board (never raises)."""
+        try:
+            text = record.getMessage()
+            board = getattr(record, "board", None)
+            if record.name == "picofleet.board.output":
+                match = _OUTPUT_PREFIX.match(text)
+                if match:
+                    board = board or match.group(1)
+                    text = text[match.end() :]
+            elif board is None:
+                match = _LABEL.match(text)
+                if match:
+                    board = match.group(1)
+            if not board:
+                return
+            line = {
+                "board": str(board),
+                "time": _iso(record.created),
+                "level": record.levelname.lower(),
+                "text": text[:LOG_TEXT_MAX],
+            }
+            with self._guard:
+                if len(self.lines) >= self.capacity:
+                    self.lines.popleft()
+                    self.dropped += 1
+                self.lines.append(line)
+        except Exception:  # a log handler must never break the code that logs
+            self.handleError(record)
+
+    def peek(self, limit: int = LOG_BATCH_LINES) -> list[dict[str, Any]]:
+        """The oldest ``limit`` queued lines (left queued)."""
+        with self._guard:
+            return [self.lines[i] for i in range(min(limit, len(self.lines)))]
+
+    def sent(self, batch: list[dict[str, Any]]) -> None:
+        """Forget the lines of ``batch`` (the oldest), unless they were dropped meanwhile."""
+        with self._guard:
+            for line in batch:
+                if self.lines and self.lines[0] is line:
+                    self.lines.popleft()
+
+    def install(self) -> None:
+        """Attach to the board loggers."""
+        for name in BOARD_LOGGERS:
+            logging.getLogger(name).addHandler(self)
+
+    def uninstall(self) -> None:
+        """Detach from the board loggers."""
+        for name in BOARD_LOGGERS:
+            logging.getLogger(name).removeHandler(self)
 
 
 class SyncError(Exception):
@@ -59,6 +152,7 @@ class FleetSync:
         self.store = store
         self.failures = 0
         self.last_report: str | None = None
+        self.logs = BoardLogQueue()
 
     async def run(self) -> None:
         """Provision (once), then follow the target and report, until cancelled."""
@@ -67,6 +161,7 @@ class FleetSync:
         async with httpx.AsyncClient(
             base_url=self.config.fleet_url or "", headers=headers, timeout=LONG_POLL_SECONDS + 15
         ) as client:
+            self.logs.install()
             reporter = asyncio.create_task(self._report_forever(client))
             try:
                 stored = await self.store.get_value(TARGET)
@@ -76,6 +171,7 @@ class FleetSync:
             finally:
                 reporter.cancel()
                 await asyncio.gather(reporter, return_exceptions=True)
+                self.logs.uninstall()
 
     # -- provisioning -------------------------------------------------------------------------------
     async def _gateway_key(self) -> str:
@@ -145,7 +241,13 @@ class FleetSync:
             try:
                 job = await self._job(client, firmware, commit)
             except (AssetError, uf2.UF2Error, httpx.HTTPError) as error:
-                log.warning("%s: cannot get the firmware of %s: %s", board.label, commit, error)
+                log.warning(
+                    "%s: cannot get the firmware of %s: %s",
+                    board.label,
+                    commit,
+                    error,
+                    extra={"board": board.serial},
+                )
                 continue
             await self.manager.request_flash(board, job)
 
@@ -169,7 +271,26 @@ class FleetSync:
                     self.last_report = text
                 except httpx.HTTPError as error:
                     log.debug("report to the fleet failed (retried): %s", error)
+            if text == self.last_report:  # the fleet knows the boards the lines are about
+                await self._send_logs(client)
             await asyncio.sleep(REPORT_INTERVAL)
+
+    async def _send_logs(self, client: httpx.AsyncClient) -> None:
+        """Send the oldest queued board log lines (one batch); on failure they stay queued."""
+        batch = self.logs.peek(LOG_BATCH_LINES)
+        if not batch:
+            return
+        try:
+            response = await client.post(
+                "/v1/gateway/logs", json={"lines": batch, "dropped": self.logs.dropped}
+            )
+            response.raise_for_status()
+        except httpx.HTTPError as error:
+            if isinstance(error, httpx.HTTPStatusError) and error.response.status_code == 400:
+                self.logs.sent(batch)  # the fleet will never take these: do not block the queue
+            log.debug("sending board logs to the fleet failed (retried): %s", error)
+            return
+        self.logs.sent(batch)
 
     @staticmethod
     def _board_report(record: dict[str, Any]) -> dict[str, Any]:

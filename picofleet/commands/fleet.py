@@ -241,6 +241,20 @@ def cmd_variables(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print a board's last log lines, oldest first: ``TIME LEVEL TEXT``."""
+    if not 1 <= args.limit <= 1000:
+        raise CommandError("--limit: a whole number from 1 to 1000")
+    path = f"/v1/fleets/{quote(args.fleet, safe='')}/boards/{quote(args.board, safe='')}/logs"
+    lines = call(args, "GET", f"{path}?limit={args.limit}")
+    if args.json:
+        print(json.dumps(lines))
+        return 0
+    for line in lines:
+        print(f"{line['time']} {line['level'].upper():<7} {line['text']}")
+    return 0
+
+
 # -- wiring ------------------------------------------------------------------------------------
 
 
@@ -298,6 +312,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         board_parser.add_argument("fleet")
         board_parser.add_argument("board", metavar="UUID")
     pin_board.add_argument("commit")
+    logs = _operator(sub, "logs", cmd_logs, "print a board's last log lines")
+    logs.add_argument("fleet")
+    logs.add_argument("board", metavar="UUID")
+    logs.add_argument("--limit", type=int, default=100, help="at most this many lines, 1..1000 (default 100)")
 
     for kind, what in (("env", "environment"), ("config", "configuration")):
         variables = _operator(sub, kind, cmd_variables, f"set/unset {what} variables")
