@@ -15,7 +15,7 @@ the input bytes raises :class:`UF2Error` (never another exception) naming the fi
 Block numbering is checked per *group*: a maximal run of consecutive blocks sharing
 ``(family_id, num_blocks)`` must be numbered ``0, 1, ..., num_blocks - 1`` in order. This keeps
 files that concatenate several images valid, notably the RP2350-E10 workaround of picotool,
-which puts one extra block of family ``RP2XXX_ABSOLUTE`` numbered 0 of 1 before the image.
+which puts one extra block of family ``RP2_ABSOLUTE`` numbered 0 of 1 before the image.
 
 The RP2040/RP2350 bootroms only take blocks with a payload of 256 bytes; the format allows
 1..476, so other sizes are accepted here and reported by :attr:`UF2Image.all_payloads_256`.
@@ -40,8 +40,8 @@ __all__ = [
     "MAGIC_START0",
     "MAGIC_START1",
     "PICO_ICE",
-    "RP2XXX_ABSOLUTE",
-    "RP2XXX_DATA",
+    "RP2_ABSOLUTE",
+    "RP2_DATA",
     "RP2040",
     "RP2350_ARM_NS",
     "RP2350_ARM_S",
@@ -82,8 +82,8 @@ FLAG_EXTENSION_TAGS = 0x00008000
 """Extension tags follow the payload in the data area."""
 
 RP2040 = 0xE48BFF56
-RP2XXX_ABSOLUTE = 0xE48BFF57
-RP2XXX_DATA = 0xE48BFF58
+RP2_ABSOLUTE = 0xE48BFF57
+RP2_DATA = 0xE48BFF58
 RP2350_ARM_S = 0xE48BFF59
 RP2350_RISCV = 0xE48BFF5A
 RP2350_ARM_NS = 0xE48BFF5B
@@ -91,8 +91,8 @@ PICO_ICE = 0x792E7263
 
 FAMILY_NAMES: dict[int, str] = {
     RP2040: "rp2040",
-    RP2XXX_ABSOLUTE: "absolute",
-    RP2XXX_DATA: "data",
+    RP2_ABSOLUTE: "absolute",
+    RP2_DATA: "data",
     RP2350_ARM_S: "rp2350-arm-s",
     RP2350_RISCV: "rp2350-riscv",
     RP2350_ARM_NS: "rp2350-arm-ns",
@@ -445,8 +445,8 @@ def accepted_by(image: UF2Image, families: Iterable[int]) -> bool:
     """Whether a bootloader accepting ``families`` takes every block of ``image`` that it would flash.
 
     True when ``image`` has at least one non-skipped block and every non-skipped block has a
-    family id in ``families``. ``RP2XXX_ABSOLUTE`` gets no special treatment: such a block (for
-    example picotool's RP2350-E10 block) is accepted only if ``RP2XXX_ABSOLUTE`` is listed.
+    family id in ``families``. ``RP2_ABSOLUTE`` gets no special treatment: such a block (for
+    example picotool's RP2350-E10 block) is accepted only if ``RP2_ABSOLUTE`` is listed.
     Blocks without a family id are never accepted.
     """
     wanted = frozenset(families)

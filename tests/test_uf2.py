@@ -19,8 +19,8 @@ from picofleet.firmware.uf2 import (
     MAGIC_START0,
     MAGIC_START1,
     PICO_ICE,
-    RP2XXX_ABSOLUTE,
-    RP2XXX_DATA,
+    RP2_ABSOLUTE,
+    RP2_DATA,
     RP2040,
     RP2350_ARM_NS,
     RP2350_ARM_S,
@@ -109,7 +109,7 @@ def expect_error(data: bytes, block: int | None, *fragments: str) -> UF2Error:
 def e10_file() -> bytes:
     """An RP2350 file as picotool writes it with the E10 workaround: ABSOLUTE 0-of-1, then ARM_S."""
     absolute = make_block(
-        addr=0x10FFFF00, block_no=0, num_blocks=1, family=RP2XXX_ABSOLUTE, payload=b"\xef" * 256
+        addr=0x10FFFF00, block_no=0, num_blocks=1, family=RP2_ABSOLUTE, payload=b"\xef" * 256
     )
     return absolute + b"".join(make_image(4, family=RP2350_ARM_S))
 
@@ -121,7 +121,7 @@ def test_constants_match_the_uf2_specification() -> None:
     assert (MAGIC_START0, MAGIC_START1, MAGIC_END) == (0x0A324655, 0x9E5D5157, 0x0AB16F30)
     assert (BLOCK_SIZE, DATA_AREA) == (512, 476)
     assert struct.pack("<I", MAGIC_START0) == b"UF2\n"
-    assert (RP2040, RP2XXX_ABSOLUTE, RP2XXX_DATA) == (0xE48BFF56, 0xE48BFF57, 0xE48BFF58)
+    assert (RP2040, RP2_ABSOLUTE, RP2_DATA) == (0xE48BFF56, 0xE48BFF57, 0xE48BFF58)
     assert (RP2350_ARM_S, RP2350_RISCV, RP2350_ARM_NS, PICO_ICE) == (
         0xE48BFF59,
         0xE48BFF5A,
@@ -132,8 +132,8 @@ def test_constants_match_the_uf2_specification() -> None:
 
 def test_family_names() -> None:
     assert family_name(RP2040) == "rp2040"
-    assert family_name(RP2XXX_ABSOLUTE) == "absolute"
-    assert family_name(RP2XXX_DATA) == "data"
+    assert family_name(RP2_ABSOLUTE) == "absolute"
+    assert family_name(RP2_DATA) == "data"
     assert family_name(RP2350_ARM_S) == "rp2350-arm-s"
     assert family_name(RP2350_RISCV) == "rp2350-riscv"
     assert family_name(RP2350_ARM_NS) == "rp2350-arm-ns"
@@ -313,7 +313,7 @@ def test_payload_sizes_other_than_256_are_valid_but_reported() -> None:
 
 def test_only_flashed_blocks_count_for_payload_256() -> None:
     blocks = make_image(2)
-    blocks.append(make_block(addr=0, family=RP2XXX_DATA, payload_size=12, flags=FLAG_NOT_MAIN_FLASH))
+    blocks.append(make_block(addr=0, family=RP2_DATA, payload_size=12, flags=FLAG_NOT_MAIN_FLASH))
     assert read_uf2(b"".join(blocks)).all_payloads_256 is True
 
 
@@ -475,13 +475,13 @@ def test_bytearray_and_memoryview_input() -> None:
 def test_rp2350_e10_file_is_valid_and_kept_whole() -> None:
     image = read_uf2(e10_file())
     assert len(image.blocks) == 5
-    assert image.blocks[0].family_id == RP2XXX_ABSOLUTE
+    assert image.blocks[0].family_id == RP2_ABSOLUTE
     assert (image.blocks[0].block_no, image.blocks[0].num_blocks) == (0, 1)
-    assert image.families == frozenset({RP2XXX_ABSOLUTE, RP2350_ARM_S})
-    assert accepted_by(image, {RP2XXX_ABSOLUTE, RP2XXX_DATA, RP2350_ARM_S, RP2350_RISCV}) is True
+    assert image.families == frozenset({RP2_ABSOLUTE, RP2350_ARM_S})
+    assert accepted_by(image, {RP2_ABSOLUTE, RP2_DATA, RP2350_ARM_S, RP2350_RISCV}) is True
     assert accepted_by(image, {RP2040}) is False
     assert accepted_by(image, {RP2350_ARM_S}) is False  # the ABSOLUTE block needs ABSOLUTE listed
-    assert accepted_by(image, iter([RP2350_ARM_S, RP2XXX_ABSOLUTE])) is True
+    assert accepted_by(image, iter([RP2350_ARM_S, RP2_ABSOLUTE])) is True
     arm_image = b"".join(block.payload for block in image.blocks[1:])
     assert len(arm_image) == 4 * 256
     assert image.segments() == [(FLASH, arm_image), (0x10FFFF00, b"\xef" * 256)]
@@ -497,7 +497,7 @@ def test_e10_block_with_wrong_numbering_is_rejected() -> None:
 def test_accepted_by_rp2040_image() -> None:
     image = read_uf2(from_binary(b"\x00" * 1000, FLASH, RP2040))
     assert accepted_by(image, [RP2040]) is True
-    assert accepted_by(image, [RP2350_ARM_S, RP2350_RISCV, RP2XXX_ABSOLUTE]) is False
+    assert accepted_by(image, [RP2350_ARM_S, RP2350_RISCV, RP2_ABSOLUTE]) is False
     assert accepted_by(image, []) is False
 
 
@@ -515,7 +515,7 @@ def test_skipped_blocks_are_excluded() -> None:
     blocks = make_image(2, family=RP2350_RISCV)
     # A not-main-flash comment block of another family, overlapping the image and far away.
     blocks.append(make_block(addr=FLASH, family=PICO_ICE, flags=FLAG_NOT_MAIN_FLASH, payload=b"C" * 256))
-    blocks.append(make_block(addr=0x20000000, family=RP2XXX_DATA, flags=FLAG_NOT_MAIN_FLASH))
+    blocks.append(make_block(addr=0x20000000, family=RP2_DATA, flags=FLAG_NOT_MAIN_FLASH))
     image = read_uf2(b"".join(blocks))
     assert [b.skipped for b in image.blocks] == [False, False, True, True]
     assert image.families == frozenset({RP2350_RISCV})

@@ -390,7 +390,7 @@ def test_discovery_hook_and_virtual_bus(tmp_path: Path) -> None:
 def test_bootrom_complete_image_rule() -> None:
     image = app_uf2("2.0.0", "rp2350")
     blocks = [image[i : i + 512] for i in range(0, len(image), 512)]
-    e10 = uf2.from_binary(b"\xef" * 256, 0x10FFFF00, uf2.RP2XXX_ABSOLUTE)  # picotool's extra block
+    e10 = uf2.from_binary(b"\xef" * 256, 0x10FFFF00, uf2.RP2_ABSOLUTE)  # picotool's extra block
     not_main = bytearray(blocks[0])
     not_main[8] |= uf2.FLAG_NOT_MAIN_FLASH
     odd_payload = uf2.from_binary(b"\x01" * 128, FLASH_BASE, uf2.RP2350_ARM_S, payload_size=128)

@@ -13,7 +13,7 @@ from picofleet.gateway.models import APPLICATION, BOOTLOADER, BoardType, UsbRule
 
 RASPBERRY_PI = "2e8a"
 
-RP2350_FAMILIES = (uf2.RP2XXX_ABSOLUTE, uf2.RP2XXX_DATA, uf2.RP2350_ARM_S, uf2.RP2350_RISCV)
+RP2350_FAMILIES = (uf2.RP2_ABSOLUTE, uf2.RP2_DATA, uf2.RP2350_ARM_S, uf2.RP2350_RISCV)
 """What the RP2350 bootrom accepts (ARM non-secure images are not bootable from the ROM)."""
 
 BOARD_TYPE = BoardType(

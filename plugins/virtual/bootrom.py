@@ -14,7 +14,7 @@ else is ignored, as the bootroms do. Accepted blocks are grouped by ``(family_id
 every block number ``0 .. num_blocks - 1``. The image is taken when at least one group is
 complete and no accepted block has arrived for the reboot delay (``PICOFLEET_SIM_REBOOT_DELAY``,
 0.3 s): it is the complete group with the most blocks (of equal ones, the first to start). So
-picotool's RP2350-E10 extra block (``RP2XXX_ABSOLUTE``, block 0 of 1) written with the image
+picotool's RP2350-E10 extra block (``RP2_ABSOLUTE``, block 0 of 1) written with the image
 does not count as the image, and a file of wrong-family blocks changes nothing.
 """
 

@@ -37,7 +37,7 @@ def accepted_families(board_type: str) -> frozenset[int]:
     """The UF2 family ids the board's ROM bootloader flashes."""
     if chip_of(board_type) == "rp2040":
         return frozenset({uf2.RP2040})
-    return frozenset({uf2.RP2XXX_ABSOLUTE, uf2.RP2XXX_DATA, uf2.RP2350_ARM_S, uf2.RP2350_RISCV})
+    return frozenset({uf2.RP2_ABSOLUTE, uf2.RP2_DATA, uf2.RP2350_ARM_S, uf2.RP2350_RISCV})
 
 
 def factory_family(board_type: str) -> int:
