@@ -86,9 +86,12 @@ class AssetCache:
         """Whether the asset is stored (not verified: :meth:`get` verifies)."""
         return self.path_of(sha256).is_file()
 
-    def put(self, data: bytes) -> str:
-        """Store ``data`` (once: an asset already present is not rewritten); return its sha256."""
-        sha256 = sha256_of(data)
+    def put(self, data: bytes, sha256: str | None = None) -> str:
+        """Store ``data`` (once: an asset already present is not rewritten); return its sha256.
+
+        Pass ``sha256`` when the caller already hashed exactly these bytes.
+        """
+        sha256 = sha256 or sha256_of(data)
         path = self.path_of(sha256)
         if path.exists():
             os.utime(path)  # recently used

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .uf2 import UF2Image
 
 MAGIC = b"PFIMAGE1"
 FLASH_BASE = 0x10000000
@@ -47,3 +52,18 @@ def find_descriptor(image: bytes) -> dict[str, str] | None:
                 return {key: str(fields[key]) for key in ("name", "version", "board")}
         start = image.find(MAGIC, start + 1)
     return None
+
+
+MAX_FLASH_IMAGE = 32 * 1024 * 1024
+"""The largest flash of an RP2 board (RP2350: 32 MiB per chip select): the bound of a flat image."""
+
+
+def uf2_version(parsed: UF2Image, families: Iterable[int] | None = None) -> str | None:
+    """The firmware version a parsed UF2 carries (its descriptor), or ``None`` if it has none.
+
+    ``families`` picks the build a board would take from a file with several. Raises
+    :class:`~picofleet.firmware.uf2.UF2Error` when the blocks span more than a board's flash.
+    """
+    _, flat = parsed.to_binary(families=families, max_size=MAX_FLASH_IMAGE)
+    descriptor = find_descriptor(flat)
+    return descriptor["version"] if descriptor else None

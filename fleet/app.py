@@ -19,7 +19,8 @@ import contextlib
 import re
 import secrets
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -44,6 +45,7 @@ from .targets import (
 __all__ = ["FleetService", "create_app"]
 
 MAX_WAIT = 60
+T = TypeVar("T", int, float)
 MAX_LOG_BATCH = 1000
 """Lines per ``POST /v1/gateway/logs`` (the gateway sends at most 500)."""
 MAX_LOG_TEXT = 4096
@@ -164,6 +166,17 @@ async def _json_body(request: Request) -> Any:
         return await request.json()
     except ValueError:
         return None
+
+
+def _bounded_param(
+    request: Request, name: str, default: str, convert: Callable[[str], T], low: float, high: float
+) -> T | None:
+    """A numeric query parameter within [low, high], or ``None`` when it is not one."""
+    try:
+        value = convert(request.query_params.get(name, default))
+    except ValueError:
+        return None
+    return value if low <= value <= high else None  # type: ignore[operator]
 
 
 def create_app(service: FleetService) -> Starlette:
@@ -351,12 +364,8 @@ def create_app(service: FleetService) -> Starlette:
         gateway = await service.gateway_of(request)
         if gateway is None:
             return gateway_unauthorized()
-        raw_wait = request.query_params.get("wait", "0")
-        try:
-            wait = float(raw_wait)
-        except ValueError:
-            wait = -1.0
-        if not 0 <= wait <= MAX_WAIT:
+        wait = _bounded_param(request, "wait", "0", float, 0, MAX_WAIT)
+        if wait is None:
             return _error(400, f"wait: a number of seconds from 0 to {MAX_WAIT}")
         known = request.headers.get("if-none-match")
         loop = asyncio.get_running_loop()
@@ -552,12 +561,8 @@ def create_app(service: FleetService) -> Starlette:
         if isinstance(found, JSONResponse):
             return found
         fleet, board = found
-        raw = request.query_params.get("limit", "100")
-        try:
-            limit = int(raw)
-        except ValueError:
-            limit = -1
-        if not 1 <= limit <= BOARD_LOG_LINES:
+        limit = _bounded_param(request, "limit", "100", int, 1, BOARD_LOG_LINES)
+        if limit is None:
             return _error(400, f"limit: a whole number from 1 to {BOARD_LOG_LINES}")
         return JSONResponse(service.logs.last(fleet["name"], board, limit))
 

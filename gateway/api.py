@@ -28,8 +28,6 @@ from .models import APPLICATION, BoardError, BoardType
 from .openapi import openapi_document
 
 MAX_JSON_BODY = 1024 * 1024
-MAX_FLASH_IMAGE = 32 * 1024 * 1024
-"""The largest flash of an RP2 board (RP2350 supports 32 MiB of flash per chip select)."""
 
 
 class ApiError(Exception):
@@ -79,13 +77,12 @@ def _read_image(body: bytes, board_type: BoardType) -> FlashJob:
         check_families(parsed.families, board_type)
         if not parsed.all_payloads_256:
             raise BoardError("the RP2 bootroms only accept UF2 blocks with 256-byte payloads")
-        _, flat = parsed.to_binary(families=board_type.uf2_families, max_size=MAX_FLASH_IMAGE)
+        version = image.uf2_version(parsed, board_type.uf2_families)
     except uf2.UF2Error as error:
         raise ApiError(400, f"not a valid UF2 file: {error}") from None
     except BoardError as error:
         raise ApiError(422, str(error)) from None
-    descriptor = image.find_descriptor(flat)
-    return FlashJob(body, parsed.families, descriptor["version"] if descriptor else None)
+    return FlashJob(body, parsed.families, version)
 
 
 def _json_object(value: Any, what: str) -> dict[str, Any]:

@@ -345,7 +345,7 @@ class DeviceManager:
         short by a power loss is done again at the next start (the board waits in its bootloader).
         """
         try:
-            await asyncio.to_thread(self.assets.put, job.uf2)
+            await asyncio.to_thread(self.assets.put, job.uf2, job.sha256)
         except OSError as error:
             raise BoardError(f"cannot store the image in the asset cache: {error.strerror}") from None
         self._storing.add(job.sha256)
@@ -386,6 +386,8 @@ class DeviceManager:
             log.error("%s: the flash pending before the restart cannot be resumed: %s", board.label, error)
             await board.update(PendingFlash=None, StatusReason=f"pending flash dropped: {error}")
             return
-        board.pending_flash = FlashJob(image, parsed.families, pending.get("version"), pending.get("commit"))
+        board.pending_flash = FlashJob(
+            image, parsed.families, pending.get("version"), pending.get("commit"), str(pending["sha256"])
+        )  # assets.get verified the sha256: not hashed again on the event loop
         log.info("%s: resuming the flash pending before the restart (%s)", board.label, pending.get("sha256"))
         board.wake.set()

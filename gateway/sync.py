@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from ..firmware import uf2
+from ..firmware import image, uf2
 from ..firmware.assets import AssetError
 from .board import FlashJob
 from .config import GatewayConfig
@@ -257,7 +257,8 @@ class FleetSync:
         await assets.download(client, str(firmware["url"]), sha256, firmware.get("size"))
         data = await asyncio.to_thread(assets.get, sha256)
         parsed = await asyncio.to_thread(uf2.read_uf2, data)
-        return FlashJob(data, parsed.families, None, commit, sha256)
+        version = await asyncio.to_thread(image.uf2_version, parsed)  # verified once it is flashed
+        return FlashJob(data, parsed.families, version, commit, sha256)
 
     # -- reporting ----------------------------------------------------------------------------------
     async def _report_forever(self, client: httpx.AsyncClient) -> None:

@@ -31,7 +31,7 @@ from picofleet.firmware import bitstream, image, uf2
 
 POLL_INTERVAL = 0.1
 DEFAULT_GATEWAY = "http://localhost:1337"
-MAX_FLASH_IMAGE = 32 * 1024 * 1024
+MAX_FLASH_IMAGE = image.MAX_FLASH_IMAGE
 BAR_WIDTH = 30
 
 
@@ -68,11 +68,9 @@ def check_uf2(data: bytes, name: str) -> str | None:
         hint = " (it is an iCE40 bitstream)" if kind in ("ice40-asc", "ice40-bin") else ""
         raise FlashFailed(f"{name} is not a valid UF2 file{hint}: {error}") from None
     try:
-        _, flat = parsed.to_binary(max_size=MAX_FLASH_IMAGE)
+        return image.uf2_version(parsed)
     except uf2.UF2Error:
         return None  # several families at one address: the gateway picks the board's
-    descriptor = image.find_descriptor(flat)
-    return descriptor["version"] if descriptor else None
 
 
 class ProgressView:
