@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,53 +10,34 @@ from typing import Any
 
 import httpx
 
-from tests.helpers.gateway import LISTENING, wait_for
+from tests.helpers.process import ServiceProcess
 
 GIT_IDENTITY = ("-c", "user.name=Fleet Tester", "-c", "user.email=tester@example.invalid")
 
 
-class FleetProcess:
+class FleetProcess(ServiceProcess):
     """A ``python -m picofleet.fleet.service`` subprocess; its output goes to DATA/fleet.log."""
 
+    what = "fleet service"
+
     def __init__(self, data: Path, *args: str, token: str = "test-admin-token") -> None:
-        self.data = data
+        super().__init__(data, "fleet.log", {"PICOFLEET_ADMIN_TOKEN": token})
         self.args = list(args)
         self.token = token
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "PICOFLEET_ADMIN_TOKEN": token}
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        self.log_path = data / "fleet.log"
-        self.log_offset = 0
 
-    def start(self, timeout: float = 20.0) -> FleetProcess:
-        self.data.mkdir(parents=True, exist_ok=True)
-        # a restart appends to the same log: look for this run's "listening on" line only
-        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = open(self.log_path, "ab")  # noqa: SIM115 (the child owns it)
-        command = [sys.executable, "-m", "picofleet.fleet.service", "--data", str(self.data)]
-        command += ["--host", "127.0.0.1", "--port", "0", *self.args]
-        self.process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=self.env, stdin=subprocess.DEVNULL
-        )
-        log.close()
-
-        def listening() -> str | None:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"fleet service exited with {self.process.returncode}:\n{self.output()}")
-            match = LISTENING.search(self.output())
-            return match.group(1) if match else None
-
-        self.url = wait_for(listening, timeout, "the fleet service to listen")
-        return self
-
-    def output(self) -> str:
-        """What this run of the fleet service printed so far."""
-        if not self.log_path.exists():
-            return ""
-        with open(self.log_path, "rb") as handle:
-            handle.seek(self.log_offset)
-            return handle.read().decode(errors="replace")
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "picofleet.fleet.service",
+            "--data",
+            str(self.data),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            *self.args,
+        ]
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
@@ -96,17 +76,6 @@ class FleetProcess:
     def push_url(self, fleet: str, token: str | None = None) -> str:
         host = self.url.removeprefix("http://")
         return f"http://x:{token or self.token}@{host}/git/{fleet}.git"
-
-    def stop(self, timeout: float = 15.0) -> int:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"fleet service did not stop within {timeout} s:\n{self.output()}") from None
 
 
 def git(
