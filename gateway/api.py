@@ -22,43 +22,13 @@ from starlette.routing import Route
 
 from ..firmware import image, uf2
 from .board import Board, FlashJob
+from .evaluation_api import evaluation_routes
 from .flashing import check_families
+from .http_util import ApiError, error_response, json_body, json_object
 from .manager import PAUSED, RUNNING, DeviceManager
 from .models import APPLICATION, BoardError, BoardType
 from .openapi import openapi_document
-
-MAX_JSON_BODY = 1024 * 1024
-
-
-class ApiError(Exception):
-    """An error answered as ``{"error": message}`` with ``status``."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-async def _json_body(request: Request) -> Any:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_JSON_BODY:
-            raise ApiError(413, f"a JSON body may be at most {MAX_JSON_BODY} bytes")
-    try:
-        return json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise ApiError(400, f"malformed JSON: {error}") from None
-    except RecursionError:
-        raise ApiError(400, "malformed JSON: nested too deeply") from None
+from .reservation_api import reservation_routes
 
 
 def _string_map(value: Any, what: str) -> dict[str, str] | None:
@@ -85,12 +55,6 @@ def _read_image(body: bytes, board_type: BoardType) -> FlashJob:
     return FlashJob(body, parsed.families, version)
 
 
-def _json_object(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ApiError(400, f"{what} must be a JSON object")
-    return value
-
-
 def create_app(manager: DeviceManager) -> Starlette:
     """Build the Starlette application serving ``manager``'s boards."""
 
@@ -107,7 +71,7 @@ def create_app(manager: DeviceManager) -> Starlette:
 
     async def put_status(request: Request) -> Response:
         """Pause or run the gateway: ``{"targetStatus": "Paused" | "Running"}`` (ENM)."""
-        body = _json_object(await _json_body(request), "the request body")
+        body = json_object(await json_body(request), "the request body")
         target = body.get("targetStatus")
         if target not in (PAUSED, RUNNING):
             raise ApiError(400, f'targetStatus must be "Paused" or "Running", not {json.dumps(target)}')
@@ -125,7 +89,7 @@ def create_app(manager: DeviceManager) -> Starlette:
     async def put_device(request: Request) -> Response:
         """Supervisor hook: set TargetCommit, TargetEnvironment, TargetConfig (ENM)."""
         board = board_or_404(request)
-        body = _json_object(await _json_body(request), "the request body")
+        body = json_object(await json_body(request), "the request body")
         commit = body.get("commit")
         if commit is not None and not isinstance(commit, str):
             raise ApiError(400, "commit must be a string or null")
@@ -185,15 +149,15 @@ def create_app(manager: DeviceManager) -> Starlette:
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        return _error(exc.status, exc.message)
+        return error_response(exc.status, exc.message)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if exc.status_code == 404:
-            return _error(404, f"no route {request.method} {request.url.path}")
+            return error_response(404, f"no route {request.method} {request.url.path}")
         if exc.status_code == 405:
-            return _error(405, f"method {request.method} is not allowed on {request.url.path}")
-        return _error(exc.status_code, str(exc.detail))
+            return error_response(405, f"method {request.method} is not allowed on {request.url.path}")
+        return error_response(exc.status_code, str(exc.detail))
 
     routes = [
         Route("/v1/enm/status", get_status, methods=["GET"]),
@@ -206,5 +170,7 @@ def create_app(manager: DeviceManager) -> Starlette:
         Route("/v1/devices/{uuid}/identify", identify_device, methods=["PUT"]),
         Route("/v1/devices/{uuid}/flash", flash_device, methods=["POST"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        *reservation_routes(manager),
+        *evaluation_routes(manager),
     ]
     return Starlette(routes=routes, exception_handlers={ApiError: api_error, HTTPException: http_error})

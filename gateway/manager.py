@@ -22,9 +22,11 @@ from ..firmware.assets import AssetCache, AssetError
 from .board import Board, FlashJob
 from .config import GatewayConfig
 from .device import PORT_IDENTITY, loaded_form, new_record, stored_form
+from .evaluations import EvaluationScheduler
 from .models import APPLICATION, BOOTLOADER, BoardError, BoardType, Sighting
 from .names import board_name
 from .plugin_manager import Plugins
+from .reservations import ReservationBook
 from .store import Store
 
 log = logging.getLogger("picofleet.manager")
@@ -69,9 +71,9 @@ class DeviceManager:
         self._held_lock: AbstractContextManager[object] | None = None
         self._names: set[str] = set()
         self._storing: set[str] = set()  # images stored for flashes being queued right now
-        self._background: set[asyncio.Task[None]] = (
-            set()
-        )  # names of provisioned boards (and those being provisioned)
+        self._background: set[asyncio.Task[None]] = set()
+        self.reservations = ReservationBook(self)
+        self.evaluations = EvaluationScheduler(self)
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -87,10 +89,13 @@ class DeviceManager:
                 if record["PendingFlash"]:
                     await self._resume_flash(board)
         log.info("%d known board(s); gateway target status %s", len(self.boards), self.target_status)
+        await self.reservations.start()
         await self.collect_assets()
 
     async def stop(self) -> None:
         """Stop every board task; each closes its port on the way out."""
+        await self.evaluations.stop()
+        await self.reservations.stop()
         for timer in self._timers:
             timer.cancel()
         tasks = [board.task for board in self.boards.values() if board.task is not None]

@@ -1,0 +1,52 @@
+"""What every route module of the gateway's API shares: JSON errors and JSON bodies."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+MAX_JSON_BODY = 1024 * 1024
+"""The largest JSON request body accepted (a 413 beyond)."""
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    """The JSON error answer ``{"error": message}`` every route gives."""
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def json_body(request: Request) -> Any:
+    """The request's JSON body; 413 past MAX_JSON_BODY, 400 when it is not JSON."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BODY:
+            raise ApiError(413, f"a JSON body may be at most {MAX_JSON_BODY} bytes")
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ApiError(400, f"malformed JSON: {error}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed JSON: nested too deeply") from None
+
+
+def json_object(value: Any, what: str) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else a 400 naming ``what``."""
+    if not isinstance(value, dict):
+        raise ApiError(400, f"{what} must be a JSON object")
+    return value
