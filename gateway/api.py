@@ -5,7 +5,8 @@ ENM routes (see docs/api.md): ``GET/PUT /v1/enm/status``, ``GET /v1/devices``,
 500 or nothing, picofleet answers right: 400 for malformed JSON or invalid values, 404 for an
 unknown device or route, 405 for a wrong method, 413 for an oversize upload, each with a JSON
 ``{"error": "..."}``. New: ``PUT /v1/devices/{uuid}/identify`` (blink the board) and
-``POST /v1/devices/{uuid}/flash`` (a one-off UF2). ``GET /openapi.json`` describes them all.
+``POST /v1/devices/{uuid}/flash`` (a one-off UF2); the balena routes ``PUT /v1/enm/identify`` and
+``GET /v1/enm/supervisor`` (supervisor_bridge/api.py). ``GET /openapi.json`` describes them all.
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..firmware import image, uf2
+from ..supervisor_bridge.api import supervisor_routes
+from ..supervisor_bridge.bridge import SupervisorBridge
+from ..supervisor_bridge.environment import BalenaEnvironment
 from .board import Board, FlashJob
 from .evaluation_api import evaluation_routes
+from .features import Features
 from .flashing import check_families
 from .http_util import ApiError, error_response, json_body, json_object
 from .manager import PAUSED, RUNNING, DeviceManager
@@ -55,8 +60,16 @@ def _read_image(body: bytes, board_type: BoardType) -> FlashJob:
     return FlashJob(body, parsed.families, version)
 
 
-def create_app(manager: DeviceManager) -> Starlette:
-    """Build the Starlette application serving ``manager``'s boards."""
+def create_app(
+    manager: DeviceManager, bridge: SupervisorBridge | None = None, features: Features | None = None
+) -> Starlette:
+    """Build the Starlette application serving ``manager``'s boards.
+
+    ``bridge`` is the balena supervisor bridge (default: one that is off), ``features`` the
+    feature flags that are on (default: none).
+    """
+    bridge = bridge or SupervisorBridge(BalenaEnvironment.from_environ({}))
+    features = features or Features()
 
     def board_or_404(request: Request) -> Board:
         uuid = request.path_params["uuid"]
@@ -135,6 +148,9 @@ def create_app(manager: DeviceManager) -> Starlette:
         board_type = manager.board_types.get(str(board.record["BoardType"]))
         if board_type is None:
             raise ApiError(409, f"board type {board.record['BoardType']!r} has no plugin loaded")
+        reservation = manager.reservations.of(board.serial)
+        if reservation is not None:
+            raise ApiError(409, f"the board is reserved by {reservation.name!r}; it is flashed once released")
         job = await asyncio.to_thread(_read_image, bytes(body), board_type)
         job.commit = request.query_params.get("commit")
         try:
@@ -172,5 +188,6 @@ def create_app(manager: DeviceManager) -> Starlette:
         Route("/openapi.json", openapi, methods=["GET"]),
         *reservation_routes(manager),
         *evaluation_routes(manager),
+        *supervisor_routes(manager, bridge, features),
     ]
     return Starlette(routes=routes, exception_handlers={ApiError: api_error, HTTPException: http_error})

@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import serial
 
+from ..firmware import image, uf2
 from ..firmware.assets import sha256_of
 from .device import LIVE_FIELDS, Status, public_form
 from .models import APPLICATION, BOOTLOADER, BoardError, BoardIdentity, BoardRef, Sighting
+from .reservations import Reservation, evaluation_firmware
 
 if TYPE_CHECKING:
     from .manager import DeviceManager
@@ -30,6 +32,8 @@ BLINK_SECONDS = 3.0
 RESTART_TIMEOUT = 10.0
 REOPEN_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
 FAILURE_RETRY = 5.0
+RESET_GRACE = 1.0
+"""Seconds a board's port has to go away after a reset before it counts as a soft reset."""
 
 
 @dataclass
@@ -73,6 +77,9 @@ class Board:
         self.forgotten = False
         self.open_failures = 0
         self.task: asyncio.Task[None] | None = None
+        self.reservation: Reservation | None = None  # set by reconcile while the board is reserved
+        self.evaluation_ready = False  # reserved, running the evaluation firmware, port open
+        self._prepared: tuple[tuple[str, float], str] | None = None  # (reservation, stage done)
 
     # -- identity -------------------------------------------------------------------------
     @property
@@ -196,16 +203,33 @@ class Board:
             reason = f"internal error: {type(error).__name__}: {error}"
             self.manager.wake_later(self, FAILURE_RETRY)
         self.broken = True
+        self.evaluation_ready = False
         try:
             await self.close_port()
             await self.update(Status=Status.BROKEN.value, StatusReason=reason, Progress=None)
+            if self.manager.reservations.of(self.serial) is not None:
+                await self.manager.reservations.board_failed(self.serial, reason)
         except Exception:
             log.exception("%s: could not record the failure (%s)", self.label, reason)
             self.manager.wake_later(self, FAILURE_RETRY)
 
     async def reconcile(self) -> None:
-        """Bring the board one step closer to what it should be (docs/states.md)."""
+        """Bring the board one step closer to what it should be (docs/states.md).
+
+        A reserved board that is ready serves its evaluations from here (until the scheduler has
+        no work for it or ``wake`` is set); the reservation book learns whether it is ready.
+        """
+        self.evaluation_ready = False
+        self.reservation = self.manager.reservations.of(self.serial)
+        await self.reconcile_step()
+        if not self.evaluation_ready:
+            await self.manager.reservations.set_ready(self.serial, False)
+
+    async def reconcile_step(self) -> None:
+        """One step of :meth:`reconcile`."""
         if self.delete_requested:
+            if self.reservation is not None:
+                await self.manager.reservations.board_deleted(self.serial)
             await self.close_port()
             await self.manager.forget(self)
             return
@@ -247,10 +271,94 @@ class Board:
             return
         if self.record.get("RestartFlag"):
             await self.restart()
-        elif self.pending_blink:
+            return
+        if self.pending_blink:
             await self.blink()
-        elif self.record["Status"] not in (Status.IDLE.value, Status.RESERVED.value):
+        if self.reservation is not None:
+            await self.serve_reservation(self.reservation)
+        elif self.record["Status"] != Status.IDLE.value:
             await self.update(Status=Status.IDLE.value)
+
+    # -- reservations (gateway/reservations.py) ---------------------------------------------
+    async def serve_reservation(self, reservation: Reservation) -> None:
+        """A reserved board with its port open: prepare it, or serve its client's evaluations."""
+        running = str(self.record.get("FirmwareVersion") or "")
+        if running != reservation.firmware and not running.startswith(f"{reservation.firmware} "):
+            await self.prepare_evaluation(reservation, running)
+            return
+        await self.show_reserved(reservation)
+        self.evaluation_ready = True
+        await self.manager.reservations.set_ready(self.serial, True)
+        await self.manager.evaluations.serve(self)
+        if self.manager.reservations.of(self.serial) is reservation:
+            await self.show_reserved(reservation)  # the scheduler may have shown Evaluating
+
+    async def show_reserved(self, reservation: Reservation) -> None:
+        """Status Reserved, naming the client."""
+        reason = f"reserved by {reservation.name} for {reservation.kind} evaluations"
+        if self.record["Status"] != Status.RESERVED.value or self.record.get("StatusReason") != reason:
+            await self.update(Status=Status.RESERVED.value, StatusReason=reason)
+
+    async def prepare_evaluation(self, reservation: Reservation, running: str) -> None:
+        """Install the evaluation firmware: flash its UF2 (Commit becomes null), then copy its files.
+
+        Each stage is done once per reservation; a board that still does not run the firmware
+        afterwards fails (and its reservation ends with the reason).
+        """
+        key = (reservation.name, reservation.created_at)
+        done = self._prepared[1] if self._prepared is not None and self._prepared[0] == key else None
+        firmware = await evaluation_firmware(self.manager, self.ref(self.port_sighting), reservation.kind)
+        if firmware is None:
+            raise BoardError(
+                f"no plugin provides {reservation.kind} evaluation firmware for a {self.record['BoardType']}"
+            )
+        reserved = f"reserved by {reservation.name} for {reservation.kind} evaluations"
+        if firmware.uf2 is not None and done is None:
+            job = await asyncio.to_thread(evaluation_job, firmware.uf2)
+            self._prepared = (key, "flashed")
+            log.info("%s: %s: flashing the UF2 of %s", self.label, reserved, firmware.name)
+            # the fleet's firmware is gone: a null Commit makes the sync re-apply the target later
+            await self.update(Commit=None, StatusReason=f"{reserved}: installing {firmware.name}")
+            await self.manager.request_flash(self, job)
+            return
+        if firmware.files and done != "installed":
+            self._prepared = (key, "installed")
+            log.info("%s: %s: copying the files of %s", self.label, reserved, firmware.name)
+            await self.update(
+                Status=Status.INSTALLING.value,
+                StatusReason=f"{reserved}: copying {', '.join(firmware.files)}",
+            )
+            copied = await self.call(
+                "picofleet_install_files",
+                board=self.ref(),
+                port=self.port,
+                files=firmware.files,
+            )
+            if copied is None:
+                raise BoardError("no plugin can copy files onto this board (picofleet_install_files)")
+            await self.wait_for_reset()
+            self.wake.set()  # reopened and identified again
+            return
+        raise BoardError(
+            f"the evaluation firmware did not start: the board runs "
+            f"{running or 'a firmware that does not say'}, not {reservation.firmware}"
+        )
+
+    async def wait_for_reset(self) -> None:
+        """Close the port of a board that was just reset, and wait until it is back.
+
+        A hard reset takes the port away and brings a new one (waited for up to RESTART_TIMEOUT);
+        after a soft reset the same port stays.
+        """
+        app = self.port_sighting
+        await self.close_port()
+        self.busy = True
+        try:
+            went = await self.wait_for(lambda: self.sightings.get(APPLICATION) is not app, RESET_GRACE)
+            if went and not await self.wait_for(lambda: APPLICATION in self.sightings, RESTART_TIMEOUT):
+                raise BoardError(f"did not come back within {RESTART_TIMEOUT:g} s of its reset")
+        finally:
+            self.busy = False
 
     async def correct_board_type(self, bootloader: Sighting | None) -> None:
         """The bootrom tells the chip for sure: a board whose USB identity was ambiguous (MicroPython
@@ -395,3 +503,13 @@ class Board:
                 await self.manager.persist({**self.record, "PendingFlash": None})
             self.record = {**self.record, "PendingFlash": None}
         await self.manager.collect_assets()
+
+
+def evaluation_job(data: bytes) -> FlashJob:
+    """The flash job of an evaluation firmware's UF2 (CPU work: run it in a thread); no commit."""
+    try:
+        parsed = uf2.read_uf2(data)
+        version = image.uf2_version(parsed)
+    except uf2.UF2Error as error:
+        raise BoardError(f"the evaluation firmware is not a valid UF2 file: {error}") from None
+    return FlashJob(data, parsed.families, version)

@@ -118,6 +118,14 @@ def _optional_text(value: str) -> str | None:
     return value.strip() or None
 
 
+def _optional_path(value: str) -> Path | None:
+    return Path(value.strip()).expanduser() if value.strip() else None
+
+
+def _reservation_seconds(value: str) -> int:
+    return _number(value, int, 1, 366 * 86_400, "a whole number of seconds between 1 and 31622400")
+
+
 @dataclass(frozen=True)
 class Setting:
     """One configuration setting: where it can come from, how it is parsed, what it means."""
@@ -185,6 +193,22 @@ SETTINGS: tuple[Setting, ...] = (
         "the balena update lock taken while boards are flashed",
     ),
     Setting(
+        "boot_dir",
+        "PICOFLEET_BOOT_DIR",
+        None,
+        "{data}/boot.d",
+        _path,
+        "directory of the user boot scripts run at start (docs/balena.md)",
+    ),
+    Setting(
+        "boot_script_timeout",
+        "PICOFLEET_BOOT_SCRIPT_TIMEOUT",
+        None,
+        "30",
+        _seconds,
+        "seconds a boot script may run before it is stopped",
+    ),
+    Setting(
         "simulate",
         "PICOFLEET_SIMULATE",
         "--simulate",
@@ -233,6 +257,38 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_size,
         "largest firmware upload the API accepts",
     ),
+    Setting(
+        "max_bitstream_bytes",
+        "PICOFLEET_MAX_BITSTREAM_BYTES",
+        None,
+        str(2 * 1024 * 1024),
+        _positive_size,
+        "largest FPGA bitstream upload (.asc or .bin) the API accepts",
+    ),
+    Setting(
+        "micropython_uf2",
+        "PICOFLEET_MICROPYTHON_UF2",
+        None,
+        "",
+        _optional_path,
+        "MicroPython UF2 flashed onto a real pico2-ice before its evaluation firmware is copied",
+    ),
+    Setting(
+        "reservation_seconds",
+        "PICOFLEET_RESERVATION_SECONDS",
+        None,
+        "3600",
+        _reservation_seconds,
+        "how long a reservation of boards lasts when the client does not say",
+    ),
+    Setting(
+        "reservation_max_seconds",
+        "PICOFLEET_RESERVATION_MAX_SECONDS",
+        None,
+        "86400",
+        _reservation_seconds,
+        "the longest reservation (or extension) a client may ask for",
+    ),
 )
 
 SETTINGS_BY_NAME = {setting.name: setting for setting in SETTINGS}
@@ -254,6 +310,8 @@ class GatewayConfig:
     config_loop_delay: float
     update_retries: int
     lock_file_location: Path
+    boot_dir: Path
+    boot_script_timeout: float
     simulate: tuple[tuple[int, str], ...]
     usb_discovery: str
     disable_plugins: frozenset[str]
@@ -261,6 +319,10 @@ class GatewayConfig:
     provisioning_key: str | None
     assets_max_bytes: int
     max_upload_bytes: int
+    max_bitstream_bytes: int
+    micropython_uf2: Path | None
+    reservation_seconds: int
+    reservation_max_seconds: int
 
     @property
     def data_dir(self) -> Path:

@@ -25,7 +25,14 @@ from ..firmware.client import FirmwareClient, FirmwareError, NoAnswer, PortLost
 from . import bootloader_drive
 from .config import GatewayConfig
 from .hookspecs import hookimpl
-from .models import BoardError, BoardIdentity, BoardRef, DiscoverySource, ProgressCallback
+from .models import (
+    BoardError,
+    BoardIdentity,
+    BoardRef,
+    DiscoverySource,
+    EvaluationFirmware,
+    ProgressCallback,
+)
 from .udev import usb_sources
 
 log = logging.getLogger("picofleet.board")
@@ -228,8 +235,12 @@ def picofleet_enter_bootloader(board: BoardRef, port: serial.Serial) -> bool | N
 
 @hookimpl(trylast=True)
 def picofleet_update_lock(config: GatewayConfig) -> AbstractContextManager[object] | None:
-    """No lock outside balena (the balena integration provides the supervisor's update lock)."""
-    return contextlib.nullcontext()
+    """balena's update lock (supervisor_bridge/update_lock.py): ``/tmp/balena/updates.lock`` and the
+    legacy ``/tmp/resin/resin-updates.lock`` where their directories exist, or the file
+    ENM_LOCK_FILE_LOCATION names; a no-op outside balena when neither directory exists."""
+    from ..supervisor_bridge.update_lock import update_lock_for
+
+    return update_lock_for(config)
 
 
 @hookimpl(trylast=True)
@@ -335,3 +346,20 @@ def picofleet_discovery_sources(config: GatewayConfig) -> list[DiscoverySource]:
     ``udev``, ``sysfs``: that one; ``off``: none.
     """
     return usb_sources(config.usb_discovery)
+
+
+@hookimpl(trylast=True)
+def picofleet_evaluation_firmware(
+    board: BoardRef, kind: str, config: GatewayConfig
+) -> EvaluationFirmware | None:
+    """No evaluation firmware for boards no plugin knows: they are never reserved."""
+    return None
+
+
+@hookimpl(trylast=True)
+def picofleet_install_files(board: BoardRef, port: serial.Serial, files: dict[str, bytes]) -> bool | None:
+    """Copy ``files`` over MicroPython's raw REPL and reset the board (firmware/mpremote_install.py)."""
+    from ..firmware.mpremote_install import install_files
+
+    install_files(port, files)
+    return True

@@ -35,7 +35,14 @@ if TYPE_CHECKING:
     import serial
 
     from .config import GatewayConfig
-    from .models import BoardIdentity, BoardRef, BoardType, DiscoverySource, ProgressCallback
+    from .models import (
+        BoardIdentity,
+        BoardRef,
+        BoardType,
+        DiscoverySource,
+        EvaluationFirmware,
+        ProgressCallback,
+    )
 
 PROJECT = "picofleet"
 
@@ -134,7 +141,8 @@ def picofleet_update_lock(config: GatewayConfig) -> AbstractContextManager[objec
     returned context manager and exits it when the last flash in progress ends (one lock for
     all boards, also after errors, on pause and at shutdown). Entering may raise BoardError when
     the lock cannot be taken (the flash then fails with that reason). Return ``None`` to let the
-    next plugin answer; the built-in default is a no-op (the balena issue adds balena's lock).
+    next plugin answer; the built-in default is balena's update lock
+    (``supervisor_bridge/update_lock.py``), which takes nothing outside balena.
     """
 
 
@@ -155,4 +163,33 @@ def picofleet_blink(board: BoardRef, port: serial.Serial, seconds: float) -> boo
     Called when ``PUT /v1/devices/{uuid}/identify`` is processed. Return ``True`` once the
     board acknowledged, or ``None`` if this plugin cannot blink the board. Must return
     within 2 s (the blinking itself goes on for ``seconds`` on the board).
+    """
+
+
+@hookspec(firstresult=True)
+def picofleet_evaluation_firmware(
+    board: BoardRef, kind: str, config: GatewayConfig
+) -> EvaluationFirmware | None:
+    """Say which firmware a board needs to run evaluations of ``kind`` (``"pulsecount"``).
+
+    Called (in a worker thread) when boards are reserved, to pick the boards that can run the
+    kind, and before a reserved board is prepared. Return an :class:`EvaluationFirmware` (the
+    firmware's name and version as ``identify`` reports them, a UF2 image to flash or ``None``,
+    files to copy onto the board afterwards), or ``None`` when this plugin does not know the
+    board or the board cannot run the kind (it is then never reserved for it). The built-in
+    default returns ``None``. Must return within 5 s; raise BoardError when the firmware is
+    configured but cannot be read.
+    """
+
+
+@hookspec(firstresult=True)
+def picofleet_install_files(board: BoardRef, port: serial.Serial, files: dict[str, bytes]) -> bool | None:
+    """Copy files onto a board running MicroPython, then restart it so that they run.
+
+    Called (in a worker thread) while a reserved board is prepared, after the evaluation
+    firmware's UF2 was flashed, when its ``files`` are not empty; ``files`` maps paths on the
+    board (``main.py``) to their content. Return ``True`` once every file is written and the
+    board was reset, ``None`` to let the next plugin answer; the built-in default copies them
+    over MicroPython's raw REPL (mpremote). Raise BoardError when the board refuses. Must
+    return within 30 s.
     """

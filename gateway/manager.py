@@ -41,6 +41,7 @@ HOOK_TIMEOUTS = {
     "picofleet_restart": 10.0,
     "picofleet_blink": 5.0,
     "picofleet_update_lock": 10.0,
+    "picofleet_install_files": 60.0,
 }
 """Time limits of the board hooks: twice what the contract asks of a plugin, for slow boards."""
 MIN_WRITE_RATE = 50_000
@@ -73,6 +74,7 @@ class DeviceManager:
         self._storing: set[str] = set()  # images stored for flashes being queued right now
         self._background: set[asyncio.Task[None]] = set()
         self.reservations = ReservationBook(self)
+        self.events = self.reservations.events  # the clients' events (gateway/events.py)
         self.evaluations = EvaluationScheduler(self)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -250,7 +252,8 @@ class DeviceManager:
         except TimeoutError:
             raise BoardError(f"{name} did not return within {limit:g} s") from None
         except Exception as error:
-            log.exception("hook %s raised", name)
+            board = kwargs.get("board")
+            log.exception("hook %s raised%s", name, f" for board {board.serial}" if board is not None else "")
             raise BoardError(f"{name} failed in a plugin: {type(error).__name__}: {error}") from None
 
     async def run_blocking(self, function: Callable[..., T], *args: Any) -> T:

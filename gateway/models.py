@@ -211,3 +211,19 @@ ProgressCallback = Callable[[int, int], None]
 
 class BoardError(Exception):
     """A board operation failed; the message says why in words an operator understands."""
+
+
+@dataclass(frozen=True)
+class EvaluationFirmware:
+    """The firmware a board needs to evaluate FPGA designs (``picofleet_evaluation_firmware``).
+
+    ``name`` and ``version`` are what the firmware reports in ``identify`` once it runs
+    (``picofleet-pulsecount``); ``uf2`` is the image to flash first, or ``None`` when nothing is
+    flashed; ``files`` (path on the board → content) are copied over MicroPython's raw REPL after
+    the image (``picofleet_install_files``), possibly none.
+    """
+
+    name: str
+    version: str
+    uf2: bytes | None = None
+    files: dict[str, bytes] = field(default_factory=dict)

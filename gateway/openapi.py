@@ -60,6 +60,50 @@ _STATUS = {
 }
 
 
+_IDENTIFY = {
+    "type": "object",
+    "properties": {
+        "blinking": {"type": "boolean"},
+        "seconds": {"type": "integer", "description": "how long the supervisor blinks the LED"},
+        "boards": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "boards asked to blink too (feature flag IDENTIFY_BOARDS), by LocalUUID",
+        },
+    },
+}
+_SUPERVISOR = {
+    "type": "object",
+    "properties": {
+        "enabled": {"type": "boolean", "description": "false outside balena"},
+        "state": {"type": "string", "enum": ["off", "waiting", "ready"]},
+        "address": {"type": ["string", "null"]},
+        "reason": {"type": ["string", "null"], "description": "why it is off or waiting"},
+        "attempts": {"type": "integer"},
+        "device": {"type": "object", "description": "uuid, name, appId, deviceType from balena"},
+        "supervisor": {"type": ["object", "null"], "description": "the supervisor's GET /v1/device"},
+        "applications": {"type": ["object", "null"], "description": "GET /v2/applications/state"},
+        "updateLock": {
+            "type": "object",
+            "properties": {
+                "enabled": {"type": "boolean"},
+                "files": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "path": {"type": "string"},
+                            "state": {"type": "string", "enum": ["free", "ours", "held", "stale"]},
+                            "pid": {"type": ["integer", "null"]},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
 
@@ -77,6 +121,273 @@ _UUID = [
         "description": "LocalUUID (USB serial) or ResinUUID",
     }
 ]
+
+
+_RESERVATION = {
+    "type": "object",
+    "properties": {
+        "serial": {"type": "string", "description": "the board's LocalUUID"},
+        "name": {"type": "string", "description": "the client holding it"},
+        "kind": {"type": "string", "enum": ["pulsecount"]},
+        "args": {"type": "object", "description": "default evaluation arguments (clock_hz, window_ms)"},
+        "created_at": {"type": "number", "description": "epoch seconds"},
+        "expires_at": {"type": "number", "description": "epoch seconds"},
+        "state": {"type": "string", "enum": ["preparing", "ready"]},
+    },
+}
+_RESERVATIONS = {"type": "array", "items": _RESERVATION}
+_SERIALS = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+_BEARER = "Authorization: Bearer <token> of the client name (403 otherwise)"
+
+
+def _reservation_paths() -> dict[str, Any]:
+    """The reservation routes and the event websocket (docs/api.md, "Reservations", "Events")."""
+    return {
+        "/v1/reservations": {
+            "get": {
+                "summary": "Every reservation, or one client's (never a token)",
+                "parameters": [
+                    {"name": "name", "in": "query", "required": False, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {
+                        "description": "reservations",
+                        **_json({"type": "object", "properties": {"reservations": _RESERVATIONS}}),
+                    }
+                },
+            },
+            "post": {
+                "summary": "Reserve boards (a new name gets its token; a known name needs it)",
+                "description": _BEARER + " for a name that has a token already",
+                "requestBody": {
+                    "required": True,
+                    **_json(
+                        {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "kind": {"type": "string", "enum": ["pulsecount"]},
+                                "count": {"type": "integer", "minimum": 1},
+                                "serials": _SERIALS,
+                                "args": {"type": "object"},
+                                "seconds": {"type": "number", "exclusiveMinimum": 0},
+                            },
+                        }
+                    ),
+                },
+                "responses": {
+                    "201": {
+                        "description": "reserved",
+                        **_json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "token": {"type": "string"},
+                                    "reservations": _RESERVATIONS,
+                                },
+                            }
+                        ),
+                    },
+                    **_errors(400, 403, 404, 409),
+                },
+            },
+        },
+        "/v1/reservations/extend": {
+            "post": {
+                "summary": "Extend reservations (default: all of the name's)",
+                "description": _BEARER,
+                "requestBody": {
+                    "required": True,
+                    **_json(
+                        {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "serials": _SERIALS,
+                                "seconds": {"type": "number", "exclusiveMinimum": 0},
+                            },
+                        }
+                    ),
+                },
+                "responses": {
+                    "200": {
+                        "description": "extended",
+                        **_json({"type": "object", "properties": {"reservations": _RESERVATIONS}}),
+                    },
+                    **_errors(400, 403, 404),
+                },
+            },
+        },
+        "/v1/reservations/end": {
+            "post": {
+                "summary": "End reservations (default: all of the name's)",
+                "description": _BEARER,
+                "requestBody": {
+                    "required": True,
+                    **_json(
+                        {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {"name": {"type": "string"}, "serials": _SERIALS},
+                        }
+                    ),
+                },
+                "responses": {
+                    "200": {
+                        "description": "ended",
+                        **_json(
+                            {
+                                "type": "object",
+                                "properties": {"ended": {"type": "array", "items": {"type": "string"}}},
+                            }
+                        ),
+                    },
+                    **_errors(400, 403, 404),
+                },
+            },
+        },
+        "/v1/events": {
+            "get": {
+                "summary": "WebSocket of the client's events (JSON text messages)",
+                "description": "Authorization: Bearer <token>, or ?token=; first message "
+                '{"event": "subscribed", ...}',
+                "parameters": [
+                    {"name": "token", "in": "query", "required": False, "schema": {"type": "string"}}
+                ],
+                "responses": {"101": {"description": "switching to the WebSocket protocol"}, **_errors(403)},
+            },
+        },
+    }
+
+
+_SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+_BITSTREAM = {
+    "type": "object",
+    "properties": {
+        "sha256": {**_SHA256, "description": "of the .bin the boards run"},
+        "size": {"type": "integer"},
+        "source": {"type": "string", "enum": ["asc", "bin"], "description": "what was uploaded"},
+    },
+}
+_EVALUATION_RESULT = {
+    "type": "object",
+    "description": "one line per evaluation as it completes (pulses or error), then "
+    '{"evaluation", "done": true, "results", "failed"}',
+    "properties": {
+        "evaluation": {"type": "string"},
+        "serial": {"type": ["string", "null"]},
+        "sha256": _SHA256,
+        "label": {"type": ["string", "null"]},
+        "pulses": {"type": "integer"},
+        "error": {"type": "string"},
+        "done": {"type": "boolean"},
+        "results": {"type": "integer"},
+        "failed": {"type": "integer"},
+    },
+}
+
+
+def _evaluation_paths() -> dict[str, Any]:
+    """The bitstream and evaluation routes (docs/api.md, "Bitstreams", "Evaluations")."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    sha_parameter = [{"name": "sha256", "in": "path", "required": True, "schema": _SHA256}]
+    found = {"200": {"description": "the gateway has it", **_json(_BITSTREAM)}, **_errors(400, 404)}
+    return {
+        "/v1/bitstreams": {
+            "put": {
+                "summary": "Upload an iCE40 UP5K bitstream (.asc is packed to .bin once)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/octet-stream": binary, "text/plain": binary},
+                },
+                "responses": {
+                    "201": {"description": "stored", **_json(_BITSTREAM)},
+                    **_errors(400, 413, 422, 507),
+                },
+            },
+        },
+        "/v1/bitstreams/{sha256}": {
+            "parameters": sha_parameter,
+            "get": {
+                "summary": "Whether the gateway has a bitstream (.bin or packed .asc)",
+                "responses": found,
+            },
+            "head": {"summary": "Whether the gateway has a bitstream", "responses": found},
+        },
+        "/v1/evaluations": {
+            "post": {
+                "summary": "Evaluate bitstreams on reserved boards; results stream as NDJSON",
+                "description": _BEARER,
+                "requestBody": {
+                    "required": True,
+                    **_json(
+                        {
+                            "type": "object",
+                            "required": ["name", "bitstreams"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "bitstreams": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["sha256"],
+                                        "properties": {"sha256": _SHA256, "label": {"type": "string"}},
+                                    },
+                                },
+                                "serials": _SERIALS,
+                                "mode": {"type": "string", "enum": ["each", "any"]},
+                                "args": {
+                                    "type": "object",
+                                    "properties": {
+                                        "clock_hz": {"type": "integer", "minimum": 1, "maximum": 50_000_000},
+                                        "window_ms": {"type": "integer", "minimum": 1, "maximum": 60_000},
+                                    },
+                                },
+                            },
+                        }
+                    ),
+                },
+                "responses": {
+                    "200": {
+                        "description": "the results, one JSON object per line",
+                        "content": {"application/x-ndjson": {"schema": _EVALUATION_RESULT}},
+                    },
+                    **_errors(400, 403, 404, 409, 413, 422),
+                },
+            },
+        },
+        "/v1/evaluations/{id}": {
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "get": {
+                "summary": "An evaluation's results so far",
+                "description": _BEARER,
+                "responses": {
+                    "200": {
+                        "description": "the evaluation",
+                        **_json(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "evaluation": {"type": "string"},
+                                    "name": {"type": "string"},
+                                    "mode": {"type": "string", "enum": ["each", "any"]},
+                                    "done": {"type": "boolean"},
+                                    "units": {"type": "integer"},
+                                    "failed": {"type": "integer"},
+                                    "results": {"type": "array", "items": _EVALUATION_RESULT},
+                                },
+                            }
+                        ),
+                    },
+                    **_errors(403, 404),
+                },
+            },
+        },
+    }
 
 
 def openapi_document() -> dict[str, Any]:
@@ -110,6 +421,21 @@ def openapi_document() -> dict[str, Any]:
                         ),
                     },
                     "responses": {**ok, **_errors(400)},
+                },
+            },
+            "/v1/enm/identify": {
+                "put": {
+                    "summary": "Blink the Pi's LED through the balena supervisor, to find the gateway",
+                    "responses": {
+                        "200": {"description": "blinking", **_json(_IDENTIFY)},
+                        **_errors(409, 502, 503),
+                    },
+                },
+            },
+            "/v1/enm/supervisor": {
+                "get": {
+                    "summary": "The balena supervisor bridge and the update lock",
+                    "responses": {"200": {"description": "state", **_json(_SUPERVISOR)}},
                 },
             },
             "/v1/devices": {
@@ -176,6 +502,8 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"202": {"description": "queued"}, **_errors(400, 404, 409, 413, 422)},
                 },
             },
+            **_reservation_paths(),
+            **_evaluation_paths(),
             "/openapi.json": {
                 "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}
             },

@@ -11,10 +11,15 @@ import sys
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
+from ..supervisor_bridge import update_lock
+from ..supervisor_bridge.bridge import SupervisorBridge
+from ..supervisor_bridge.environment import BalenaEnvironment
 from . import reason_phrase
 from .api import create_app
+from .boot_scripts import run_boot_scripts
 from .config import ConfigError, GatewayConfig
 from .discovery import Discovery
+from .features import Features
 from .manager import DeviceManager
 from .plugin_manager import Plugins, load_plugins
 from .store import Store, StoreLockedError
@@ -73,9 +78,25 @@ def _sync_ended(task: asyncio.Task[None]) -> None:
         log.error("fleet sync stopped: %s (the gateway keeps serving its boards)", task.exception())
 
 
+def _bridge_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "the supervisor bridge stopped: %s (the gateway keeps serving its boards)", task.exception()
+        )
+
+
+async def _run_boot_scripts(config: GatewayConfig) -> None:
+    """The user's boot scripts (gateway/boot_scripts.py); nothing they do stops the gateway."""
+    try:
+        await run_boot_scripts(config.boot_dir, config.boot_script_timeout)
+    except Exception:
+        log.exception("running the boot scripts failed; the gateway starts anyway")
+
+
 async def run_gateway(config: GatewayConfig) -> None:
     """Run until SIGINT/SIGTERM; then close every port, stop discovery and flush the store."""
     prepare_directories(config)
+    features = Features.from_environ()
     plugins = load_plugins(config.disable_plugins)
     check_simulate(config, plugins)
     sock = bind_socket(config.host, config.port)
@@ -85,6 +106,13 @@ async def run_gateway(config: GatewayConfig) -> None:
         await store.open()
     except StoreLockedError as error:
         raise ConfigError(str(error)) from None
+    await _run_boot_scripts(config)  # before any board is touched; the API answers once they are done
+    features.announce()
+    bridge = SupervisorBridge(BalenaEnvironment.from_environ())
+    bridge.announce()
+    await asyncio.to_thread(update_lock.check_at_start, config)
+    bridge_task = asyncio.create_task(bridge.run(), name="supervisor-bridge")
+    bridge_task.add_done_callback(_bridge_ended)
     manager = DeviceManager(config, store, plugins)
     await manager.start()
     sources = plugins.discovery_sources(config)
@@ -116,12 +144,20 @@ async def run_gateway(config: GatewayConfig) -> None:
         flush=True,
     )
     try:
-        await serve(create_app(manager), hypercorn_config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        app = create_app(manager, bridge=bridge, features=features)
+
+        async def shutdown_trigger() -> None:
+            await stop.wait()
+            manager.events.close()  # open event websockets end now, not after the graceful timeout
+
+        await serve(app, hypercorn_config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
     finally:
         log.info("shutting down: closing ports")
-        if sync_task is not None:
-            sync_task.cancel()
-            await asyncio.gather(sync_task, return_exceptions=True)
+        for task in (sync_task, bridge_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await discovery.stop()
         await manager.stop()
+        await asyncio.to_thread(update_lock.release_all)  # whatever a cancelled flash left held
         await store.close()

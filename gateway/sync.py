@@ -163,6 +163,7 @@ class FleetSync:
         ) as client:
             self.logs.install()
             reporter = asyncio.create_task(self._report_forever(client))
+            reapplier = asyncio.create_task(self._reapply_on_release(client))
             try:
                 stored = await self.store.get_value(TARGET)
                 if stored:
@@ -170,7 +171,8 @@ class FleetSync:
                 await self._follow(client)
             finally:
                 reporter.cancel()
-                await asyncio.gather(reporter, return_exceptions=True)
+                reapplier.cancel()
+                await asyncio.gather(reporter, reapplier, return_exceptions=True)
                 self.logs.uninstall()
 
     # -- provisioning -------------------------------------------------------------------------------
@@ -233,8 +235,8 @@ class FleetSync:
             firmware = board_target.get("firmware")
             if not firmware or commit is None or board.record.get("Commit") == commit:
                 continue
-            if board.record["Status"] in (Status.RESERVED.value, Status.EVALUATING.value):
-                continue  # a reserved board is flashed once it is released
+            if self.manager.reservations.of(board.serial) is not None:
+                continue  # a reserved board is flashed once it is released (_reapply_on_release)
             pending = board.pending_flash
             if pending is not None and pending.sha256 == firmware.get("sha256") and pending.commit == commit:
                 continue
@@ -250,6 +252,19 @@ class FleetSync:
                 )
                 continue
             await self.manager.request_flash(board, job)
+
+    async def _reapply_on_release(self, client: httpx.AsyncClient) -> None:
+        """When reservations end, apply the stored target again: released boards get their firmware."""
+        released = self.manager.reservations.released
+        while True:
+            await released.wait()
+            released.clear()
+            target = await self.store.get_value(TARGET)
+            if target:
+                try:
+                    await self.apply(client, target)
+                except Exception as error:  # the next release or new target tries again
+                    log.warning("re-applying the target to released boards failed: %s", error)
 
     async def _job(self, client: httpx.AsyncClient, firmware: dict[str, Any], commit: str) -> FlashJob:
         sha256 = str(firmware["sha256"])

@@ -13,7 +13,7 @@ import sys
 
 from . import __version__
 
-COMMANDS = ("gateway", "demo", "plugins", "sim", "firmware", "flash", "fleet")
+COMMANDS = ("gateway", "demo", "plugins", "sim", "firmware", "flash", "fleet", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,8 +4,9 @@
 :class:`~picofleet.plugins.virtual.bus.VirtualBus` discovery source. It starts the rack process
 (rack.py) whose boards are real pseudo-terminals running the reference firmware and ROM UF2
 bootloaders with drive directories; the gateway core and the rp2040/rp2350/pico2_ice plugins then
-classify and drive them exactly like hardware. This plugin declares no board types and
-implements no board hooks. Its version is the picofleet distribution's.
+classify and drive them exactly like hardware. This plugin declares no board types; its one board
+hook gives virtual boards their evaluation firmware (the pulse-count image the rack boots with a
+simulated FPGA). Its version is the picofleet distribution's.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from picofleet.gateway.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from picofleet.gateway.config import GatewayConfig
-    from picofleet.gateway.models import DiscoverySource
+    from picofleet.gateway.models import BoardRef, DiscoverySource, EvaluationFirmware
 
 log = logging.getLogger(__name__)
+
+PULSECOUNT_FIRMWARE = "picofleet-pulsecount"
+PULSECOUNT_VERSION = "1.0.0"
 
 
 @hookimpl
@@ -46,3 +50,25 @@ def picofleet_discovery_sources(config: GatewayConfig) -> list[DiscoverySource]:
     from .bus import VirtualBus
 
     return [VirtualBus(dataclasses.replace(config, simulate=simulate))]
+
+
+@hookimpl
+def picofleet_evaluation_firmware(
+    board: BoardRef, kind: str, config: GatewayConfig
+) -> EvaluationFirmware | None:
+    """Virtual boards evaluate ``pulsecount``: the pulse-count app image, as a UF2 of their family."""
+    if not board.virtual or kind != "pulsecount":
+        return None
+    from picofleet.firmware import image, uf2
+    from picofleet.gateway.models import EvaluationFirmware
+
+    from .identities import BOARD_TYPES, factory_family
+
+    if board.board_type not in BOARD_TYPES:
+        return None
+    flat = image.make_app_image(PULSECOUNT_FIRMWARE, PULSECOUNT_VERSION, board.board_type)
+    return EvaluationFirmware(
+        name=PULSECOUNT_FIRMWARE,
+        version=PULSECOUNT_VERSION,
+        uf2=uf2.from_binary(flat, image.FLASH_BASE, factory_family(board.board_type)),
+    )

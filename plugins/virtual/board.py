@@ -8,7 +8,9 @@ same lock, and only while the pipe is open, so no write can reach a reused file-
 
 Boot: the flash (``flash/<serial>.uf2``, the UF2 blocks last flashed) is read as a flat image;
 its image descriptor (``firmware/image.py``) named ``picofleet-app`` boots the reference firmware
-(``firmware/app/main.py``, unchanged) behind a pty; another or no descriptor boots "unknown
+(``firmware/app/main.py``, unchanged) behind a pty; one named ``picofleet-pulsecount`` boots the
+evaluation firmware (``firmware/pico2_ice/pulsecount.py``, unchanged) with a simulated FPGA
+(fpga.py; compiled circuits cached in ``<state>/fpga/``); another or no descriptor boots "unknown
 firmware" (a tty that never answers but honours the 1200-baud touch); empty or invalid flash
 boots the ROM bootloader, as a blank RP2 does.
 """
@@ -28,11 +30,13 @@ from pathlib import Path
 from picofleet.firmware import image as fw_image
 from picofleet.firmware import uf2
 from picofleet.firmware.app.main import App
+from picofleet.firmware.pico2_ice.pulsecount import App as PulseCountApp
 from picofleet.gateway.atomic import atomic_write_bytes
 
 from . import identities
 from .bootrom import DriveWatcher, ImageAssembler, remove_drive
-from .hardware import PtyPort, SimulatedHardware
+from .fpga import CircuitCache, FpgaSimulator
+from .hardware import PtyPort, SimulatedHardware, SimulatedPulseCountHardware
 
 log = logging.getLogger("picofleet.rack")
 
@@ -45,6 +49,8 @@ DRIVE_POLL_MIN = 0.05
 """Seconds between two scans of the bootloader drive while blocks arrive (20 Hz)..."""
 DRIVE_POLL_MAX = 0.25
 """... backing off (x1.5 a scan) to this while nothing is written."""
+PULSECOUNT_FIRMWARE = "picofleet-pulsecount"
+"""The evaluation firmware's name (image descriptor and ``identify``)."""
 LINGER = 0.05
 """Seconds a rebooting board keeps its port after the firmware returned, so the host reads the answer."""
 
@@ -75,7 +81,8 @@ def factory_flash(board_type: str) -> bytes:
 def read_flash(path: Path) -> tuple[str, dict[str, str] | None]:
     """What the flash file holds.
 
-    ``("app", descriptor)``, ``("unknown", descriptor or None)`` or ``("blank", None)``.
+    ``("app", descriptor)``, ``("pulsecount", descriptor)``, ``("unknown", descriptor or None)``
+    or ``("blank", None)``.
     """
     try:
         data = path.read_bytes()
@@ -90,6 +97,8 @@ def read_flash(path: Path) -> tuple[str, dict[str, str] | None]:
     descriptor = fw_image.find_descriptor(binary)
     if descriptor is not None and descriptor["name"] == identities.APP_FIRMWARE:
         return "app", descriptor
+    if descriptor is not None and descriptor["name"] == PULSECOUNT_FIRMWARE:
+        return "pulsecount", descriptor
     return "unknown", descriptor
 
 
@@ -102,6 +111,7 @@ class Board:
         self.slot = slot
         self.flash_path = state_dir / "flash" / f"{serial}.uf2"
         self.drive_path = state_dir / "drives" / serial
+        self.fpga_cache = CircuitCache(state_dir / "fpga")
         self._emit = emit
         self._lock = threading.Lock()
         self._plugged = False
@@ -306,7 +316,7 @@ class Board:
                 master, self._wake_read, self.interrupted, on_touch=self.request_bootloader, honour_touch=True
             )
             firmware = {"name": descriptor["name"], "version": descriptor["version"]} if descriptor else None
-            name = identities.APP_FIRMWARE if kind == "app" else None
+            name = identities.APP_FIRMWARE if kind in ("app", "pulsecount") else None  # MicroPython's id
             properties = identities.tty_properties(self.board_type, name, self.serial, self.slot)
         except BaseException:
             os.close(master)
@@ -322,6 +332,8 @@ class Board:
                 ended = App(SimulatedHardware(self), port, port, version=descriptor["version"]).run()
                 if ended == "reboot":
                     time.sleep(LINGER)
+            elif kind == "pulsecount" and descriptor is not None:
+                self._run_pulsecount(port, descriptor["version"])
             else:
                 while port.readline():
                     pass  # unknown firmware: never answers
@@ -332,6 +344,16 @@ class Board:
                 self._blink_until = 0.0
             os.close(master)  # the one place this fd is closed, by the thread that used it
             self._emit("remove", device)
+
+    def _run_pulsecount(self, port: PtyPort, version: str) -> None:
+        """Run the evaluation firmware with a simulated FPGA until it returns; stop its count then."""
+        hw = SimulatedPulseCountHardware(self, FpgaSimulator(self.fpga_cache))
+        try:
+            ended = PulseCountApp(hw, port, port, version=version).run()
+        finally:
+            hw.close()
+        if ended == "reboot":
+            time.sleep(LINGER)
 
     def _run_bootloader(self) -> None:
         """Show the bootloader drive until a complete image was flashed or the board is interrupted."""

@@ -1,9 +1,10 @@
 """The hardware behind a virtual board's firmware: a pseudo-terminal as its USB serial port.
 
 :class:`PtyPort` is the board's end of the USB CDC link: the *master* side of a pty whose slave
-the gateway opens with pyserial. It offers the firmware the stream interface of
-``firmware/app/main.py`` (``readline()``, ``write()``) and watches for what a real USB device
-would see:
+the gateway opens with pyserial. It offers the firmware the stream interfaces of
+``firmware/app/main.py`` (``readline()``, ``write()``) and of ``firmware/pico2_ice/pulsecount.py``
+(``wait(timeout_ms)``, ``read(n)``, ``write()``) and watches for what a real USB device would
+see (either ends the boot: ``readline``/``read`` return short, ``wait`` returns True):
 
 * the host setting 1200 baud (the "touch"): on Linux ``tcgetattr`` on a pty master returns the
   slave's termios (the kernel redirects TCGETS to the slave), so the speed the host set is
@@ -17,7 +18,8 @@ every 0.5 s (``HANGUP_POLL_MIN``/``HANGUP_POLL_MAX``).
 Writes never block: output nobody reads is dropped once the pty buffer is full, as a USB device
 drops what the host does not fetch.
 
-:class:`SimulatedHardware` is the firmware's ``hw`` object for a virtual board.
+:class:`SimulatedHardware` is the firmware's ``hw`` object for a virtual board;
+:class:`SimulatedPulseCountHardware` adds the simulated FPGA (fpga.py) of the pulse-count firmware.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ import errno
 import os
 import select
 import termios
+import time
 from collections.abc import Callable
 from typing import Protocol
+
+from .fpga import FpgaSimulator
 
 MAX_LINE = 4096
 """Longer lines are cut here (the firmware answers them as malformed)."""
@@ -60,6 +65,10 @@ class BoardControl(Protocol):
 
 class PtyPort:
     """The master side of a virtual board's serial port, as the firmware's input and output stream."""
+
+    segment = 4096
+    """The pulse-count firmware's read size here (a real board's USB packets are 64 bytes: reading
+    those one by one would cost the simulator, which runs every board in one process, a core)."""
 
     def __init__(
         self,
@@ -140,28 +149,68 @@ class PtyPort:
                 return line
             return None
 
+    def _boot_must_end(self) -> bool:
+        """Whether the current boot must end: the rack interrupted it, or the host touched 1200 baud."""
+        if self.interrupted():
+            return True
+        if self.honour_touch and self._speed_is_1200():
+            if not self.touched:
+                self.touched = True
+                self.on_touch()
+            return True
+        return False
+
+    def _await_input(self, limit: float | None = None) -> None:
+        """Wait (at most ``limit`` seconds) for bytes from the host or a wake-up, and read them.
+
+        While nobody has the slave open this sleeps on the wake pipe and looks for a host
+        opening the port with a backing-off period, never ending the boot.
+        """
+        if self._hung_up:
+            watched, timeout = [self.wake_fd], self._hangup_poll
+            if limit is None or limit >= timeout:
+                self._hangup_poll = min(self._hangup_poll * 1.5, HANGUP_POLL_MAX)
+        else:
+            watched, timeout = [self.master_fd, self.wake_fd], TOUCH_POLL
+        if limit is not None:
+            timeout = min(timeout, max(0.0, limit))
+        readable, _, _ = select.select(watched, [], [], timeout)
+        if self.wake_fd in readable:
+            self._drain_wake()
+        if self._hung_up or self.master_fd in readable:
+            self._read_master()
+
     def readline(self) -> bytes:
         """The next line the host sent (with its ``\\n``); ``b""`` when this boot must end."""
         while True:
             line = self._take_line()
             if line is not None:
                 return line
-            if self.interrupted():
+            if self._boot_must_end():
                 return b""
-            if self.honour_touch and self._speed_is_1200():
-                self.touched = True
-                self.on_touch()
-                return b""
-            if self._hung_up:
-                watched, timeout = [self.wake_fd], self._hangup_poll
-                self._hangup_poll = min(self._hangup_poll * 1.5, HANGUP_POLL_MAX)
-            else:
-                watched, timeout = [self.master_fd, self.wake_fd], TOUCH_POLL
-            readable, _, _ = select.select(watched, [], [], timeout)
-            if self.wake_fd in readable:
-                self._drain_wake()
-            if self._hung_up or self.master_fd in readable:
-                self._read_master()
+            self._await_input()
+
+    def wait(self, timeout_ms: int) -> bool:
+        """Wait up to ``timeout_ms`` for input: True when a byte can be read now or the boot must end.
+
+        A host closing the port does not end the boot: the board waits for the next one.
+        """
+        deadline = time.monotonic() + max(0, timeout_ms) / 1000
+        while True:
+            if self._pending or self._boot_must_end():
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._await_input(left)
+
+    def read(self, n: int) -> bytes:
+        """Exactly ``n`` bytes from the host (blocking); fewer, possibly ``b""``, when the boot must end."""
+        while len(self._pending) < n and not self._boot_must_end():
+            self._await_input()
+        data = bytes(self._pending[:n])
+        del self._pending[:n]
+        return data
 
     def write(self, data: bytes) -> None:
         """Send bytes to the host without ever blocking; what does not fit is dropped and counted."""
@@ -202,3 +251,44 @@ class SimulatedHardware:
     def bootloader(self) -> None:
         """Returns at once: the board reboots into its bootloader when the firmware returns."""
         self._board.request_bootloader()
+
+
+class SimulatedPulseCountHardware(SimulatedHardware):
+    """The ``hw`` object of ``firmware/pico2_ice/pulsecount.py`` on a virtual board: its FPGA is simulated.
+
+    ``fpga`` (plugins/virtual/fpga.py) configures and counts; its failures reach the firmware as
+    exceptions whose text is the reason the host sees.
+    """
+
+    SLOTS = 2
+    """Bitstreams the board holds at once, as on a pico2-ice."""
+    MAX_BITSTREAM = 135_100
+    """The largest bitstream accepted, in bytes, as on a pico2-ice (an up5k .bin is 104,090)."""
+
+    def __init__(self, board: BoardControl, fpga: FpgaSimulator) -> None:
+        super().__init__(board)
+        self._fpga = fpga
+
+    def slots(self) -> int:
+        """Bitstreams the board can hold at once."""
+        return self.SLOTS
+
+    def max_bitstream(self) -> int:
+        """The largest bitstream accepted, in bytes."""
+        return self.MAX_BITSTREAM
+
+    def fpga_program(self, bitstream: bytes) -> None:
+        """Configure the FPGA (blocks for the configure time, and for the first build of a circuit)."""
+        self._fpga.program(bytes(bitstream))
+
+    def count_start(self, clock_hz: int, window_ms: int) -> None:
+        """Drive CLK at ``clock_hz`` and count rising edges on ICE_27 for ``window_ms``; returns at once."""
+        self._fpga.count_start(clock_hz, window_ms)
+
+    def count_result(self) -> int | None:
+        """None while the window runs, then the count; raises with the reason when counting failed."""
+        return self._fpga.count_result()
+
+    def close(self) -> None:
+        """The boot ended: stop a running count."""
+        self._fpga.stop()

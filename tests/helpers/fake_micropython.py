@@ -11,7 +11,8 @@ it would ``/dev/ttyACM0``. What the board runs is one of:
   which re-enters the raw REPL on the ``\\x01`` instead. Code that calls
   ``machine.bootloader()`` resets the board: once the host has read everything sent so far,
   the pty is closed, as the USB device vanishes (``ok_before_reset=False``: at once, before
-  its ``OK`` or end-of-data acknowledgement leaves).
+  its ``OK`` or end-of-data acknowledgement leaves). Ctrl-D at the friendly REPL soft-resets
+  (counted in ``soft_reboots``).
 * ``"app"``: picofleet-app (firmware/app/main.py, as MicroPython runs it from main.py) with a
   fake ``hw``; its ``bootloader`` command resets the board the same way.
 * ``"silent"``: a firmware that answers nothing (pico-sdk or pico-ice-sdk without a protocol).
@@ -107,6 +108,7 @@ class FakeMicroPythonBoard:
         self.executed: list[str] = []
         self.blinks: list[float] = []
         self.reset_to: str | None = None
+        self.soft_reboots = 0
         self.gone = threading.Event()
         self._master, self._slave = os.openpty()
         tty.setraw(self._slave)  # as the host will configure it: no echo, no line editing
@@ -236,6 +238,10 @@ class FakeMicroPythonBoard:
         elif byte in (0x03, 0x0D):  # Ctrl-C cancels the line; Enter runs it (here: runs nothing)
             self._line = bytearray()
             self.send(b"\r\n>>> ")
+        elif byte == 0x04:  # Ctrl-D: soft reset (MicroPython then runs main.py; here: nothing)
+            self._line = bytearray()
+            self.soft_reboots += 1
+            self.send(b"MPY: soft reboot\r\n" + BANNER + b">>> ")
         elif 0x20 <= byte < 0x7F:
             self._line.append(byte)
             self.send(bytes([byte]))  # echo

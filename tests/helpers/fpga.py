@@ -75,6 +75,50 @@ def build_counter(directory: Path, divide_by: int = 16) -> FpgaBuild:
     return build
 
 
+def loop_verilog() -> str:
+    """A circuit that never settles once clocked: a LUT inverting its own output (a ring of one).
+
+    A register switches the loop on at the first clock edge, so the netlist starts from a known
+    level (an inverter of ``x`` is ``x``: a ring running from time 0 would just stay unknown).
+    """
+    return (
+        "module top(input CLK, output ICE_27);\n"
+        "  reg enable = 0;\n"
+        "  always @(posedge CLK) enable <= 1;\n"
+        "  wire ring;\n"
+        "  SB_LUT4 #(.LUT_INIT(16'h4444))\n"
+        "    inverter (.O(ring), .I0(ring), .I1(enable), .I2(1'b0), .I3(1'b0));\n"
+        "  assign ICE_27 = ring;\n"
+        "endmodule\n"
+    )
+
+
+def build_loop(directory: Path) -> FpgaBuild:
+    """Build :func:`loop_verilog` in ``directory`` (nextpnr told to ignore the loop in its timing)."""
+    key = (directory.resolve(), 0)
+    if key in _built:
+        return _built[key]
+    directory.mkdir(parents=True, exist_ok=True)
+    verilog, pcf = directory / "top.v", directory / "top.pcf"
+    verilog.write_text(loop_verilog())
+    pcf.write_text(PCF)
+    _run(["yosys", "-q", "-p", "synth_ice40 -top top -json top.json", "top.v"], directory)
+    place_and_route = ["nextpnr-ice40", "-q", "--up5k", "--package", "sg48", "--pcf", "top.pcf"]
+    _run([*place_and_route, "--ignore-loops", "--json", "top.json", "--asc", "top.asc"], directory)
+    _run(["icepack", "top.asc", "top.bin"], directory)
+    build = FpgaBuild(directory, verilog, pcf, directory / "top.asc", directory / "top.bin")
+    _built[key] = build
+    return build
+
+
+def session_loop(tmp_path_factory: pytest.TempPathFactory) -> FpgaBuild:
+    """The never-settling loop circuit, built once per test session (skips without the tools)."""
+    missing = missing_tools()
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (./dev setup installs them)")
+    return build_loop(tmp_path_factory.getbasetemp() / "fpga-loop")
+
+
 def icepack(asc: bytes, directory: Path) -> bytes:
     """Run ``icepack IN OUT`` directly on files (the reference the tests compare against)."""
     source, target = directory / "reference.asc", directory / "reference.bin"

@@ -1,0 +1,1 @@
+"""The pulse-count evaluation firmware of pico2-ice boards (MicroPython-compatible); see ../PROTOCOL.md."""

@@ -1,0 +1,62 @@
+"""The gateway routes of the balena integration (docs/api.md, "balena").
+
+* ``PUT /v1/enm/identify``: the supervisor blinks the device's LED (``POST /v1/blink``) so that a
+  person finds the Pi; with the ``IDENTIFY_BOARDS`` feature flag every board running its
+  firmware blinks too. 409 outside balena, 503 when the supervisor does not answer, 502 when it
+  refuses (a wrong API key); each with the reason.
+* ``GET /v1/enm/supervisor``: the bridge's state, the device as balena describes it, and the
+  update lock files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from ..gateway.http_util import ApiError
+from ..gateway.models import APPLICATION
+from . import update_lock
+from .bridge import BLINK_SECONDS, BridgeOff, SupervisorBridge
+from .client import SupervisorRefused, SupervisorUnreachable
+
+if TYPE_CHECKING:
+    from ..gateway.features import Features
+    from ..gateway.manager import DeviceManager
+
+
+def supervisor_routes(
+    manager: DeviceManager, bridge: SupervisorBridge, features: Features
+) -> list[BaseRoute]:
+    """The routes of the balena integration, for ``gateway/api.py``."""
+
+    async def identify_gateway(request: Request) -> Response:
+        """Blink the device's LED (through the supervisor) and, with IDENTIFY_BOARDS, the boards'."""
+        try:
+            await bridge.blink()
+        except BridgeOff as error:
+            raise ApiError(409, str(error)) from None
+        except SupervisorUnreachable as error:
+            raise ApiError(503, str(error)) from None
+        except SupervisorRefused as error:
+            raise ApiError(502, str(error)) from None
+        boards: list[str] = []
+        if "IDENTIFY_BOARDS" in features and not manager.paused:
+            for board in manager.listed():
+                if APPLICATION in board.sightings:
+                    manager.request_blink(board)
+                    boards.append(board.serial)
+        return JSONResponse({"blinking": True, "seconds": BLINK_SECONDS, "boards": boards})
+
+    async def supervisor_status(request: Request) -> Response:
+        """The supervisor bridge's state and the update lock files."""
+        lock = await asyncio.to_thread(update_lock.lock_status, manager.config)
+        return JSONResponse({**bridge.status(), "updateLock": lock})
+
+    return [
+        Route("/v1/enm/identify", identify_gateway, methods=["PUT"]),
+        Route("/v1/enm/supervisor", supervisor_status, methods=["GET"]),
+    ]

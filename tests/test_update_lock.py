@@ -1,0 +1,246 @@
+"""balena's update lock: held while a board is flashed, released after, stale locks reported.
+
+The "supervisor" here is the test itself, taking the lock the way balena's supervisor does:
+``O_CREAT|O_EXCL`` on the lock file. ENM_LOCK_FILE_LOCATION points the gateway at a lock in the
+test's directory (the default paths exist only in a balena container).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from picofleet.gateway.models import BoardError
+from picofleet.supervisor_bridge import update_lock
+from picofleet.supervisor_bridge.update_lock import BalenaUpdateLock, inspect, lock_paths
+from tests.helpers.boards import app_uf2
+from tests.helpers.gateway import GatewayProcess, wait_for
+
+OCTETS = {"Content-Type": "application/octet-stream"}
+
+
+def supervisor_takes(lock: Path) -> bool:
+    """Take the lock as balena's supervisor does; ``False`` if someone holds it."""
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def device(gateway: GatewayProcess, serial: str) -> dict:
+    return gateway.get(f"/v1/devices/{serial}").json()
+
+
+def first_board(gateway: GatewayProcess) -> str:
+    devices = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "the board")
+    return devices[0]["LocalUUID"]
+
+
+def flash(gateway: GatewayProcess, serial: str, version: str, commit: str) -> None:
+    image = app_uf2(version, size=256 * 1024)
+    url = f"{gateway.url}/v1/devices/{serial}/flash?commit={commit}"
+    assert httpx.post(url, content=image, headers=OCTETS, timeout=30).status_code == 202
+
+
+def flashing(gateway: GatewayProcess, serial: str) -> bool:
+    return device(gateway, serial)["Status"] in ("Installing", "Flashing", "Starting")
+
+
+def flashed(gateway: GatewayProcess, serial: str, commit: str) -> dict | None:
+    record = device(gateway, serial)
+    return record if record["Commit"] == commit and record["Status"] == "Idle" else None
+
+
+@pytest.fixture
+def lock(tmp_path: Path) -> Path:
+    """Where the gateway under test takes its lock (the directory does not exist yet)."""
+    return tmp_path / "balena" / "updates.lock"
+
+
+def test_the_supervisor_cannot_take_the_lock_during_a_flash_and_can_right_after(
+    gateway_factory, lock: Path
+) -> None:  # type: ignore[no-untyped-def]
+    gateway = gateway_factory("--simulate", "1", env={"ENM_LOCK_FILE_LOCATION": str(lock)})
+    serial = first_board(gateway)
+    assert not lock.exists()  # not held while nothing is flashed
+
+    flash(gateway, serial, "2.0.0", "c1")
+    wait_for(lambda: flashing(gateway, serial), 10, "the flash to start", interval=0.005)
+    assert not supervisor_takes(lock)  # the supervisor cannot kill the gateway now
+    holder = json.loads(lock.read_text())
+    assert (holder["holder"], holder["pid"]) == ("picofleet-gateway", gateway.pid)
+
+    wait_for(lambda: flashed(gateway, serial, "c1"), 30, "the flash to finish")
+    wait_for(lambda: supervisor_takes(lock), 5, "the lock to be free right after the flash")
+    lock.unlink()  # the supervisor updates, then releases it
+    assert "took the balena update lock" in gateway.output()
+    assert "released the balena update lock" in gateway.output()
+
+
+def test_a_lock_the_supervisor_holds_keeps_the_flash_back(gateway_factory, lock: Path) -> None:  # type: ignore[no-untyped-def]
+    gateway = gateway_factory("--simulate", "1", env={"ENM_LOCK_FILE_LOCATION": str(lock)})
+    serial = first_board(gateway)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    assert supervisor_takes(lock)  # the supervisor is about to update the service
+
+    flash(gateway, serial, "2.0.0", "held")
+    broken = wait_for(
+        lambda: (d := device(gateway, serial))["Status"] == "Broken" and d, 20, "the flash to be refused"
+    )
+    assert "is held by another process" in broken["StatusReason"]
+    assert broken["FirmwareVersion"] == "picofleet-app 1.0.0"  # never touched
+    assert lock.exists() and lock.read_text() == ""  # the supervisor's lock is left alone
+
+    lock.unlink()  # the supervisor is done
+    flash(gateway, serial, "2.0.0", "free")
+    wait_for(lambda: flashed(gateway, serial, "free"), 30, "the flash once the lock is free")
+    wait_for(lambda: not lock.exists(), 5, "the lock released")
+
+
+def test_pause_and_shutdown_release_the_lock(gateway_factory, lock: Path) -> None:  # type: ignore[no-untyped-def]
+    gateway = gateway_factory("--simulate", "1", env={"ENM_LOCK_FILE_LOCATION": str(lock)})
+    serial = first_board(gateway)
+
+    flash(gateway, serial, "2.0.0", "p1")
+    wait_for(lambda: flashing(gateway, serial), 10, "the flash to start", interval=0.005)
+    assert gateway.put("/v1/enm/status", json={"targetStatus": "Paused"}).status_code == 200
+    wait_for(lambda: gateway.get("/v1/enm/status").json()["currentStatus"] == "Paused", 30, "Paused")
+    assert not lock.exists()  # paused: the supervisor may update the gateway now
+
+    assert gateway.put("/v1/enm/status", json={"targetStatus": "Running"}).status_code == 200
+    flash(gateway, serial, "3.0.0", "p2")
+    wait_for(lambda: flashing(gateway, serial), 10, "the next flash to start", interval=0.005)
+    assert lock.exists()
+    assert gateway.stop() == 0  # SIGTERM mid-flash
+    assert not lock.exists()
+
+
+def test_kill_9_while_holding_the_lock_and_the_next_start_reports_it(tmp_path: Path, lock: Path) -> None:
+    data = tmp_path / "data"
+    env = {"ENM_LOCK_FILE_LOCATION": str(lock)}
+    first = GatewayProcess(data, "--simulate", "1", env=env).start()
+    try:
+        serial = first_board(first)
+        flash(first, serial, "2.0.0", "k1")
+        wait_for(lambda: flashing(first, serial), 10, "the flash to start", interval=0.005)
+        dead_pid = first.pid
+    finally:
+        first.kill()
+    assert json.loads(lock.read_text())["pid"] == dead_pid  # left behind
+
+    second = GatewayProcess(data, "--simulate", "1", env=env).start()
+    try:
+        log = second.output()
+        assert f"stale balena update lock {lock}: left by picofleet gateway pid {dead_pid}" in log
+        assert "remove it, or set BALENA_SUPERVISOR_OVERRIDE_LOCK=1" in log
+        state = second.get("/v1/enm/supervisor").json()["updateLock"]
+        assert state["files"] == [{"path": str(lock), "state": "stale", "pid": dead_pid}]
+        # the flash pending at the kill resumes, and refuses to run under the stale lock
+        broken = wait_for(
+            lambda: (d := device(second, serial))["Status"] == "Broken" and d, 30, "the resumed flash"
+        )
+        assert "stale balena update lock" in broken["StatusReason"]
+        assert json.loads(lock.read_text())["pid"] == dead_pid  # reported, not deleted
+    finally:
+        second.stop()
+
+    third = GatewayProcess(
+        data, "--simulate", "1", env={**env, "BALENA_SUPERVISOR_OVERRIDE_LOCK": "1"}
+    ).start()
+    try:
+        assert "removed (BALENA_SUPERVISOR_OVERRIDE_LOCK=1)" in third.output()
+        assert not lock.exists()
+        flash(third, serial, "2.0.0", "k2")
+        wait_for(lambda: flashed(third, serial, "k2"), 30, "a flash after the override")
+        wait_for(lambda: not lock.exists(), 5, "the lock released")
+    finally:
+        third.stop()
+
+
+# -- the lock on its own ---------------------------------------------------------------------------
+
+
+def test_default_paths_are_taken_where_their_directories_exist(tmp_path: Path) -> None:
+    default, legacy = tmp_path / "balena" / "updates.lock", tmp_path / "resin" / "resin-updates.lock"
+    assert lock_paths(default, default=default, legacy=legacy) == []  # not on balena: no lock
+    default.parent.mkdir()
+    assert lock_paths(default, default=default, legacy=legacy) == [(default, False)]
+    legacy.parent.mkdir()
+    assert lock_paths(default, default=default, legacy=legacy) == [(default, False), (legacy, False)]
+    elsewhere = tmp_path / "mine" / "x.lock"
+    assert lock_paths(elsewhere, default=default, legacy=legacy) == [(elsewhere, True)]
+
+
+def test_both_locks_are_held_and_a_failure_leaves_none(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.lock", tmp_path / "b.lock"
+    with BalenaUpdateLock([(first, False), (second, False)], override=False):
+        assert first.exists() and second.exists()
+        assert not supervisor_takes(first) and not supervisor_takes(second)
+    assert not first.exists() and not second.exists()
+
+    assert supervisor_takes(second)
+    with (
+        pytest.raises(BoardError, match="is held by another process"),
+        BalenaUpdateLock([(first, False), (second, False)], override=False, wait=0.2),
+    ):
+        pass
+    assert not first.exists()  # the first was given back when the second could not be taken
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_stale_locks_are_told_from_live_ones(tmp_path: Path) -> None:
+    path = tmp_path / "updates.lock"
+    base = {"holder": "picofleet-gateway", "boot": None, "since": "then", "token": "t"}
+
+    path.write_text(json.dumps({**base, "pid": _dead_pid(), "started": None}))
+    assert inspect(path).state == "stale"
+    path.write_text(json.dumps({**base, "pid": os.getpid(), "started": 1}))  # a reused pid
+    assert inspect(path).state == "stale"
+    path.write_text(json.dumps({**base, "pid": os.getpid(), "started": None, "boot": "another-boot"}))
+    assert inspect(path).state == "stale"
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as live:
+        started = update_lock._process(live.pid)
+        assert started is not None
+        path.write_text(json.dumps({**base, "pid": live.pid, "started": started[1]}))
+        assert inspect(path).state == "held"
+        live.kill()
+    path.write_text("")
+    assert inspect(path).state == "held"  # the supervisor's own lock: nobody to check
+    path.unlink()
+    assert inspect(path).state == "free"
+
+
+def test_a_stale_lock_is_refused_unless_overridden(tmp_path: Path) -> None:
+    path = tmp_path / "updates.lock"
+    stale = {"holder": "picofleet-gateway", "pid": _dead_pid(), "since": "then", "token": "t"}
+    path.write_text(json.dumps(stale))
+    refused = pytest.raises(
+        BoardError, match=r"stale balena update lock .* BALENA_SUPERVISOR_OVERRIDE_LOCK=1"
+    )
+    with refused, BalenaUpdateLock([(path, False)], override=False):
+        pass
+    assert json.loads(path.read_text())["pid"] == stale["pid"]
+    with BalenaUpdateLock([(path, False)], override=True):
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+    assert not path.exists()
+
+
+def test_a_lock_replaced_while_held_is_left_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "updates.lock"
+    with BalenaUpdateLock([(path, False)], override=False):
+        path.unlink()
+        assert supervisor_takes(path)  # someone overrode us and took it
+    assert path.exists() and path.read_text() == ""
