@@ -25,7 +25,7 @@ from mpremote.transport_serial import SerialTransport
 
 from .client import FirmwareError, PortLost
 
-__all__ = ["install_files"]
+__all__ = ["DeadlineTransport", "install_files"]
 
 HANDSHAKE_TIMEOUT = 2.0
 """Seconds the raw REPL has to answer Ctrl-A (per attempt)."""
@@ -39,7 +39,30 @@ SOFT_REBOOT = b"soft reboot\r\n"
 FRIENDLY_PROMPT = b">>> "
 
 
-class _PortTransport(SerialTransport):
+class DeadlineTransport(SerialTransport):
+    """mpremote's serial transport whose every wait ends at ``self.deadline`` (monotonic) at the latest.
+
+    mpremote waits up to 10 s for a silent device in places; picofleet's callers have time limits.
+    """
+
+    deadline: float
+
+    def read_until(
+        self,
+        min_num_bytes: int,
+        ending: bytes,
+        timeout: float | None = 10,
+        data_consumer: Callable[[bytes], None] | None = None,
+        timeout_overall: float | None = None,
+    ) -> bytes:
+        """mpremote's ``read_until``, returning at the deadline at the latest."""
+        remaining = max(0.0, self.deadline - time.monotonic())
+        if timeout_overall is None or timeout_overall > remaining:
+            timeout_overall = remaining
+        return super().read_until(min_num_bytes, ending, timeout, data_consumer, timeout_overall)
+
+
+class _PortTransport(DeadlineTransport):
     """mpremote's serial transport on a pyserial port that is already open, with one deadline.
 
     ``SerialTransport.__init__`` opens the device itself; this sets the same attributes on the
@@ -55,20 +78,6 @@ class _PortTransport(SerialTransport):
         self.serial = port
         self.is_pty = False  # read with in_waiting, as for a USB device
         self.deadline = deadline
-
-    def read_until(
-        self,
-        min_num_bytes: int,
-        ending: bytes,
-        timeout: float | None = 10,
-        data_consumer: Callable[[bytes], None] | None = None,
-        timeout_overall: float | None = None,
-    ) -> bytes:
-        """mpremote's ``read_until``, returning at the deadline at the latest."""
-        remaining = max(0.0, self.deadline - time.monotonic())
-        if timeout_overall is None or timeout_overall > remaining:
-            timeout_overall = remaining
-        return super().read_until(min_num_bytes, ending, timeout, data_consumer, timeout_overall)
 
 
 def install_files(port: serial.Serial, files: dict[str, bytes], timeout: float = 30.0) -> None:

@@ -29,7 +29,7 @@ from .board import Board, FlashJob
 from .evaluation_api import evaluation_routes
 from .features import Features
 from .flashing import check_families
-from .http_util import ApiError, error_response, json_body, json_object
+from .http_util import ApiError, error_response, json_body, json_object, read_upload
 from .manager import PAUSED, RUNNING, DeviceManager
 from .models import APPLICATION, BoardError, BoardType
 from .openapi import openapi_document
@@ -136,22 +136,14 @@ def create_app(
     async def flash_device(request: Request) -> Response:
         """Flash a UF2 image (the request body) onto a device (picofleet). 202 once queued."""
         board = board_or_404(request)
-        limit = manager.config.max_upload_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, f"upload of {declared} bytes is larger than the limit of {limit} bytes")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise ApiError(413, f"upload is larger than the limit of {limit} bytes")
+        body = await read_upload(request, manager.config.max_upload_bytes, "the upload")
         board_type = manager.board_types.get(str(board.record["BoardType"]))
         if board_type is None:
             raise ApiError(409, f"board type {board.record['BoardType']!r} has no plugin loaded")
         reservation = manager.reservations.of(board.serial)
         if reservation is not None:
             raise ApiError(409, f"the board is reserved by {reservation.name!r}; it is flashed once released")
-        job = await asyncio.to_thread(_read_image, bytes(body), board_type)
+        job = await asyncio.to_thread(_read_image, body, board_type)
         job.commit = request.query_params.get("commit")
         try:
             await manager.request_flash(board, job)

@@ -14,14 +14,13 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 import serial
 from mpremote.transport import TransportError
-from mpremote.transport_serial import SerialTransport
 
 from ..firmware.client import FirmwareClient, FirmwareError, NoAnswer, PortLost
+from ..firmware.mpremote_install import DeadlineTransport
 from . import bootloader_drive
 from .config import GatewayConfig
 from .hookspecs import hookimpl
@@ -120,7 +119,7 @@ def touch_1200(port: serial.Serial) -> None:
     time.sleep(TOUCH_HOLD)  # the firmware reacts to the line coding; give it a moment before close
 
 
-class _RawRepl(SerialTransport):
+class _RawRepl(DeadlineTransport):
     """mpremote's serial transport, with every wait cut off at one deadline.
 
     mpremote waits up to 10 s for a silent device in places; the hook must return within 5 s.
@@ -129,20 +128,6 @@ class _RawRepl(SerialTransport):
     def __init__(self, device: str, budget: float) -> None:
         self.deadline = time.monotonic() + budget
         super().__init__(device, baudrate=115200, timeout=RAW_REPL_READ_TIMEOUT)
-
-    def read_until(
-        self,
-        min_num_bytes: int,
-        ending: bytes,
-        timeout: float | None = 10,
-        data_consumer: Callable[[bytes], None] | None = None,
-        timeout_overall: float | None = None,
-    ) -> bytes:
-        """mpremote's ``read_until``, returning at the deadline at the latest."""
-        remaining = max(0.0, self.deadline - time.monotonic())
-        if timeout_overall is None or timeout_overall > remaining:
-            timeout_overall = remaining
-        return super().read_until(min_num_bytes, ending, timeout, data_consumer, timeout_overall)
 
     def close(self) -> None:
         """Close the device; a board that reset may refuse mpremote's DTR/RTS change first."""

@@ -20,8 +20,8 @@ from starlette.routing import BaseRoute, Route
 
 from ..firmware.assets import SHA256
 from .bitstreams import BitstreamRejected
-from .evaluations import MODES, Evaluation, EvaluationRefused, check_args
-from .http_util import ApiError, json_body, json_object
+from .evaluation_jobs import MODES, Evaluation, EvaluationRefused, check_args
+from .http_util import ApiError, json_body, json_object, read_upload
 
 if TYPE_CHECKING:
     from .manager import DeviceManager
@@ -87,17 +87,9 @@ def evaluation_routes(manager: DeviceManager) -> list[BaseRoute]:
 
     async def put_bitstream(request: Request) -> Response:
         """Upload an ``.asc`` or ``.bin`` bitstream; 201 with the ``.bin``'s sha256."""
-        limit = manager.config.max_bitstream_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, f"a bitstream upload may be at most {limit} bytes, not {declared}")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise ApiError(413, f"a bitstream upload may be at most {limit} bytes")
+        body = await read_upload(request, manager.config.max_bitstream_bytes, "a bitstream upload")
         try:
-            stored = await store.add(bytes(body))
+            stored = await store.add(body)
         except BitstreamRejected as error:
             raise ApiError(error.status, error.message) from None
         except OSError as error:

@@ -32,9 +32,8 @@ import contextlib
 import functools
 import logging
 import time
-import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +42,7 @@ from ..firmware.client import FirmwareError, NoAnswer, PortLost
 from ..firmware.pulsecount_client import PulseCountBoard
 from .bitstreams import BitstreamStore
 from .device import Status
+from .evaluation_jobs import DEFAULT_ARGS, Evaluation, EvaluationRefused, Unit, check_args
 from .models import APPLICATION, BoardError
 
 if TYPE_CHECKING:
@@ -51,9 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("picofleet.evaluations")
 
-MODES = ("each", "any")
-DEFAULT_ARGS = {"clock_hz": 48_000_000, "window_ms": 1000}
-ARG_RANGES = {"clock_hz": (1, 50_000_000), "window_ms": (1, 60_000)}
 ANSWER_MARGIN = 30.0
 """Seconds a board may take beyond the window to answer (configure; a simulated circuit's run)."""
 IDENTIFY_TIMEOUT = 5.0
@@ -73,102 +70,6 @@ KEEP_FINISHED = 200
 """Finished evaluations kept for ``GET /v1/evaluations/{id}``."""
 MAX_UNITS = 100_000
 """The most units one evaluation may have (bitstreams x boards)."""
-
-
-class EvaluationRefused(Exception):
-    """A request the scheduler cannot take: ``status`` and the reason (the API's 4xx)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def check_args(args: Any, what: str = "args") -> dict[str, int]:
-    """Evaluation arguments (``clock_hz``, ``window_ms``), whole numbers in range; ValueError else."""
-    if args is None:
-        return {}
-    if not isinstance(args, dict):
-        raise ValueError(f"{what} must be a JSON object")
-    checked = {}
-    for key, value in args.items():
-        if key not in ARG_RANGES:
-            raise ValueError(f"{what}: unknown argument {key!r} (known: {', '.join(ARG_RANGES)})")
-        low, high = ARG_RANGES[key]
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"{what}: {key} must be a whole number from {low} to {high}, not {value!r}")
-        checked[key] = value
-    return checked
-
-
-@dataclass(eq=False)
-class Unit:
-    """One bitstream to count on one board (``serial``), or on any of the client's boards."""
-
-    evaluation: Evaluation
-    sha256: str
-    label: str | None
-    serial: str | None
-    attempts: int = 0
-    running_on: str | None = None
-    done: bool = False
-
-
-class Evaluation:
-    """One ``POST /v1/evaluations``: its units and the results so far, in completion order."""
-
-    def __init__(self, name: str, mode: str, args: dict[str, int]) -> None:
-        self.id = uuid.uuid4().hex[:16]
-        self.name = name
-        self.mode = mode
-        self.args = args
-        self.units: list[Unit] = []
-        self.results: list[dict[str, Any]] = []
-        self.failed = 0
-        self.created_at = time.time()
-        self._changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    @property
-    def done(self) -> bool:
-        """Whether every unit has its result."""
-        return len(self.results) == len(self.units)
-
-    def add(self, result: dict[str, Any]) -> None:
-        """Record a result and wake whoever follows the evaluation."""
-        self.results.append(result)
-        if "error" in result:
-            self.failed += 1
-        changed, self._changed = self._changed, asyncio.get_running_loop().create_future()
-        changed.set_result(None)
-
-    def summary(self) -> dict[str, Any]:
-        """The last line of the stream: ``{"evaluation", "done", "results", "failed"}``."""
-        return {"evaluation": self.id, "done": True, "results": len(self.results), "failed": self.failed}
-
-    def public(self) -> dict[str, Any]:
-        """What ``GET /v1/evaluations/{id}`` shows."""
-        return {
-            "evaluation": self.id,
-            "name": self.name,
-            "mode": self.mode,
-            "args": self.args,
-            "created_at": self.created_at,
-            "units": len(self.units),
-            "done": self.done,
-            "failed": self.failed,
-            "results": list(self.results),
-        }
-
-    async def follow(self) -> AsyncIterator[dict[str, Any]]:
-        """Every result as it comes (those already in first), until the last one."""
-        sent = 0
-        while True:
-            while sent < len(self.results):
-                sent += 1
-                yield self.results[sent - 1]
-            if self.done:
-                return
-            await asyncio.shield(self._changed)
 
 
 @dataclass

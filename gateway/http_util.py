@@ -45,6 +45,19 @@ async def json_body(request: Request) -> Any:
         raise ApiError(400, "malformed JSON: nested too deeply") from None
 
 
+async def read_upload(request: Request, limit: int, what: str) -> bytes:
+    """The request body, refused with a 413 naming ``what`` as soon as it is larger than ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"{what} of {declared} bytes is larger than the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"{what} is larger than the limit of {limit} bytes")
+    return bytes(body)
+
+
 def json_object(value: Any, what: str) -> dict[str, Any]:
     """``value`` if it is a JSON object, else a 400 naming ``what``."""
     if not isinstance(value, dict):
