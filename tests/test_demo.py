@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -15,7 +17,7 @@ import pytest
 from tests.helpers.fleet import git
 from tests.helpers.gateway import wait_for
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(180)
 
 
 def free_port() -> int:
@@ -67,6 +69,21 @@ def test_demo_runs_fleet_and_gateway_and_the_printed_push_converges(tmp_path: Pa
             interval=0.2,
         )
         assert {d["FirmwareVersion"] for d in devices()} == {"picofleet-app 2.0.0"}
+
+        # the printed evaluation: the demo's two example circuits on two reserved boards
+        printed = re.search(r"picofleet evaluate (.+?) \\\n\s+(.+?)\n", log.read_text())
+        assert printed, log.read_text()
+        evaluate = subprocess.run(
+            [sys.executable, "-m", "picofleet.cli", "evaluate", *shlex.split(f"{printed[1]} {printed[2]}")],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert evaluate.returncode == 0, evaluate.stderr
+        results = [json.loads(line) for line in evaluate.stdout.splitlines()]
+        counts = sorted((Path(r["file"]).name, r["pulses"]) for r in results)
+        assert counts == [("div16.asc", 625)] * 2 + [("div4.asc", 2500)] * 2
     finally:
         demo.send_signal(signal.SIGINT)
         try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from picofleet.firmware import image, uf2
+from picofleet.firmware import circuits, image, uf2
 from picofleet.gateway.config import ConfigError
 
 from .gateway import add_gateway_flags, config_from_args, serve
@@ -105,6 +105,29 @@ def example_repo(path: Path, version: str = "2.0.0") -> bool:
     return True
 
 
+def example_circuits(path: Path) -> list[Path]:
+    """Two pulse-count circuits to evaluate (divide-by-16 and divide-by-4 counters), built once.
+
+    Empty when yosys, nextpnr-ice40 or icepack is missing or a build fails (the demo says why).
+    """
+    missing = circuits.missing_tools()
+    if missing:
+        print(f"picofleet demo: no example circuits ({', '.join(missing)} not installed)", file=sys.stderr)
+        return []
+    built = []
+    for divide_by in (16, 4):
+        asc = path / f"div{divide_by}.asc"
+        if not asc.exists():
+            try:
+                circuit = circuits.build(path / f"build-div{divide_by}", circuits.counter_verilog(divide_by))
+            except circuits.CircuitError as error:
+                print(f"picofleet demo: no example circuits: {str(error).splitlines()[0]}", file=sys.stderr)
+                return []
+            shutil.copyfile(circuit.asc, asc)
+        built.append(asc)
+    return built
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the demo: a fleet service on :8080 and a gateway on :1337 with 4 virtual pico2-ice boards.
 
@@ -129,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         )
         repo = base_config.data / "example-repo"
         has_repo = example_repo(repo)
+        examples = example_circuits(base_config.data / "circuits")
     except (ConfigError, DemoError, httpx.HTTPError, subprocess.CalledProcessError) as error:
         print(f"picofleet demo: {error}", file=sys.stderr)
         if fleet is not None:
@@ -143,6 +167,15 @@ def run(args: argparse.Namespace) -> int:
         if has_repo
         else ""
     )
+    evaluate = (
+        (
+            f"  picofleet evaluate --gateway http://{base} --name you --boards 2 \\\n"
+            f"      --arg clock_hz=1000000 --arg window_ms=10 --json {' '.join(map(str, examples))}\n"
+            f"  # 625 pulses for div16, 2500 for div4, on each board\n"
+        )
+        if examples
+        else ""
+    )
     print(
         f"""
 picofleet demo: a fleet service ({fleet_url}, log in {base_config.data / "fleet" / "fleet.log"}) and a
@@ -154,7 +187,7 @@ gateway with 4 virtual pico2-ice boards (data in {config.data}/). Ctrl-C stops b
   curl -i {base}/v1/enm/status
   curl -i -H "Content-Type: application/json" -X PUT --data '{{"targetStatus":"Running"}}' \\
        {base}/v1/enm/status
-  picofleet sim list --data {config.data}          # the virtual rack; also: unplug/plug SERIAL
+{evaluate}  picofleet sim list --data {config.data}          # the virtual rack; also: unplug/plug SERIAL
   picofleet fleet boards {FLEET} --url {fleet_url} --token {token}
 """,
         flush=True,

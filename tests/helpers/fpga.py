@@ -7,48 +7,21 @@ Builds are cached per process: each (directory, divider) is built once per test 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-TOOLS = ("yosys", "nextpnr-ice40", "icepack")
-PCF = "set_io -nowarn CLK 35\nset_io -nowarn ICE_27 27\n"
+from picofleet.firmware.circuits import PCF, TOOLS, Circuit, build, counter_verilog, missing_tools
+
+__all__ = ["PCF", "TOOLS", "FpgaBuild", "build_counter", "counter_verilog", "missing_tools"]
+
 BUILD_TIMEOUT = 120.0
 
+FpgaBuild = Circuit
+"""The files of one build (the product's :class:`~picofleet.firmware.circuits.Circuit`)."""
+
 _built: dict[tuple[Path, int], FpgaBuild] = {}
-
-
-@dataclass(frozen=True)
-class FpgaBuild:
-    """The files of one build: ``asc`` from nextpnr, ``bin`` from running icepack directly."""
-
-    directory: Path
-    verilog: Path
-    pcf: Path
-    asc: Path
-    bin: Path
-
-
-def missing_tools() -> list[str]:
-    """The tools of :data:`TOOLS` not on PATH (Debian: yosys, nextpnr-ice40, fpga-icestorm)."""
-    return [tool for tool in TOOLS if shutil.which(tool) is None]
-
-
-def counter_verilog(divide_by: int = 16) -> str:
-    """A counter whose top bit toggles every ``divide_by / 2`` clocks (``divide_by`` a power of 2)."""
-    bits = divide_by.bit_length() - 1
-    if bits < 1 or 1 << bits != divide_by:
-        raise ValueError(f"divide_by {divide_by} is not a power of two >= 2")
-    return (
-        "module top(input CLK, output ICE_27);\n"
-        f"  reg [{bits - 1}:0] counter = 0;\n"
-        "  always @(posedge CLK) counter <= counter + 1;\n"
-        f"  assign ICE_27 = counter[{bits - 1}];\n"
-        "endmodule\n"
-    )
 
 
 def _run(command: list[str], cwd: Path) -> None:
@@ -60,19 +33,9 @@ def _run(command: list[str], cwd: Path) -> None:
 def build_counter(directory: Path, divide_by: int = 16) -> FpgaBuild:
     """Synthesise, place and route and pack the counter in ``directory`` (once per process)."""
     key = (directory.resolve(), divide_by)
-    if key in _built:
-        return _built[key]
-    directory.mkdir(parents=True, exist_ok=True)
-    verilog, pcf = directory / "top.v", directory / "top.pcf"
-    verilog.write_text(counter_verilog(divide_by))
-    pcf.write_text(PCF)
-    _run(["yosys", "-q", "-p", "synth_ice40 -top top -json top.json", "top.v"], directory)
-    place_and_route = ["nextpnr-ice40", "-q", "--up5k", "--package", "sg48", "--pcf", "top.pcf"]
-    _run([*place_and_route, "--json", "top.json", "--asc", "top.asc"], directory)
-    _run(["icepack", "top.asc", "top.bin"], directory)
-    build = FpgaBuild(directory, verilog, pcf, directory / "top.asc", directory / "top.bin")
-    _built[key] = build
-    return build
+    if key not in _built:
+        _built[key] = build(directory, counter_verilog(divide_by))
+    return _built[key]
 
 
 def loop_verilog() -> str:
@@ -96,19 +59,9 @@ def loop_verilog() -> str:
 def build_loop(directory: Path) -> FpgaBuild:
     """Build :func:`loop_verilog` in ``directory`` (nextpnr told to ignore the loop in its timing)."""
     key = (directory.resolve(), 0)
-    if key in _built:
-        return _built[key]
-    directory.mkdir(parents=True, exist_ok=True)
-    verilog, pcf = directory / "top.v", directory / "top.pcf"
-    verilog.write_text(loop_verilog())
-    pcf.write_text(PCF)
-    _run(["yosys", "-q", "-p", "synth_ice40 -top top -json top.json", "top.v"], directory)
-    place_and_route = ["nextpnr-ice40", "-q", "--up5k", "--package", "sg48", "--pcf", "top.pcf"]
-    _run([*place_and_route, "--ignore-loops", "--json", "top.json", "--asc", "top.asc"], directory)
-    _run(["icepack", "top.asc", "top.bin"], directory)
-    build = FpgaBuild(directory, verilog, pcf, directory / "top.asc", directory / "top.bin")
-    _built[key] = build
-    return build
+    if key not in _built:
+        _built[key] = build(directory, loop_verilog(), ignore_loops=True)
+    return _built[key]
 
 
 def session_loop(tmp_path_factory: pytest.TempPathFactory) -> FpgaBuild:
