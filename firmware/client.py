@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +24,7 @@ import serial
 
 from picofleet.gateway.models import BoardError
 
-__all__ = ["FirmwareClient", "FirmwareError", "NoAnswer", "PortLost"]
+__all__ = ["FirmwareClient", "FirmwareError", "NoAnswer", "PortLost", "random_id"]
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +48,26 @@ class PortLost(FirmwareError):
     """The serial port failed (the board was unplugged or reset under us)."""
 
 
+def random_id() -> int:
+    """A random first request id (1 to 2^32 - 1) for a new session on a port."""
+    return secrets.randbelow(0xFFFFFFFF) + 1
+
+
 class FirmwareClient:
     """Requests and responses over a board's serial port (protocol version 1).
 
-    One client per open port; not thread-safe (the gateway serialises the hooks of a board).
-    ``on_log(level, text)`` receives the board's log lines.
+    Not thread-safe (the gateway serialises the hooks of a board). ``on_log(level, text)``
+    receives the board's log lines. Requests are numbered from ``first_id`` (default 1; pass
+    :func:`random_id` when several clients in turn use one port, as the gateway's hooks do, so that
+    a late answer to an earlier client's request never carries the id of one of this client's).
     """
 
-    def __init__(self, port: serial.Serial, on_log: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self, port: serial.Serial, on_log: Callable[[str, str], None] | None = None, first_id: int = 1
+    ) -> None:
         self.port = port
         self.on_log = on_log
-        self._next_id = 1
+        self._next_id = first_id
         self._pending = bytearray()
 
     def request(self, op: str, timeout: float = 2.0, **args: Any) -> dict:

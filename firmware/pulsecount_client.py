@@ -10,8 +10,13 @@ Blocking, for the gateway's evaluation workers (one thread per board)::
     pulses = board.wait(request, timeout=6.0)["pulses"]
 
 Requests are pipelined: :meth:`send` returns at once, responses may come in any order and are
-kept by id until :meth:`wait` asks for them. Log messages are handed to ``on_log``; bytes that
-are neither frames nor JSON lines (boot noise) are skipped.
+kept by id until :meth:`wait` asks for them. Answers are taken from frames only; log messages
+(frames or lines) are handed to ``on_log``; anything else (boot noise, version 1 answers meant
+for another client) is skipped.
+
+A new ``PulseCountBoard`` is a new session: it discards what the port received before it was
+made and numbers its requests from a random id, so that answers the board still sends to an
+earlier session (a request given up on) are never taken for its own.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -43,20 +49,29 @@ MAX_READ_BLOCK = 0.2
 """A port timeout up to this is used as it is; otherwise READ_SLICE is set while reading."""
 MAX_LINE = 64 * 1024
 """Bytes of a line without its end after which the line is dropped as garbage."""
+MAX_ID = 0xFFFFFFFF
+"""The largest request id (a ``D`` frame carries it as a u32); ids wrap around to 1 after it."""
 
 
 class PulseCountBoard:
     """Pipelined requests and responses with picofleet-pulsecount over a board's serial port.
 
-    One object per open port; not thread-safe. ``on_log(level, text)`` receives the board's
-    log messages. Errors: :class:`FirmwareError` (the board answered ``ok: false``: the message
-    is ``"board answered: <error>"``), :class:`NoAnswer` (nothing in time), :class:`PortLost`.
+    One object per session on an open port (see the module docstring); not thread-safe.
+    ``on_log(level, text)`` receives the board's log messages. Errors: :class:`FirmwareError`
+    (the board answered ``ok: false``: the message is ``"board answered: <error>"``),
+    :class:`NoAnswer` (nothing in time), :class:`PortLost`.
     """
 
     def __init__(self, port: serial.Serial, on_log: Callable[[str, str], None] | None = None) -> None:
         self.port = port
         self.on_log = on_log
-        self._next_id = 1
+        self._next_id = secrets.randbelow(MAX_ID) + 1
+        reset = getattr(port, "reset_input_buffer", None)
+        if reset is not None:
+            try:
+                reset()  # a new session: what an earlier one left unread is not for us
+            except (serial.SerialException, OSError) as error:
+                raise PortLost(f"serial port {port.port} failed: {error}") from error
         self._decoder = frames.Decoder(max_line=MAX_LINE)
         self._ops: dict[int, str] = {}
         """Requests sent and not yet collected: id → op (for error messages)."""
@@ -132,7 +147,7 @@ class PulseCountBoard:
         that bitstream already). ``timeout`` bounds the whole transfer.
         """
         deadline = time.monotonic() + timeout
-        answer = self.wait(self.send("load", sha256=sha256, size=len(data)), timeout)
+        answer = self.request("load", timeout=timeout, sha256=sha256, size=len(data))
         if answer.get("complete"):
             return
         view = memoryview(data)
@@ -181,7 +196,7 @@ class PulseCountBoard:
     # -- the port -------------------------------------------------------------------------------
     def _new_id(self, op: str) -> int:
         request_id = self._next_id
-        self._next_id = self._next_id + 1 if self._next_id < 0xFFFFFFFF else 1
+        self._next_id = self._next_id + 1 if self._next_id < MAX_ID else 1
         self._ops[request_id] = op
         return request_id
 
@@ -219,8 +234,8 @@ class PulseCountBoard:
                 if event[1] == frames.KIND_JSON:
                     self._dispatch(_parse(event[2]))
             elif event[0] == "line":
-                if event[1]:
-                    self._dispatch(_parse(event[1].rstrip(b"\r")))
+                if event[1]:  # empty: the line end after a frame
+                    self._log_line(_parse(event[1].rstrip(b"\r")))
             elif event[0] == "error":
                 log.debug("skipping a bad frame from the board: %s", event[1])
 
@@ -239,6 +254,12 @@ class PulseCountBoard:
         if request_id in self._ops:
             self._responses[request_id] = message
         # else: a late answer to a request given up on
+
+    def _log_line(self, message: dict | None) -> None:
+        """A version 1 line: a log message (before the board's first frame), or not for us."""
+        if message is not None and "id" not in message and "log" in message:
+            self._forward_log(message)
+        # else: noise, or a version 1 answer to another client (FirmwareClient): never ours
 
     def _forward_log(self, message: dict) -> None:
         if self.on_log is None:

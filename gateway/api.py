@@ -30,7 +30,7 @@ from .evaluation_api import evaluation_routes
 from .features import Features
 from .flashing import check_families
 from .http_util import ApiError, error_response, json_body, json_object, read_upload
-from .manager import PAUSED, RUNNING, DeviceManager
+from .manager import PAUSED, RUNNING, DeviceManager, FlashRefused
 from .models import APPLICATION, BoardError, BoardType
 from .openapi import openapi_document
 from .reservation_api import reservation_routes
@@ -140,13 +140,12 @@ def create_app(
         board_type = manager.board_types.get(str(board.record["BoardType"]))
         if board_type is None:
             raise ApiError(409, f"board type {board.record['BoardType']!r} has no plugin loaded")
-        reservation = manager.reservations.of(board.serial)
-        if reservation is not None:
-            raise ApiError(409, f"the board is reserved by {reservation.name!r}; it is flashed once released")
         job = await asyncio.to_thread(_read_image, body, board_type)
         job.commit = request.query_params.get("commit")
         try:
             await manager.request_flash(board, job)
+        except FlashRefused as error:  # reserved (also while the upload was being read)
+            raise ApiError(409, str(error)) from None
         except BoardError as error:  # the asset cache could not store it (disk full, read-only)
             raise ApiError(507, str(error)) from None
         return JSONResponse({"queued": True, "device": board.serial, "bytes": len(body)}, status_code=202)

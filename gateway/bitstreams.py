@@ -11,7 +11,12 @@
 The ``.bin`` files live in an :class:`~picofleet.firmware.assets.AssetCache` of their own
 (``<data>/bitstreams``): content-addressed, written atomically, verified on every read, and
 collected — unreferenced ones past the cache's grace period, then the least recently used while
-over the bound. Bitstreams of queued evaluations are referenced and never collected.
+over the bound. A file's time is when the bitstream was last used: uploaded (again), looked up,
+read from disk, or evaluated (:meth:`BitstreamStore.used`, applied at the next collection).
+Bitstreams of queued evaluations are referenced and never collected; a collection and the
+requests that start using a bitstream (uploads, look-ups, and queueing an evaluation inside
+:meth:`BitstreamStore.no_collection`) never overlap, so nothing is deleted between the check that
+a bitstream is stored and its use.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +120,8 @@ class BitstreamStore:
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._memory_bytes = 0
         self._last_collect = 0.0
+        self._used: dict[str, float] = {}  # sha -> when last used, since the last collection
+        self._collection = asyncio.Lock()  # held by a collection, and by who starts using a bitstream
 
     # -- uploads --------------------------------------------------------------------------------
     async def add(self, data: bytes) -> StoredBitstream:
@@ -123,7 +131,8 @@ class BitstreamStore:
         if kind == "bin":
             if upload_sha not in self._memory and not await asyncio.to_thread(self.cache.has, upload_sha):
                 await asyncio.to_thread(validate_bin, data)
-                await self._store(upload_sha, data)
+            async with self._collection:
+                await self._store(upload_sha, data)  # written, or (stored already) made recently used
             stored = StoredBitstream(upload_sha, len(data), "bin")
         else:
             pending = self._packing.get(upload_sha)
@@ -136,12 +145,13 @@ class BitstreamStore:
         return stored
 
     async def _add_asc(self, upload_sha: str, asc: bytes) -> StoredBitstream:
-        known = await asyncio.to_thread(self._alias, upload_sha)
+        known = await self._lookup_asc(upload_sha)
         if known is not None:
-            return StoredBitstream(known[0], known[1], "asc")
+            return known
         packed = await asyncio.to_thread(pack, asc)
         sha = sha256_of(packed)
-        await self._store(sha, packed)
+        async with self._collection:
+            await self._store(sha, packed)
         await asyncio.to_thread(self._write_alias, upload_sha, sha, len(packed))
         log.info("packed an .asc upload (%s) to %s (%d bytes)", upload_sha[:12], sha[:12], len(packed))
         return StoredBitstream(sha, len(packed), "asc")
@@ -178,19 +188,30 @@ class BitstreamStore:
             return False
 
     async def lookup(self, sha: str) -> StoredBitstream | None:
-        """The stored bitstream ``sha`` names: a ``.bin``'s sha256 or an ``.asc`` upload's."""
-        size = await asyncio.to_thread(self.size_of, sha)
+        """The stored bitstream ``sha`` names: a ``.bin``'s sha256 or an ``.asc`` upload's.
+
+        A bitstream found is recently used: the client that asked will use it.
+        """
+        async with self._collection:
+            size = await asyncio.to_thread(self._touch, sha)
         if size is not None:
             return StoredBitstream(sha, size, "bin")
-        alias = await asyncio.to_thread(self._alias, sha)
-        return StoredBitstream(alias[0], alias[1], "asc") if alias is not None else None
+        return await self._lookup_asc(sha)
 
-    def size_of(self, sha: str) -> int | None:
-        """The stored ``.bin``'s size, ``None`` when it is not stored."""
-        if sha in self._memory:
-            return len(self._memory[sha])
+    async def _lookup_asc(self, upload_sha: str) -> StoredBitstream | None:
+        """The ``.bin`` an ``.asc`` upload was packed to, made recently used, if it is stored."""
+        async with self._collection:
+            alias = await asyncio.to_thread(self._alias, upload_sha)
+            if alias is None or await asyncio.to_thread(self._touch, alias[0]) is None:
+                return None
+        return StoredBitstream(alias[0], alias[1], "asc")
+
+    def _touch(self, sha: str) -> int | None:
+        """Make the stored ``.bin`` recently used; its size, ``None`` when it is not stored."""
         try:
-            return self.cache.path_of(sha).stat().st_size
+            path = self.cache.path_of(sha)
+            os.utime(path)
+            return path.stat().st_size
         except (AssetError, OSError):
             return None
 
@@ -199,10 +220,16 @@ class BitstreamStore:
         data = self._memory.get(sha)
         if data is not None:
             self._memory.move_to_end(sha)
+            self.used(sha)
             return data
-        data = await asyncio.to_thread(self.cache.get, sha)
+        data = await asyncio.to_thread(self.cache.get, sha)  # made recently used by the cache
         self._remember(sha, data)
         return data
+
+    def used(self, sha: str) -> None:
+        """Bitstream ``sha`` was used now (evaluated, read from memory): its file's time is set at
+        the next collection, so it is kept as long as a bitstream just uploaded."""
+        self._used[sha] = time.time()
 
     def _remember(self, sha: str, data: bytes) -> None:
         if sha in self._memory:
@@ -220,20 +247,40 @@ class BitstreamStore:
         if time.monotonic() - self._last_collect >= COLLECT_INTERVAL:
             await self.collect()
 
+    @contextlib.asynccontextmanager
+    async def no_collection(self) -> AsyncIterator[None]:
+        """No collection runs while the body checks bitstreams and starts using them: what it
+        references (queued evaluations) by its end is kept."""
+        async with self._collection:
+            yield
+
     async def collect(self) -> None:
-        """Delete unreferenced bitstreams as the asset cache does, and aliases of deleted ones."""
-        self._last_collect = time.monotonic()
-        keep = set(self.referenced())
-        try:
-            report = await asyncio.to_thread(self.cache.collect, keep)
-            await asyncio.to_thread(self._drop_dangling_aliases)
-        except OSError as error:
-            log.warning("bitstream store collection failed: %s", error)
-            return
-        for sha in report.deleted:
-            dropped = self._memory.pop(sha, None)
-            if dropped is not None:
-                self._memory_bytes -= len(dropped)
+        """Delete unreferenced bitstreams as the asset cache does, and aliases of deleted ones.
+
+        First the files of bitstreams used since the last collection get the time of that use.
+        """
+        async with self._collection:
+            self._last_collect = time.monotonic()
+            used, self._used = self._used, {}
+            keep = set(self.referenced())
+            try:
+                await asyncio.to_thread(self._set_used_times, used)
+                report = await asyncio.to_thread(self.cache.collect, keep)
+                await asyncio.to_thread(self._drop_dangling_aliases)
+            except OSError as error:
+                log.warning("bitstream store collection failed: %s", error)
+                return
+            for sha in report.deleted:
+                dropped = self._memory.pop(sha, None)
+                if dropped is not None:
+                    self._memory_bytes -= len(dropped)
+
+    def _set_used_times(self, used: dict[str, float]) -> None:
+        for sha, when in used.items():
+            with contextlib.suppress(AssetError, OSError):
+                path = self.cache.path_of(sha)
+                if path.stat().st_mtime < when:
+                    os.utime(path, (when, when))
 
     def _drop_dangling_aliases(self) -> None:
         if not self.aliases.is_dir():

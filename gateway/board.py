@@ -38,13 +38,18 @@ RESET_GRACE = 1.0
 
 @dataclass
 class FlashJob:
-    """A UF2 image to put on a board; ``commit`` is recorded as the board's Commit on success."""
+    """A UF2 image to put on a board; ``commit`` is recorded as the board's Commit on success.
+
+    ``evaluation``: the evaluation firmware of the board's reservation, the one flash a reserved
+    board takes (``manager.request_flash`` refuses others).
+    """
 
     uf2: bytes
     families: frozenset[int]
     version: str | None
     commit: str | None = None
     sha256: str = ""
+    evaluation: bool = False
 
     def __post_init__(self) -> None:
         self.sha256 = self.sha256 or sha256_of(self.uf2)
@@ -72,6 +77,7 @@ class Board:
         self.presence = asyncio.Event()  # set on every change of sightings; only the task waits on it
         self.update_lock = asyncio.Lock()
         self.pending_flash: FlashJob | None = None
+        self.flash_requests = 0  # flashes being queued (manager.request_flash), not pending yet
         self.pending_blink = False
         self.delete_requested = False
         self.forgotten = False
@@ -300,7 +306,7 @@ class Board:
             await self.update(Status=Status.RESERVED.value, StatusReason=reason)
 
     async def prepare_evaluation(self, reservation: Reservation, running: str) -> None:
-        """Install the evaluation firmware: flash its UF2 (Commit becomes null), then copy its files.
+        """Install the evaluation firmware: flash its UF2, then copy its files (each makes Commit null).
 
         Each stage is done once per reservation; a board that still does not run the firmware
         afterwards fails (and its reservation ends with the reason).
@@ -324,7 +330,9 @@ class Board:
         if firmware.files and done != "installed":
             self._prepared = (key, "installed")
             log.info("%s: %s: copying the files of %s", self.label, reserved, firmware.name)
+            # they replace the fleet's firmware too: a null Commit makes the sync re-apply the target
             await self.update(
+                Commit=None,
                 Status=Status.INSTALLING.value,
                 StatusReason=f"{reserved}: copying {', '.join(firmware.files)}",
             )
@@ -512,4 +520,4 @@ def evaluation_job(data: bytes) -> FlashJob:
         version = image.uf2_version(parsed)
     except uf2.UF2Error as error:
         raise BoardError(f"the evaluation firmware is not a valid UF2 file: {error}") from None
-    return FlashJob(data, parsed.families, version)
+    return FlashJob(data, parsed.families, version, evaluation=True)

@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 import serial
 from mpremote.transport import TransportError
 
-from ..firmware.client import FirmwareClient, FirmwareError, NoAnswer, PortLost
+from ..firmware.client import FirmwareClient, FirmwareError, NoAnswer, PortLost, random_id
 from ..firmware.mpremote_install import DeadlineTransport
 from . import bootloader_drive
 from .config import GatewayConfig
@@ -62,7 +62,9 @@ def _client(board: BoardRef, port: serial.Serial) -> FirmwareClient:
         level_number = _LEVELS.get(level, logging.INFO)
         board_output.log(level_number, "[%s] %s", board.serial, text, extra={"board": board.serial})
 
-    return FirmwareClient(port, on_log=forward)
+    # a client per hook call: a random first id, so that a late answer to the previous call's
+    # request (given up on) is not taken for this call's
+    return FirmwareClient(port, on_log=forward, first_id=random_id())
 
 
 @hookimpl(trylast=True)

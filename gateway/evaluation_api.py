@@ -126,7 +126,8 @@ def evaluation_routes(manager: DeviceManager) -> list[BaseRoute]:
         except ValueError as error:
             raise ApiError(400, str(error)) from None
         try:
-            evaluation = scheduler.submit(name, bitstreams, mode, serials, args)
+            async with store.no_collection():  # its bitstreams are not deleted while they are queued
+                evaluation = scheduler.submit(name, bitstreams, mode, serials, args)
         except EvaluationRefused as error:
             raise ApiError(error.status, error.message) from None
         return StreamingResponse(

@@ -48,12 +48,16 @@ def check_args(args: Any, what: str = "args") -> dict[str, int]:
 
 @dataclass(eq=False)
 class Unit:
-    """One bitstream to count on one board (``serial``), or on any of the client's boards."""
+    """One bitstream to count on one board (``serial``), or on any of the client's boards.
+
+    ``boards``: the boards a unit of mode ``any`` may run on (``None``: any the client holds).
+    """
 
     evaluation: Evaluation
     sha256: str
     label: str | None
     serial: str | None
+    boards: frozenset[str] | None = None
     attempts: int = 0
     running_on: str | None = None
     done: bool = False

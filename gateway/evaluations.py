@@ -2,7 +2,7 @@
 
 An evaluation (``POST /v1/evaluations``) is cut into *units*: one bitstream on one board.
 Mode ``each`` pins a unit to every listed board; mode ``any`` leaves one unit per bitstream in
-its client's shared queue, for whichever of the client's boards is free.
+a queue of its client's, for whichever of the listed boards (default: the client's) is free.
 
 Each reserved, ready board's task calls :meth:`EvaluationScheduler.serve` (gateway/board.py),
 which runs units one after the other over the board's open port (firmware/pulsecount_client.py):
@@ -21,8 +21,8 @@ up is dropped. A board that stops answering (no answer by window + transfer +
 :data:`ANSWER_MARGIN`) is restarted, and its unit goes back to the queue (mode ``any``) or fails
 (mode ``each``). A board whose port fails puts its unit back (it was not counted); the units
 pinned to a board fail once its reservation ended, or once it stayed offline or Broken for
-:data:`LOST_GRACE` s; ``any`` units fail when none of the client's boards is left. Boards hold
-the update lock (``manager.updating()``) while they run evaluations.
+:data:`LOST_GRACE` s; ``any`` units fail when none of the boards they may run on is left. Boards
+hold the update lock (``manager.updating()``) while they run evaluations.
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ WATCH_INTERVAL = 0.5
 PREFER_LOADED = 32
 """How far down a queue a board looks for a unit whose bitstream it already holds."""
 KEEP_FINISHED = 200
-"""Finished evaluations kept for ``GET /v1/evaluations/{id}``."""
+"""Finished evaluations kept for ``GET /v1/evaluations/{id}`` (the newest)..."""
+KEEP_RESULTS = 200_000
+"""...as long as they hold at most this many results in all."""
 MAX_UNITS = 100_000
 """The most units one evaluation may have (bitstreams x boards)."""
 
@@ -83,6 +85,8 @@ class BoardSession:
     loaded: OrderedDict[str, None]
     """Bitstreams the board holds, least recently used first (mirrors the firmware's slots)."""
     programmed: str | None = None
+    stuck: Exception | None = None
+    """Set when sending the next bitstream got no answer: the board is given up after this unit."""
 
     def holds(self, sha: str) -> bool:
         """Whether the board holds bitstream ``sha``."""
@@ -127,7 +131,7 @@ class EvaluationScheduler:
         self.answer_margin = ANSWER_MARGIN
         self.lost_grace = LOST_GRACE
         self._pinned: dict[str, deque[Unit]] = {}
-        self._any: dict[str, deque[Unit]] = {}
+        self._any: dict[tuple[str, frozenset[str] | None], deque[Unit]] = {}  # by (name, unit.boards)
         self._serving: set[str] = set()
         self._sessions: dict[str, BoardSession] = {}
         self._upcoming: dict[str, Unit] = {}  # serial -> the unit claimed to run next
@@ -194,12 +198,13 @@ class EvaluationScheduler:
                     queue.append(unit)
             woken = targets
         else:
-            queue = self._any.setdefault(name, deque())
+            boards = frozenset(targets) if serials is not None else None
+            queue = self._any.setdefault((name, boards), deque())
             for sha, label in bitstreams:
-                unit = Unit(evaluation, sha, label, None)
+                unit = Unit(evaluation, sha, label, None, boards)
                 evaluation.units.append(unit)
                 queue.append(unit)
-            woken = held
+            woken = targets
         self.evaluations[evaluation.id] = evaluation
         self._forget_old()
         log.info(
@@ -216,16 +221,24 @@ class EvaluationScheduler:
         return evaluation
 
     def cancel(self, evaluation: Evaluation, reason: str) -> None:
-        """End the queued units of ``evaluation`` with ``reason`` (units counting finish as usual)."""
+        """End the units of ``evaluation`` not started yet with ``reason``: queued ones, and those
+        claimed to run next on a board. Units counting finish as usual."""
+        for serial in [serial for serial, unit in self._upcoming.items() if unit.evaluation is evaluation]:
+            self._fail(self._upcoming.pop(serial), reason)
         for unit in evaluation.units:
             if not unit.done and unit.running_on is None:
                 self._dequeue(unit)
                 self._fail(unit, reason)
 
     def _forget_old(self) -> None:
-        finished = [key for key, evaluation in self.evaluations.items() if evaluation.done]
-        for key in finished[: max(0, len(finished) - KEEP_FINISHED)]:
-            del self.evaluations[key]
+        """Forget finished evaluations beyond the newest KEEP_FINISHED, or KEEP_RESULTS results."""
+        kept = results = 0
+        for key, evaluation in reversed(list(self.evaluations.items())):
+            if evaluation.done:
+                kept += 1
+                results += len(evaluation.results)
+                if kept > KEEP_FINISHED or results > KEEP_RESULTS:
+                    del self.evaluations[key]
 
     def _wake(self, serial: str) -> None:
         board = self.manager.boards.get(serial)
@@ -248,7 +261,15 @@ class EvaluationScheduler:
         if self._pinned.get(board.serial):
             return True
         name = self.client_of(board)
-        return name is not None and bool(self._any.get(name))
+        return name is not None and any(self._any_queues(name, board.serial))
+
+    def _any_queues(self, name: str, serial: str) -> list[deque[Unit]]:
+        """The queues of ``name``'s ``any`` units that may run on board ``serial``, oldest first."""
+        return [
+            queue
+            for (owner, boards), queue in self._any.items()
+            if owner == name and (boards is None or serial in boards)
+        ]
 
     def _claim(self, board: Board, session: BoardSession) -> Unit | None:
         """Take the board's next unit off its queue, preferring a bitstream the board holds."""
@@ -256,7 +277,7 @@ class EvaluationScheduler:
         pinned = self._pinned.get(board.serial)
         while pinned and pinned[0].evaluation.name != name:  # left from an ended reservation
             self._fail(pinned.popleft(), f"the reservation of board {board.serial} ended")
-        for queue in (pinned, self._any.get(name) if name else None):
+        for queue in (pinned, *(self._any_queues(name, board.serial) if name else ())):
             if not queue:
                 continue
             head = [queue[index] for index in range(min(len(queue), PREFER_LOADED))]
@@ -276,13 +297,17 @@ class EvaluationScheduler:
             self._pinned.setdefault(unit.serial, deque()).appendleft(unit)
             self._wake(unit.serial)
         else:
-            self._any.setdefault(unit.evaluation.name, deque()).appendleft(unit)
-            for serial in self.reserved_serials(unit.evaluation.name):
+            self._any.setdefault((unit.evaluation.name, unit.boards), deque()).appendleft(unit)
+            boards = unit.boards if unit.boards is not None else self.reserved_serials(unit.evaluation.name)
+            for serial in boards:
                 self._wake(serial)
         self._watch_queues()
 
     def _dequeue(self, unit: Unit) -> None:
-        queue = self._pinned.get(unit.serial) if unit.serial else self._any.get(unit.evaluation.name)
+        if unit.serial:
+            queue = self._pinned.get(unit.serial)
+        else:
+            queue = self._any.get((unit.evaluation.name, unit.boards))
         if queue is not None:
             with contextlib.suppress(ValueError):
                 queue.remove(unit)
@@ -306,6 +331,7 @@ class EvaluationScheduler:
         if unit.done or unit.running_on != serial:
             return False
         unit.done, unit.running_on = True, None
+        self.bitstreams.used(unit.sha256)  # kept an hour from now: the client may evaluate it again
         evaluation = unit.evaluation
         result: dict[str, Any] = {
             "evaluation": evaluation.id,
@@ -464,9 +490,16 @@ class EvaluationScheduler:
         """Count one unit on the board; while it counts, claim the next unit and send its bitstream.
 
         The unit ends with its count, or with the board's refusal (FirmwareError) or bad arguments
-        as its error. BoardStuck / BoardLost go to the caller, which gives the unit up. The next
-        unit is left in ``self._upcoming[serial]``.
+        as its error. BoardStuck / BoardLost go to the caller, which gives the unit up; a board
+        that did not take the next bitstream is BoardStuck once this unit has its answer. The
+        next unit is left in ``self._upcoming[serial]``.
         """
+        await self._count_unit(board, session, unit)
+        if session.stuck is not None:
+            raise session.stuck
+
+    async def _count_unit(self, board: Board, session: BoardSession, unit: Unit) -> None:
+        """:meth:`_run_unit` but for a board that got stuck taking the next bitstream."""
         try:
             args = self._args_for(unit, board)
         except ValueError as error:
@@ -515,6 +548,9 @@ class EvaluationScheduler:
             await self._ensure_loaded(board, session, upcoming, counting.sha256)
         except FirmwareError as error:  # tried again before it runs: a real refusal shows then
             log.info("%s: sending the next bitstream failed: %s", board.label, _reason(error))
+        except BoardStuck as error:  # the counting unit's answer may be in: it is collected first
+            log.warning("%s: sending the next bitstream got no answer: %s", board.label, error)
+            session.stuck = error
         return True
 
     def _requeue_untried(self, unit: Unit) -> None:
@@ -557,38 +593,55 @@ class EvaluationScheduler:
         return None
 
     def _check_queues(self) -> None:
-        """Fail queued units whose boards are gone; wake ready boards that have work."""
+        """Fail queued units whose boards are gone; wake ready boards that have work.
+
+        Each board is judged once per pass (per client), not once per unit.
+        """
         now = time.monotonic()
+        lost: dict[tuple[str, str], str | None] = {}
+
+        def lost_for(serial: str, name: str) -> str | None:
+            """Why units of ``name`` on board ``serial`` fail now, ``None`` while they can wait."""
+            if (serial, name) not in lost:
+                verdict = self._unusable(self.manager.boards.get(serial), name)
+                failing = verdict is not None and (verdict[0] or self._too_long(serial, now))
+                lost[serial, name] = verdict[1] if verdict is not None and failing else None
+            return lost[serial, name]
+
         for serial, queue in list(self._pinned.items()):
             if not queue:
                 del self._pinned[serial]
                 continue
+            failing = [(unit, why) for unit in queue if (why := lost_for(serial, unit.evaluation.name))]
+            if failing:
+                gone = {unit for unit, _ in failing}
+                kept = [unit for unit in queue if unit not in gone]
+                queue.clear()
+                queue.extend(kept)
+                for unit, why in failing:
+                    self._fail(unit, why)
             board = self.manager.boards.get(serial)
-            for unit in list(queue):
-                verdict = self._unusable(board, unit.evaluation.name)
-                if verdict is not None and (verdict[0] or self._too_long(serial, now)):
-                    queue.remove(unit)
-                    self._fail(unit, verdict[1])
             if board is not None and queue:
                 self._nudge(board)
-        for name, queue in list(self._any.items()):
+        for key, queue in list(self._any.items()):
             if not queue:
-                del self._any[name]
+                del self._any[key]
                 continue
-            usable, why = [], []
-            for serial in self.reserved_serials(name):
-                board = self.manager.boards.get(serial)
-                verdict = self._unusable(board, name)
-                if verdict is None or (not verdict[0] and not self._too_long(serial, now)):
-                    usable.append(board)
+            name, boards = key
+            usable, reasons = [], []
+            for serial in sorted(boards) if boards is not None else self.reserved_serials(name):
+                why = lost_for(serial, name)
+                if why is None:
+                    usable.append(serial)
                 else:
-                    why.append(verdict[1])
+                    reasons.append(why)
             if not usable:
-                reason = f"no board reserved by {name!r} is left" + (f" ({'; '.join(why)})" if why else "")
-                for unit in list(queue):
-                    queue.remove(unit)
-                    self._fail(unit, reason)
-            for board in usable:
+                left = f"no board reserved by {name!r}" if boards is None else "none of the boards asked for"
+                reason = f"{left} is left" + (f" ({'; '.join(reasons)})" if reasons else "")
+                while queue:
+                    self._fail(queue.popleft(), reason)
+            for serial in usable:
+                board = self.manager.boards.get(serial)
                 if board is not None:
                     self._nudge(board)
         for serial, board in self.manager.boards.items():
@@ -612,12 +665,16 @@ class EvaluationScheduler:
         return any(self._pinned.values()) or any(self._any.values()) or bool(self._serving)
 
     async def _watching(self) -> None:
-        while self._busy() and not self._stopped:
-            await asyncio.sleep(WATCH_INTERVAL)
-            try:
-                self._check_queues()
-            except Exception:
-                log.exception("checking the evaluation queues failed")
+        try:
+            while self._busy() and not self._stopped:
+                await asyncio.sleep(WATCH_INTERVAL)
+                try:
+                    self._check_queues()
+                except Exception:
+                    log.exception("checking the evaluation queues failed")
+        finally:
+            # times of boards seen unusable hold while watched: the next watch grants a full grace
+            self._unusable_since.clear()
 
     # -- the end -----------------------------------------------------------------------------------
     async def stop(self) -> None:

@@ -53,6 +53,10 @@ TARGET_STATUS_KEY = "targetStatus"
 DEVICES = "devices"
 
 
+class FlashRefused(BoardError):
+    """A flash the board must not take now: it is reserved (the API answers 409)."""
+
+
 class DeviceManager:
     """Owns the boards of one gateway."""
 
@@ -349,22 +353,33 @@ class DeviceManager:
     async def request_flash(self, board: Board, job: FlashJob) -> None:
         """Queue a flash; a previous job not yet started is replaced.
 
+        A reserved board (or one being reserved) only takes its evaluation firmware: any other
+        job raises :class:`FlashRefused`. From that check on the board counts as being flashed
+        (``flash_requests``), so a reservation cannot take it meanwhile (gateway/reservations.py).
         The image goes into the asset cache and the job into the record first, so a flash cut
         short by a power loss is done again at the next start (the board waits in its bootloader).
         """
+        if not job.evaluation:
+            refusal = self.reservations.flash_refusal(board.serial)
+            if refusal is not None:
+                raise FlashRefused(refusal)
+        board.flash_requests += 1
         try:
-            await asyncio.to_thread(self.assets.put, job.uf2, job.sha256)
-        except OSError as error:
-            raise BoardError(f"cannot store the image in the asset cache: {error.strerror}") from None
-        self._storing.add(job.sha256)
-        try:
-            async with board.update_lock:
-                if board.provisioned and not board.forgotten:
-                    await self.persist({**board.record, "PendingFlash": job.stored()})
-                board.record = {**board.record, "PendingFlash": job.stored()}
-                board.pending_flash = job
+            try:
+                await asyncio.to_thread(self.assets.put, job.uf2, job.sha256)
+            except OSError as error:
+                raise BoardError(f"cannot store the image in the asset cache: {error.strerror}") from None
+            self._storing.add(job.sha256)
+            try:
+                async with board.update_lock:
+                    if board.provisioned and not board.forgotten:
+                        await self.persist({**board.record, "PendingFlash": job.stored()})
+                    board.record = {**board.record, "PendingFlash": job.stored()}
+                    board.pending_flash = job
+            finally:
+                self._storing.discard(job.sha256)
         finally:
-            self._storing.discard(job.sha256)
+            board.flash_requests -= 1
         board.wake.set()
 
     def referenced_assets(self) -> set[str]:

@@ -25,6 +25,7 @@ import logging
 import re
 import secrets
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -184,6 +185,7 @@ class ReservationBook:
         self.released = asyncio.Event()
         """Set whenever a board was released (the fleet sync then re-applies its target)."""
         self._reservations: dict[str, Reservation] = {}
+        self._claimed: set[str] = set()  # boards the reserve under way took (not stored yet)
         self._clients: dict[str, str] = {}  # name -> token digest
         self._names_by_digest: dict[str, str] = {}
         self._lock = asyncio.Lock()
@@ -229,6 +231,15 @@ class ReservationBook:
         """Every reservation, by client, oldest first."""
         return sorted(self._reservations.values(), key=lambda r: (r.name, r.created_at, r.serial))
 
+    def flash_refusal(self, serial: str) -> str | None:
+        """Why board ``serial`` must take no flash but its evaluation firmware, or ``None``."""
+        reservation = self._reservations.get(serial)
+        if reservation is not None:
+            return f"the board is reserved by {reservation.name!r}; it is flashed once released"
+        if serial in self._claimed:
+            return "the board is being reserved; it is flashed once released"
+        return None
+
     def client_of(self, token: str | None) -> str | None:
         """The name of the client whose token this is, or ``None``."""
         if not token:
@@ -262,9 +273,10 @@ class ReservationBook:
     ) -> tuple[str, list[Reservation]]:
         """Reserve ``count`` free boards, or the boards ``serials``, for ``seconds``.
 
-        Returns the client's token (minted for a new name) and the new reservations. Raises
-        ReservationError: 400 for a bad value, 403 for a name that is another client's, 404 for
-        an unknown serial, 409 when not enough boards are free.
+        ``serials`` are LocalUUIDs or ResinUUIDs. Returns the client's token (minted for a new
+        name) and the new reservations. Raises ReservationError: 400 for a bad value (also a board
+        named twice), 403 for a name that is another client's, 404 for an unknown serial, 409 when
+        not enough boards are free (reserved, not running their firmware, Broken, being flashed).
         """
         check_name(name)
         if kind not in KINDS:
@@ -277,23 +289,32 @@ class ReservationBook:
                 self.check_token(name, token)
             else:
                 minted = TOKEN_PREFIX + secrets.token_urlsafe(32)
-            if serials is not None:
-                boards = await self._named_boards(serials, kind, name)
-            else:
-                boards = await self._free_boards(count or 1, kind)
-            now = time.time()
-            made = [Reservation(b.serial, name, kind, args, now, now + duration) for b in boards]
-            client = (
-                {"name": name, "token_sha256": token_digest(minted), "created_at": now} if minted else None
-            )
-            await self._store(made, client)
-            if minted:
-                self._remember_client(name, token_digest(minted))
-            for reservation in made:
-                self._reservations[reservation.serial] = reservation
-                log.info(
-                    "%s: reserved by %s for %s (%g s)", self._label(reservation.serial), name, kind, duration
+            try:
+                if serials is not None:
+                    boards = await self._named_boards(serials, kind, name)
+                else:
+                    boards = await self._free_boards(count or 1, kind)
+                now = time.time()
+                made = [Reservation(b.serial, name, kind, args, now, now + duration) for b in boards]
+                client = (
+                    {"name": name, "token_sha256": token_digest(minted), "created_at": now}
+                    if minted
+                    else None
                 )
+                await self._store(made, client)
+                if minted:
+                    self._remember_client(name, token_digest(minted))
+                for reservation in made:
+                    self._reservations[reservation.serial] = reservation
+                    log.info(
+                        "%s: reserved by %s for %s (%g s)",
+                        self._label(reservation.serial),
+                        name,
+                        kind,
+                        duration,
+                    )
+            finally:
+                self._claimed.clear()  # the lock is held: every claim is this request's
             self._wake([reservation.serial for reservation in made])
             self._changed.set()
         return minted or str(token), made
@@ -341,17 +362,23 @@ class ReservationBook:
         """The board task says whether the board serves its reservation now.
 
         The first time it is ready (and again after it was not), ``reservation_ready`` is published.
+        The state is written under the lock, so it never lands after the removal of a reservation
+        that ended meanwhile (which would bring it back at the next start).
         """
-        reservation = self._reservations.get(serial)
         state = READY if ready else PREPARING
+        reservation = self._reservations.get(serial)
         if reservation is None or reservation.state == state:
-            return
-        reservation.state = state
-        try:
-            await self._store([reservation])
-        except Exception as error:  # the state is live information: a failed write costs nothing
-            log.warning("%s: could not store its reservation's state: %s", self._label(serial), error)
-        if ready and self._reservations.get(serial) is reservation:
+            return  # nothing to change: no need to wait for the lock
+        async with self._lock:
+            reservation = self._reservations.get(serial)
+            if reservation is None or reservation.state == state:
+                return
+            reservation.state = state
+            try:
+                await self._store([reservation])
+            except Exception as error:  # the state is live information: a failed write costs nothing
+                log.warning("%s: could not store its reservation's state: %s", self._label(serial), error)
+        if ready:
             log.info("%s: ready for %s's evaluations", self._label(serial), reservation.name)
             self.events.publish(
                 reservation.name,
@@ -372,11 +399,24 @@ class ReservationBook:
             )
         return float(seconds)
 
+    def _normalised(self, serials: list[str]) -> list[str]:
+        """``serials`` (LocalUUIDs or ResinUUIDs) as LocalUUIDs; a 400 for a board named twice."""
+        normalised = []
+        for serial in serials:
+            board = self.manager.find(serial)
+            normalised.append(board.serial if board is not None else serial)
+        twice = [serial for serial, times in Counter(normalised).items() if times > 1]
+        if twice:
+            raise ReservationError(
+                400, f"serials name board {twice[0]} more than once (by its LocalUUID and its ResinUUID)"
+            )
+        return normalised
+
     def _held(self, name: str, serials: list[str] | None) -> list[Reservation]:
         if serials is None:
             return self.of_client(name)
         held = []
-        for serial in serials:
+        for serial in self._normalised(serials):
             reservation = self._reservations.get(serial)
             if reservation is None or reservation.name != name:
                 raise ReservationError(404, f"board {serial} is not reserved by {name}")
@@ -385,13 +425,28 @@ class ReservationBook:
 
     def _eligible(self, board: Board) -> str | None:
         """Why ``board`` cannot be reserved now, or ``None`` when it can."""
-        if board.serial in self._reservations:
+        if board.serial in self._reservations or board.serial in self._claimed:
             return "is already reserved"
         if APPLICATION not in board.sightings or board.delete_requested:
             return f"is not running its firmware ({board.record['Status']})"
         if board.broken or board.record["Status"] == Status.BROKEN.value:
             return f"is Broken ({board.record.get('StatusReason')})"
+        pending = board.pending_flash
+        if board.flash_requests or (pending is not None and not pending.evaluation):
+            return "is being flashed (a flash is queued or under way): reserve it once it is done"
         return None
+
+    async def _claim(self, board: Board, kind: str) -> str | None:
+        """Take ``board`` for the reserve under way, or say why it cannot be reserved.
+
+        Checked again once the plugin answered (a flash may have been queued meanwhile); with no
+        await between that check and the claim, no other flash can be queued for it from then
+        on (``flash_refusal``), nor can it be taken twice.
+        """
+        why = self._eligible(board) or await self._capable(board, kind) or self._eligible(board)
+        if why is None:
+            self._claimed.add(board.serial)
+        return why
 
     async def _capable(self, board: Board, kind: str) -> str | None:
         """Why ``board`` cannot run ``kind``, or ``None`` when it can."""
@@ -405,7 +460,7 @@ class ReservationBook:
 
     async def _named_boards(self, serials: list[str], kind: str, name: str) -> list[Board]:
         boards = []
-        for serial in serials:
+        for serial in self._normalised(serials):
             board = self.manager.find(serial)
             if board is None:
                 raise ReservationError(404, f"no board with serial {serial!r}")
@@ -414,7 +469,7 @@ class ReservationBook:
                 raise ReservationError(
                     409, f"board {board.serial} is already reserved by you (extend it instead)"
                 )
-            why = self._eligible(board) or await self._capable(board, kind)
+            why = await self._claim(board, kind)
             if why is not None:
                 raise ReservationError(409, f"board {board.serial} {why}")
             boards.append(board)
@@ -432,7 +487,7 @@ class ReservationBook:
 
         chosen: list[Board] = []
         for board in sorted((b for b in listed if self._eligible(b) is None), key=preference):
-            if await self._capable(board, kind) is None:
+            if await self._claim(board, kind) is None:
                 chosen.append(board)
                 if len(chosen) == count:
                     return chosen

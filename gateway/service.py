@@ -157,7 +157,9 @@ async def run_gateway(config: GatewayConfig) -> None:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        await discovery.stop()
-        await manager.stop()
-        await asyncio.to_thread(update_lock.release_all)  # whatever a cancelled flash left held
-        await store.close()
+        try:
+            await discovery.stop()
+            await manager.stop()
+        finally:  # also when stopping failed: a lock left held would block every update of the device
+            await asyncio.to_thread(update_lock.release_all)  # whatever a cancelled flash left held
+            await store.close()

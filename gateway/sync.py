@@ -42,7 +42,8 @@ from ..firmware.assets import AssetError
 from .board import FlashJob
 from .config import GatewayConfig
 from .device import Status
-from .manager import DeviceManager
+from .manager import DeviceManager, FlashRefused
+from .models import BoardError
 from .store import Store
 
 log = logging.getLogger("picofleet.sync")
@@ -236,7 +237,7 @@ class FleetSync:
             if not firmware or commit is None or board.record.get("Commit") == commit:
                 continue
             if self.manager.reservations.of(board.serial) is not None:
-                continue  # a reserved board is flashed once it is released (_reapply_on_release)
+                continue  # not even fetched: a reserved board is flashed once released (_reapply_on_release)
             pending = board.pending_flash
             if pending is not None and pending.sha256 == firmware.get("sha256") and pending.commit == commit:
                 continue
@@ -251,7 +252,18 @@ class FleetSync:
                     extra={"board": board.serial},
                 )
                 continue
-            await self.manager.request_flash(board, job)
+            try:
+                await self.manager.request_flash(board, job)
+            except FlashRefused:
+                continue  # reserved while the firmware was fetched: flashed once it is released
+            except BoardError as error:
+                log.warning(
+                    "%s: cannot queue the firmware of %s: %s",
+                    board.label,
+                    commit,
+                    error,
+                    extra={"board": board.serial},
+                )
 
     async def _reapply_on_release(self, client: httpx.AsyncClient) -> None:
         """When reservations end, apply the stored target again: released boards get their firmware."""

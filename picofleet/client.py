@@ -316,6 +316,9 @@ class PulseCountClient:
             raise ValueError("count must be at least 1")
         else:
             body["count"] = count
+        if not self._at_exit:  # before asking: a reserve cut off (Ctrl-C) is ended at exit too
+            atexit.register(self._end_at_exit)
+            self._at_exit = True
         try:
             answer = self._request("POST", "/v1/reservations", "reserving boards", json=body).json()
         except (KeyboardInterrupt, GatewayUnreachable):  # cut off: boards may be reserved unbeknownst
@@ -326,9 +329,6 @@ class PulseCountClient:
             if self.store:
                 self.store.put(self.gateway, self.name, self.token)
         self.seconds = seconds
-        if not self._at_exit:
-            atexit.register(self._end_at_exit)
-            self._at_exit = True
         reserved = [Reservation.from_json(record).serial for record in answer.get("reservations", [])]
         self._mine.update(reserved)
         self.wait_ready(reserved, timeout)

@@ -5,6 +5,13 @@ never cuts a flash short. balena's rules (docs: "Application update locks"): cre
 ``O_CREAT|O_EXCL`` (the supervisor takes the same file the same way before it kills a service, so
 whoever creates it first holds it), remove it to release.
 
+**How.** The gateway writes its record (below) to a temporary file in the lock's directory and
+hard-links that onto the lock path, then removes the temporary name. ``link(2)`` creates the new
+name atomically and fails with ``EEXIST`` when it exists, exactly as ``open(O_CREAT|O_EXCL)``
+does, so the exclusivity balena requires is kept; and the lock file never exists empty or half
+written, even if the gateway dies while taking it (it may then leave a ``.updates.lock.*.tmp``
+file, which locks nothing).
+
 **Where.** ``ENM_LOCK_FILE_LOCATION`` (``lock_file_location``) names the lock. At its default,
 ``/tmp/balena/updates.lock``, the gateway takes balena's current lock *and* the legacy
 ``/tmp/resin/resin-updates.lock``, each only where its directory exists: the supervisor mounts
@@ -17,9 +24,12 @@ process (so a reused pid is not mistaken for it) and the boot id. A file naming 
 no longer running is *stale* (a ``kill -9`` or a power cut mid-flash): it still blocks every
 update of the device, so it is reported at start and a flash refuses to run under it with a
 reason saying what to do; it is removed only when ``BALENA_SUPERVISOR_OVERRIDE_LOCK=1`` (balena's
-own switch for ignoring locks). A file with any other content (the supervisor's own, empty) is
-held by someone else: the gateway waits up to :data:`WAIT_FOR_LOCK` seconds for it, then the
-flash fails with that reason.
+own switch for ignoring locks). An *empty* file owned by the gateway's user and untouched for
+:data:`EMPTY_STALE_AFTER` seconds is stale too: what a gateway before this way of taking the lock
+left when it died between creating the file and writing its record. A file with any other
+content, or empty and younger or of another user (the supervisor's own: empty, and owned by
+``nobody`` in current supervisors), is held by someone else: the gateway waits up to
+:data:`WAIT_FOR_LOCK` seconds for it, then the flash fails with that reason.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import json
 import logging
 import os
 import secrets
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -51,6 +62,10 @@ HOLDER = "picofleet-gateway"
 WAIT_FOR_LOCK = 5.0
 """Seconds to wait for a lock someone else holds before the flash fails."""
 POLL_INTERVAL = 0.1
+EMPTY_STALE_AFTER = 15.0
+"""Seconds after which an empty lock file of the gateway's user counts as left by a crash: far more
+than creating and writing a file takes, and more than WAIT_FOR_LOCK (the supervisor's own lock
+lasts as long as it takes to stop the service)."""
 
 FREE = "free"
 OURS = "ours"
@@ -109,6 +124,8 @@ class LockFile:
     path: Path
     state: str
     record: dict[str, Any]
+    empty_for: float | None = None
+    """Seconds an empty file has existed unchanged (``None``: the file is not empty)."""
 
     @property
     def holder(self) -> str:
@@ -119,6 +136,12 @@ class LockFile:
 
     def describe(self) -> str:
         """One line for an operator."""
+        if self.state == STALE and not self.record:
+            return (
+                f"stale balena update lock {self.path}: empty for {self.empty_for or 0:.0f} s, left by a "
+                "gateway that died while taking it; the supervisor will not update this device while it "
+                "exists"
+            )
         if self.state == STALE:
             return (
                 f"stale balena update lock {self.path}: left by {self.holder}, which is no longer running; "
@@ -134,11 +157,17 @@ class LockFile:
 def inspect(path: Path) -> LockFile:
     """Read a lock file and tell whether it is free, ours, held by a live process, or stale."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")[:4096]
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read(4096)
+            status = os.fstat(handle.fileno())
     except FileNotFoundError:
         return LockFile(path, FREE, {})
     except OSError:
         return LockFile(path, HELD, {})
+    if not text:
+        empty_for = max(0.0, time.time() - status.st_mtime)
+        crashed = status.st_uid == os.getuid() and empty_for > EMPTY_STALE_AFTER
+        return LockFile(path, STALE if crashed else HELD, {}, empty_for)
     try:
         record = json.loads(text)
     except ValueError:
@@ -253,7 +282,7 @@ class BalenaUpdateLock(AbstractContextManager["BalenaUpdateLock"]):
         token = secrets.token_hex(8)
         while True:
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                _create_exclusive(path, json.dumps(_own_record(token)) + "\n")
             except FileExistsError:
                 found = inspect(path)
                 if found.state == FREE:
@@ -272,15 +301,27 @@ class BalenaUpdateLock(AbstractContextManager["BalenaUpdateLock"]):
                 continue
             except OSError as error:
                 raise BoardError(f"cannot take the balena update lock {path}: {error.strerror}") from None
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    handle.write(json.dumps(_own_record(token)) + "\n")
-            except OSError as error:
-                _remove(path)  # ours, empty or half written: nobody else can hold it
-                raise BoardError(f"cannot write the balena update lock {path}: {error.strerror}") from None
             with _guard:
                 _held[path] = token
             return
+
+
+def _create_exclusive(path: Path, content: str) -> None:
+    """Create ``path`` holding ``content``, failing with FileExistsError when it exists.
+
+    As ``open(O_CREAT|O_EXCL)``, but the file appears complete: ``content`` goes to a temporary
+    file in the same directory, which ``link(2)`` (atomic, ``EEXIST`` if the name exists) puts at
+    ``path``; the temporary name is removed whatever happens.
+    """
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o644)
+            handle.write(content)
+        os.link(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
 
 
 def update_lock_for(

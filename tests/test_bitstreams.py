@@ -142,6 +142,30 @@ def test_collection_keeps_referenced_bitstreams_and_drops_the_rest_beyond_the_bo
     assert not fresh.has(third)  # still over the bound with the referenced one alone
 
 
+def test_a_bitstream_uploaded_or_looked_up_again_is_kept_an_hour_from_then(
+    tmp_path: Path, counter: FpgaBuild
+) -> None:
+    packed, asc = counter.bin.read_bytes(), counter.asc.read_bytes()
+    store = BitstreamStore(tmp_path, 1 << 30)
+    sha = sha256(packed)
+
+    async def main() -> None:
+        await store.add(asc)  # stored as the .bin, and known by the .asc's sha256 too
+        for again in (
+            lambda: store.add(packed),  # the client uploads it again
+            lambda: store.add(asc),
+            lambda: store.lookup(sha),  # or asks whether the gateway has it, then uses it
+            lambda: store.lookup(sha256(asc)),
+        ):
+            uploaded = time.time() - 7200
+            os.utime(store.cache.path_of(sha), (uploaded, uploaded))
+            assert await again()
+            await store.collect()
+            assert BitstreamStore(tmp_path, 1 << 30).has(sha)
+
+    asyncio.run(main())
+
+
 # -- the API ------------------------------------------------------------------------------------
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -234,6 +236,39 @@ def test_a_reservation_whose_answer_was_lost_is_ended_on_close(
     assert list(gateway.reservations) == ["BOARD0"]  # held, though the client never learnt which
     client.close()
     assert gateway.reservations == {}
+
+
+INTERRUPTED_RESERVE = """\
+import atexit, json
+import httpx
+from picofleet.client import PulseCountClient
+from tests.test_client import URL, FakeGateway
+
+gateway = FakeGateway()
+gateway.tokens["alice"] = "rt_alice"
+atexit.register(lambda: print("held at exit:", json.dumps(sorted(gateway.reservations))))
+
+def handle(request):
+    response = gateway.handle(request)
+    if (request.method, request.url.path) == ("POST", "/v1/reservations"):
+        raise KeyboardInterrupt  # Ctrl-C while the answer is on its way
+    return response
+
+client = PulseCountClient(URL, "alice", "rt_alice", token_store=None, transport=httpx.MockTransport(handle))
+client.reserve(1)  # no with, no close(): the program just ends
+"""
+
+
+def test_a_program_interrupted_while_reserving_ends_the_reservation_when_it_exits() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_RESERVE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert "KeyboardInterrupt" in done.stderr
+    assert "held at exit: []" in done.stdout, (done.stdout, done.stderr)
 
 
 def test_each_file_is_uploaded_once_and_results_carry_the_label(

@@ -6,6 +6,7 @@ tests/test_evaluation_e2e.py.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -13,9 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
-from picofleet.client import EvaluationResult
+from picofleet import cli
+from picofleet.client import EvaluationResult, PulseCountClient
+from picofleet.commands import evaluate as evaluate_command
 from picofleet.commands.evaluate import ResultView
 from tests.helpers.boards import app_uf2
 from tests.helpers.fpga import FpgaBuild, session_counter
@@ -102,6 +106,30 @@ def test_a_truncated_bitstream_is_refused_naming_the_problem(counter: FpgaBuild,
 def test_an_unreachable_gateway_is_one_line_and_exit_1(counter: FpgaBuild, tmp_path: Path) -> None:
     reason = one_line_error(evaluate_cli("--gateway", CLOSED_PORT_URL, str(counter.asc), tmp_path=tmp_path))
     assert reason.startswith(f"cannot reach the gateway at {CLOSED_PORT_URL}: ")
+
+
+def test_ctrl_c_exits_130_even_when_the_gateway_is_gone_by_then(
+    counter: FpgaBuild, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asked: list[str] = []
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        asked.append(f"{request.method} {request.url.path}")
+        if request.url.path == "/v1/reservations":
+            raise KeyboardInterrupt  # Ctrl-C while reserving
+        raise httpx.ConnectError("connection refused", request=request)  # and the gateway went away
+
+    transport = httpx.MockTransport(gateway)
+    monkeypatch.setattr(
+        evaluate_command,
+        "PulseCountClient",
+        functools.partial(PulseCountClient, token_store=None, transport=transport),
+    )
+    options = ["--gateway", "http://gateway.test", "--name", "tester", "--token", "rt"]
+    status = cli.main(["evaluate", *options, str(counter.bin)])
+    assert status == 130
+    assert asked == ["POST /v1/reservations", "POST /v1/reservations/end"]  # it tried to end them
+    assert "the reservations were not ended: cannot reach the gateway" in capsys.readouterr().err
 
 
 def result(serial: str, label: str, pulses: int | None, error: str | None = None) -> EvaluationResult:

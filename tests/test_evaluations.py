@@ -24,17 +24,21 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
 from picofleet.firmware.client import FirmwareError, NoAnswer, PortLost
 from picofleet.gateway import evaluations
+from picofleet.gateway.evaluation_api import evaluation_routes
 from picofleet.gateway.evaluations import EvaluationRefused, EvaluationScheduler
 from picofleet.gateway.events import EventBus
+from picofleet.gateway.http_util import ApiError, error_response
 from tests.helpers.boards import rack
 from tests.helpers.fpga import session_counter, session_loop
 from tests.helpers.gateway import GatewayProcess, wait_for
 
 WINDOW_MS = 100
 ARGS = {"clock_hz": 1_000_000, "window_ms": WINDOW_MS}
+TOKEN = "rt_alices"
 
 
 def expected_pulses(sha: str) -> int:
@@ -57,6 +61,7 @@ class FakeFirmware:
         self.stuck = False
         self.lost = False
         self.on_evaluate: Callable[[FakeFirmware, str], None] | None = None
+        self.on_load: Callable[[FakeFirmware, str], None] | None = None  # may raise (e.g. NoAnswer)
         self.lock = threading.Lock()
 
     def forget_everything(self) -> None:
@@ -94,6 +99,8 @@ class FakeClient:
     def load(self, sha256: str, data: bytes, timeout: float = 10.0) -> None:
         self._check()
         fw = self.firmware
+        if fw.on_load is not None:
+            fw.on_load(fw, sha256)
         started = time.monotonic()
         time.sleep(fw.load_seconds)
         self._check()
@@ -191,6 +198,10 @@ class FakeReservations:
     def of_client(self, name: str) -> list[FakeReservation]:
         return [r for r in self.by_serial.values() if r.name == name]
 
+    def check_token(self, name: str, token: str | None) -> None:
+        if token != TOKEN:
+            raise ApiError(403, f"the name {name!r} belongs to another client")
+
 
 class FakeManager:
     """What the scheduler uses of the device manager."""
@@ -201,6 +212,7 @@ class FakeManager:
         self.reservations = FakeReservations()
         self.lock_holders = 0
         self.lock_taken = 0
+        self.evaluations: EvaluationScheduler | None = None
 
     async def run_blocking(self, function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.to_thread(function, *args)
@@ -242,6 +254,7 @@ class Rig:
     def __init__(self, tmp_path: Path, boards: int = 2, slots: int = 2, load_seconds: float = 0.0):
         self.manager = FakeManager(tmp_path)
         self.scheduler = EvaluationScheduler(self.manager)  # type: ignore[arg-type]
+        self.manager.evaluations = self.scheduler
         self.scheduler.connect = lambda port, on_log: FakeClient(port.firmware)
         self.scheduler.answer_margin = 1.0
         self.scheduler.lost_grace = 0.5
@@ -278,6 +291,16 @@ async def results_of(evaluation: evaluations.Evaluation, timeout: float = 10.0) 
 
 def run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
+
+
+async def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Wait (on the event loop) until ``condition()`` is truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
+    return result
 
 
 def test_each_runs_every_bitstream_on_every_board_exactly_once(tmp_path: Path) -> None:
@@ -597,6 +620,204 @@ def test_cancel_fails_queued_units_and_stop_fails_the_rest(tmp_path: Path) -> No
         second = rig.scheduler.submit("alice", rig.bitstreams(1), "each", args=ARGS)
         await rig.scheduler.stop()
         assert [r["error"] for r in await results_of(second)] == ["the gateway stopped"]
+
+    run(main())
+
+
+def test_any_mode_runs_only_on_the_boards_asked_for(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Rig(tmp_path) as rig:
+            other, asked = rig.boards
+            bitstreams = rig.bitstreams(6)
+            evaluation = rig.scheduler.submit("alice", bitstreams, "any", serials=[asked.serial], args=ARGS)
+            results = await results_of(evaluation)
+            assert sorted(r["sha256"] for r in results) == sorted(sha for sha, _ in bitstreams)
+            assert {r["serial"] for r in results} == {asked.serial}
+            assert all(r["pulses"] == expected_pulses(r["sha256"]) for r in results)
+
+            asked.sightings.clear()  # unplugged: the evaluations fail rather than run elsewhere
+            evaluation = rig.scheduler.submit("alice", rig.bitstreams(2), "any", serials=[asked.serial])
+            results = await results_of(evaluation)
+            assert len(results) == 2
+            assert all(f"board {asked.serial} is offline" in r["error"] for r in results), results
+            assert other.firmware.evaluations == []
+
+    run(main())
+
+
+def test_closing_the_stream_cancels_the_unit_claimed_to_run_next(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Rig(tmp_path, boards=1) as rig:
+            loop = asyncio.get_running_loop()
+            firmware = rig.boards[0].firmware
+            bitstreams = rig.bitstreams(3)
+            evaluations_: list[evaluations.Evaluation] = []
+
+            def cancel_while_the_next_is_sent(fw: FakeFirmware, sha: str) -> None:
+                if sha == bitstreams[1][0]:  # b0 counts, b1 was claimed to run next
+                    loop.call_soon_threadsafe(rig.scheduler.cancel, evaluations_[0], "cancelled: gone")
+
+            firmware.on_load = cancel_while_the_next_is_sent
+            evaluations_.append(rig.scheduler.submit("alice", bitstreams, "each", args=ARGS))
+            by_label = {r["label"]: r for r in await results_of(evaluations_[0])}
+            assert by_label["b0"]["pulses"] == expected_pulses(bitstreams[0][0])  # counting: it finishes
+            assert by_label["b1"]["error"] == by_label["b2"]["error"] == "cancelled: gone"
+            assert [sha for sha, _ in firmware.evaluations] == [bitstreams[0][0]]
+
+    run(main())
+
+
+def test_a_board_that_does_not_take_the_next_bitstream_still_gives_the_count_it_made(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with Rig(tmp_path, boards=1) as rig:
+            board = rig.boards[0]
+            bitstreams = rig.bitstreams(3)
+
+            def no_answer_once(fw: FakeFirmware, sha: str) -> None:
+                if sha == bitstreams[1][0] and board.restarts == 0:  # sent while b0 counts
+                    raise NoAnswer("no answer to 'load' within 10.0 s")
+
+            board.firmware.on_load = no_answer_once
+            evaluation = rig.scheduler.submit("alice", bitstreams, "each", args=ARGS)
+            results = await results_of(evaluation)
+            assert sorted(r["sha256"] for r in results) == sorted(sha for sha, _ in bitstreams)
+            assert all(r.get("pulses") == expected_pulses(r["sha256"]) for r in results), results
+            assert board.restarts == 1  # the board that did not answer was restarted after b0's count
+
+    run(main())
+
+
+def test_a_board_offline_again_later_gets_its_whole_grace(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Rig(tmp_path) as rig:
+            away, worker = rig.boards
+            scheduler = rig.scheduler
+            passes = 0
+            check_queues = scheduler._check_queues
+
+            def counted_check() -> None:
+                nonlocal passes
+                passes += 1
+                check_queues()
+
+            scheduler._check_queues = counted_check  # type: ignore[method-assign]
+            # `away` is unplugged while the other board gets through 10 windows (the queues are checked)
+            away.sightings.clear()
+            results = await results_of(scheduler.submit("alice", rig.bitstreams(10), "any", args=ARGS))
+            assert {r["serial"] for r in results} == {worker.serial} and passes >= 1
+            await until(lambda: scheduler._watch is not None and scheduler._watch.done(), 5, "idle queues")
+            away.sightings["application"] = object()  # plugged back
+            await asyncio.sleep(2 * scheduler.lost_grace)  # time passes...
+            away.sightings.clear()  # ...and it is unplugged again, briefly
+            checked = passes
+            evaluation = scheduler.submit(
+                "alice", rig.bitstreams(2), "each", serials=[away.serial], args=ARGS
+            )
+            await until(lambda: passes > checked, 5, "the queues checked with the board away")
+            away.sightings["application"] = object()  # back within the grace: its evaluations run
+            away.wake.set()
+            results = await results_of(evaluation)
+            assert all(r.get("pulses") == expected_pulses(r["sha256"]) for r in results), results
+
+    run(main())
+
+
+def test_a_bitstream_evaluated_again_and_again_is_never_collected(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with Rig(tmp_path, boards=1) as rig:
+            store = rig.scheduler.bitstreams
+            bitstreams = rig.bitstreams(1)
+            await results_of(
+                rig.scheduler.submit("alice", bitstreams, "each", args=ARGS)
+            )  # the board holds it
+            uploaded = time.time() - 7200
+            os.utime(store.cache.path_of(bitstreams[0][0]), (uploaded, uploaded))
+            for _ in range(2):  # evaluated, then a collection (another upload), then evaluated again
+                results = await results_of(rig.scheduler.submit("alice", bitstreams, "each", args=ARGS))
+                assert [r["pulses"] for r in results] == [expected_pulses(bitstreams[0][0])]
+                await store.collect()
+            assert store.cache.has(bitstreams[0][0])
+
+    run(main())
+
+
+def test_an_evaluation_asked_for_during_a_collection_never_loses_its_bitstream(tmp_path: Path) -> None:
+    async def main() -> None:
+        rig = Rig(tmp_path, boards=1)
+        store = rig.scheduler.bitstreams
+        [(sha, label)] = rig.bitstreams(1)
+        unused = time.time() - 7200  # unused for two hours: the next collection deletes it
+        os.utime(store.cache.path_of(sha), (unused, unused))
+        submitted = threading.Event()
+        submit, collect = rig.scheduler.submit, store.cache.collect
+
+        def noted_submit(*args: Any, **kwargs: Any) -> evaluations.Evaluation:
+            submitted.set()
+            return submit(*args, **kwargs)
+
+        def slow_collect(keep: Any, now: float | None = None) -> Any:
+            submitted.wait(2)  # the evaluation is asked for while the collection runs (or waits for it)
+            return collect(keep, now)
+
+        rig.scheduler.submit = noted_submit  # type: ignore[method-assign]
+        store.cache.collect = slow_collect  # type: ignore[method-assign]
+        app = Starlette(
+            routes=evaluation_routes(rig.manager),  # type: ignore[arg-type]
+            exception_handlers={ApiError: lambda _, error: error_response(error.status, error.message)},
+        )
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+            collecting = asyncio.create_task(store.collect())
+            body = {"name": "alice", "bitstreams": [{"sha256": sha, "label": label}], "args": ARGS}
+            posting = asyncio.create_task(
+                client.post("/v1/evaluations", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+            )
+            await collecting
+            async with rig:  # the board serves from now on
+                response = await asyncio.wait_for(posting, 10)
+        if response.status_code == 200:  # accepted: it is counted
+            *results, _ = [json.loads(line) for line in response.text.splitlines()]
+            assert [r.get("pulses") for r in results] == [expected_pulses(sha)], results
+        else:  # or refused, so that the client uploads it again
+            assert response.status_code == 422 and "upload it first" in response.json()["error"]
+
+    run(main())
+
+
+def test_finished_evaluations_are_kept_up_to_a_number_of_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(evaluations, "KEEP_RESULTS", 5)
+
+    async def main() -> None:
+        async with Rig(tmp_path, boards=1) as rig:
+            first = rig.scheduler.submit("alice", rig.bitstreams(3), "each", args=ARGS)
+            await results_of(first)
+            second = rig.scheduler.submit("alice", rig.bitstreams(3), "each", args=ARGS)
+            await results_of(second)
+            rig.scheduler.submit("alice", rig.bitstreams(1), "each", args=ARGS)
+            assert first.id not in rig.scheduler.evaluations  # 6 results with the second: forgotten
+            assert second.id in rig.scheduler.evaluations
+
+    run(main())
+
+
+def test_the_queue_check_judges_each_board_once_whatever_its_queue(tmp_path: Path) -> None:
+    async def main() -> None:
+        rig = Rig(tmp_path, boards=1)  # nobody serves: everything stays queued
+        judged: list[str] = []
+        unusable = rig.scheduler._unusable
+
+        def counted(board: Any, name: str) -> Any:
+            judged.append(board.serial)
+            return unusable(board, name)
+
+        rig.scheduler._unusable = counted  # type: ignore[method-assign]
+        rig.scheduler.submit("alice", rig.bitstreams(300), "each", args=ARGS)
+        rig.scheduler._check_queues()
+        assert judged == ["SERIAL0"]
+        await rig.scheduler.stop()
 
     run(main())
 

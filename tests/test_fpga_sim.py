@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from picofleet.plugins.virtual import fpga
 from picofleet.plugins.virtual.fpga import CircuitCache, FpgaError, FpgaSimulator, configure_seconds
 from tests.helpers.fpga import session_counter, session_loop
 from tests.helpers.wait import wait_for
@@ -118,11 +121,25 @@ def test_a_simulation_too_slow_for_the_deadline_says_how_far_it_got(tmp_path_fac
     build = session_counter(tmp_path_factory, 16)
     simulator = FpgaSimulator(cache, mode="netlist", deadline=1.0)
     simulator.program(build.bin.read_bytes())
-    simulator.count_start(48_000_000, 60_000)  # 2.88 billion cycles
-    with pytest.raises(
-        FpgaError, match=r"^the simulation did not finish within 1 s: \d+ of 2880000000 clock"
-    ):
+    simulator.count_start(48_000_000, 40)  # 1.92 million cycles: possible in 1 s at the fastest rate
+    with pytest.raises(FpgaError, match=r"^the simulation did not finish within 1 s: \d+ of 1920000 clock"):
         result(simulator)
+
+
+def test_a_count_that_cannot_finish_before_the_deadline_is_refused_at_once(tmp_path_factory, cache) -> None:
+    build = session_counter(tmp_path_factory, 16)
+    simulator = FpgaSimulator(cache, mode="netlist", deadline=20.0)
+    simulator.program(build.bin.read_bytes())
+    started = time.monotonic()
+    with pytest.raises(FpgaError) as refused:
+        simulator.count_start(48_000_000, 1000)  # the gateway's defaults: 48 million cycles
+    assert time.monotonic() - started < 1.0  # not after the 20 s deadline
+    assert str(refused.value) == (
+        "the simulation would need ~24 s (48000000 clock cycles at most 2,000,000 cycles/s), more than "
+        "the 20 s deadline: use a lower clock_hz or a shorter window_ms, or PICOFLEET_SIM_FPGA=timing"
+    )
+    assert not vvp_processes()
+    assert count(simulator, 1_000_000, 10) == 625  # the board counts on
 
 
 def test_stopping_a_count_kills_its_simulation(tmp_path_factory, cache) -> None:
@@ -146,6 +163,99 @@ def test_a_truncated_or_garbage_bitstream_does_not_configure(tmp_path_factory, c
     assert count(simulator, 1_000_000, 10) == 0  # an unconfigured FPGA drives nothing
     with pytest.raises(FpgaError, match=r"^FPGA did not configure: the bitstream is truncated"):
         simulator.program(bitstream[:50_000])  # the refusal is cached: the same answer again
+
+
+def test_boards_asking_for_the_same_circuit_at_once_build_it_once(tmp_path_factory, tmp_path: Path) -> None:
+    bitstream = session_counter(tmp_path_factory, 16).bin.read_bytes()
+    boards = [CircuitCache(tmp_path / "cache") for _ in range(4)]  # each board of a rack has its own
+    circuits: list[fpga.Circuit] = []
+    threads = [threading.Thread(target=lambda c=c: circuits.append(c.get(bitstream))) for c in boards]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(circuits) == 4 and len(set(circuits)) == 1
+    assert sum(board.builds for board in boards) == 1
+    assert [path.name for path in (tmp_path / "cache").iterdir()] == [circuits[0].sha256]  # no lock left
+
+
+def test_at_most_two_circuits_are_built_at_once(tmp_path: Path, monkeypatch) -> None:
+    running, most = 0, 0
+    guard = threading.Lock()
+
+    def slow_build(bitstream: bytes, directory: Path) -> fpga.Circuit:
+        nonlocal running, most
+        with guard:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.2)  # a conversion keeps a core busy for seconds
+        with guard:
+            running -= 1
+        raise FpgaError("FPGA simulation failed: the test's stand-in builds nothing")
+
+    monkeypatch.setattr(fpga, "build_circuit", slow_build)
+    bitstreams = [fpga.SYNC_WORD + bytes([n]) for n in range(6)]  # six boards, six different circuits
+    failures: list[str] = []
+
+    def configure(bitstream: bytes) -> None:
+        try:
+            CircuitCache(tmp_path / "cache").get(bitstream)
+        except FpgaError as error:
+            failures.append(str(error))
+
+    threads = [threading.Thread(target=configure, args=(bitstream,)) for bitstream in bitstreams]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(failures) == 6
+    assert most == fpga.BUILDS_AT_ONCE == 2
+
+
+def test_a_prepared_bitstream_is_built_in_the_background(tmp_path_factory, tmp_path: Path) -> None:
+    bitstream = session_counter(tmp_path_factory, 16).bin.read_bytes()
+    cache = CircuitCache(tmp_path / "cache")
+    simulator = FpgaSimulator(cache, mode="netlist")
+    started = time.monotonic()
+    simulator.prepare(bitstream)  # the firmware received it: it may be programmed soon
+    simulator.prepare(bitstream)  # (twice: still one build)
+    assert time.monotonic() - started < 0.5  # the firmware is not held up
+    entry = tmp_path / "cache" / hashlib.sha256(bitstream).hexdigest()
+    wait_for(lambda: (entry / "circuit.json").is_file(), 60, "the circuit to be built")
+    started = time.monotonic()
+    simulator.program(bitstream)
+    assert time.monotonic() - started < 1.0  # built already: the configure time only
+    assert cache.builds == 1
+    assert count(simulator, 1_000_000, 10) == 625
+
+
+@pytest.mark.parametrize(
+    ("script", "reason"),
+    [
+        ("kill -9 $$", r"^FPGA simulation failed: iverilog was killed by signal 9$"),  # out of memory
+        ("echo 'iverilog: No space left on device' >&2; exit 1", r"iverilog cannot compile the netlist"),
+    ],
+)
+def test_a_tool_failing_for_its_own_reasons_is_not_cached(
+    tmp_path_factory, tmp_path: Path, monkeypatch, script: str, reason: str
+) -> None:
+    bitstream = session_counter(tmp_path_factory, 16).bin.read_bytes()
+    if shutil.which("iverilog") is None:
+        pytest.skip("iverilog not installed")
+    broken = tmp_path / "bin"
+    broken.mkdir()
+    (broken / "iverilog").write_text(f"#!/bin/sh\n{script}\n")
+    (broken / "iverilog").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{broken}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(FpgaError, match=reason):
+        FpgaSimulator(CircuitCache(tmp_path / "cache"), mode="netlist").program(bitstream)
+    monkeypatch.undo()  # iverilog works again
+
+    again = CircuitCache(tmp_path / "cache")  # as after a rack restart
+    simulator = FpgaSimulator(again, mode="netlist")
+    simulator.program(bitstream)
+    assert again.builds == 1
+    assert count(simulator, 1_000_000, 10) == 625
 
 
 def test_the_timing_model_sleeps_and_reports_a_fixed_number(tmp_path_factory, tmp_path: Path) -> None:

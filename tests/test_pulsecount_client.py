@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import select
 import threading
@@ -16,6 +17,8 @@ import serial
 
 from picofleet.firmware.pico2_ice import frames, pulsecount
 from picofleet.firmware.pulsecount_client import FirmwareError, NoAnswer, PortLost, PulseCountBoard
+from picofleet.gateway import core_hooks
+from picofleet.gateway.models import BoardIdentity, BoardRef
 from tests.helpers.wait import wait_for
 from tests.test_pulsecount_firmware import FakeFpga, bitstream, sha
 
@@ -106,17 +109,19 @@ def pty_board() -> Iterator[PtyBoard]:
     board.unplug()
 
 
-def open_port(board: PtyBoard) -> serial.Serial:
+def open_port(board: PtyBoard, boot: bool = True) -> serial.Serial:
     """Open the board's port as the gateway does, then let the board boot (pyserial flushes on open)."""
     port = serial.Serial(board.device, 115200, timeout=0.1, write_timeout=2, exclusive=True)
-    board.boot()
+    if boot:
+        board.boot()
     return port
 
 
 def test_identify_status_and_boot_log(pty_board: PtyBoard) -> None:
     logs: list[tuple[str, str]] = []
-    with open_port(pty_board) as port:
+    with open_port(pty_board, boot=False) as port:
         client = PulseCountBoard(port, on_log=lambda level, text: logs.append((level, text)))
+        pty_board.boot()  # the boot log comes during the session
         answer = client.identify()
         assert (answer["proto"], answer["firmware"], answer["version"]) == (
             2,
@@ -236,3 +241,58 @@ def test_chunks_stay_within_the_window(pty_board: PtyBoard) -> None:
         client.send_chunk = counting_send_chunk  # type: ignore[method-assign]
         client.load(sha(data), data)
     assert len(sent) == len(received) == 20
+
+
+def test_a_new_session_never_takes_an_earlier_sessions_answer_for_its_own(pty_board: PtyBoard) -> None:
+    with open_port(pty_board, boot=False) as port:
+        # the answer to a request an earlier session gave up on, still unread on the port
+        stale = frames.encode_json({"id": 1, "ok": True}) + b"\n"
+        os.write(pty_board.master, stale)
+        wait_for(lambda: port.in_waiting >= len(stale), TIMEOUT, "the stale answer to reach the port")
+        client = PulseCountBoard(port)
+        with pytest.raises(NoAnswer):  # the board is not running yet: nothing answers this identify
+            client.identify(timeout=0.3)
+        pty_board.boot()
+        assert client.identify()["firmware"] == "picofleet-pulsecount"
+
+
+def test_a_version_1_answer_is_never_taken_for_a_framed_answer(pty_board: PtyBoard) -> None:
+    with open_port(pty_board, boot=False) as port:
+        client = PulseCountBoard(port)
+        ping = client.send("ping")  # ids are consecutive within a session: identify's is ping + 1
+        # the gateway's version 1 hook (FirmwareClient) got no answer in time; it comes now
+        os.write(pty_board.master, json.dumps({"id": ping + 1, "ok": True}).encode() + b"\n")
+        with pytest.raises(NoAnswer):  # the board is not running yet: nothing answers this identify
+            client.identify(timeout=0.3)
+        pty_board.boot()
+        assert client.identify()["firmware"] == "picofleet-pulsecount"
+        assert client.wait(ping, TIMEOUT) == {"id": ping, "ok": True}
+
+
+def test_a_load_given_up_on_keeps_nothing_when_its_answer_comes_late(pty_board: PtyBoard) -> None:
+    data = bitstream(16, 1000)
+    with open_port(pty_board, boot=False) as port:
+        client = PulseCountBoard(port)
+        with pytest.raises(NoAnswer, match=r"^no answer to 'load' within 0\.2 s$"):
+            client.load(sha(data), data, timeout=0.2)
+        pty_board.boot()  # the board answers the load now, too late
+        assert client.identify()["firmware"] == "picofleet-pulsecount"  # the late answer was read meanwhile
+        assert client._responses == {} and client._ops == {}  # nothing kept for a request given up on
+
+
+def test_the_gateways_identify_skips_a_late_answer_to_its_previous_call(pty_board: PtyBoard) -> None:
+    """The gateway makes a FirmwareClient per hook call: the last call's late answer is not this one's."""
+    board = BoardRef(
+        serial="E6614C311B7E3C2A",
+        board_type="pico2-ice",
+        mode="application",
+        firmware="picofleet-app",
+        port=pty_board.device,
+        drive=None,
+        usb_path="platform-xhci-hcd.0-usb-0:1.1:1.0",
+    )
+    with open_port(pty_board, boot=False) as port:
+        os.write(pty_board.master, b'{"id": 1, "ok": true}\n')  # the blink the previous call gave up on
+        pty_board.boot()
+        identity = core_hooks.picofleet_identify(board=board, port=port)
+    assert identity == BoardIdentity("pico2-ice", "E6614C311B7E3C2A", "picofleet-pulsecount", "2.0.0")

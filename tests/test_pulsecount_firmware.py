@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import json
 import random
+import runpy
 import struct
 import sys
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from picofleet.firmware.client import FirmwareClient
 from picofleet.firmware.pico2_ice import frames, pulsecount
 from tests.helpers.wait import wait_for
 
@@ -145,6 +147,8 @@ class Output:
             self.raw += data
             for event in self._decoder.feed(data):
                 assert event[0] in ("frame", "line"), event
+                if event[0] == "line" and event[1] == b"":
+                    continue  # the line end the board sends after each frame
                 payload = event[2] if event[0] == "frame" else event[1]
                 self.messages.append((event[0] == "frame", json.loads(bytes(payload))))
 
@@ -267,6 +271,50 @@ def test_version_1_lines_are_still_answered() -> None:
         {"id": 5, "ok": True},
     ]  # the ping after the bootloader request is never read
     assert board.hw.calls == [("blink", 2), ("bootloader",)]
+
+
+class RecordedPort:
+    """A serial port a host reads the board's recorded output from (what it writes is dropped)."""
+
+    port = "recorded"
+    timeout = 0.1
+
+    def __init__(self, data: bytes) -> None:
+        self.data = bytearray(data)
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+    @property
+    def in_waiting(self) -> int:
+        return len(self.data)
+
+    def read(self, n: int = 1) -> bytes:
+        chunk = bytes(self.data[:n])
+        del self.data[:n]
+        return chunk
+
+
+def test_a_version_1_host_gets_its_answer_after_a_framed_session() -> None:
+    """The gateway's hooks (version 1 lines) ask a board whose evaluation session used frames."""
+    board = Board()
+    board.call("ping")  # a version 2 session: the board answers in frames, logs in frames
+    board.inp.feed(b'{"id": 1, "op": "identify"}\n')  # then the gateway's identify
+    board.stop()
+    assert frames.MAGIC in board.out.raw  # the ping's answer was a frame
+    answer = FirmwareClient(RecordedPort(bytes(board.out.raw))).identify(timeout=0.5)
+    assert (answer["id"], answer["firmware"], answer["proto"]) == (1, "picofleet-pulsecount", 2)
+
+
+def test_the_hardware_hears_of_a_bitstream_as_soon_as_it_is_complete(board: Board) -> None:
+    prepared: list[str] = []
+    board.hw.fpga_prepare = lambda data: prepared.append(sha(data))  # type: ignore[attr-defined]
+    data = bitstream(16, 10_000)
+    board.load(data, digest="ab" * 32)  # a transfer that does not check out: nothing to prepare
+    assert prepared == []
+    answers = board.load(data)
+    assert answers[-1]["complete"] is True and prepared == [sha(data)]
+    assert board.hw.calls == []  # prepared, not programmed: the host has not asked for that yet
 
 
 def test_reboot_answers_first_then_reboots(board: Board) -> None:
@@ -544,6 +592,28 @@ def test_firmware_sources_stay_micropython_friendly(name: str) -> None:
         assert not isinstance(node, ast.AnnAssign | ast.JoinedStr), f"{name}: line {node.lineno}"
         if isinstance(node, ast.FunctionDef):
             assert node.returns is None and all(a.annotation is None for a in node.args.args), node.name
+
+
+def test_main_gives_ctrl_c_back_when_the_hardware_fails_to_start(monkeypatch, capsys) -> None:
+    """main.py on a board whose FPGA does not start: the error is shown and Ctrl-C works again."""
+    kbd_intr: list[int] = []
+    micropython = type(sys)("micropython")
+    micropython.kbd_intr = kbd_intr.append  # type: ignore[attr-defined]
+
+    class Hardware:
+        def __init__(self) -> None:
+            micropython.kbd_intr(-1)  # as hw_pico2_ice.Hardware does first
+            raise OSError("ice: the FPGA does not answer")
+
+    hw_module = type(sys)("hw_pico2_ice")
+    hw_module.Hardware = Hardware  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "micropython", micropython)
+    monkeypatch.setitem(sys.modules, "hw_pico2_ice", hw_module)
+    monkeypatch.setitem(sys.modules, "pulsecount", pulsecount)
+    monkeypatch.setattr(sys, "print_exception", lambda error: print("Traceback:", repr(error)), raising=False)
+    runpy.run_path(str(FIRMWARE_DIR / "main.py"))
+    assert kbd_intr == [-1, 3]  # the REPL takes Ctrl-C again
+    assert "OSError('ice: the FPGA does not answer')" in capsys.readouterr().out
 
 
 class FakeMicroPython:

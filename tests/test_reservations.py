@@ -6,9 +6,12 @@ websocket, as a researcher's client would.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +20,18 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from picofleet.firmware import image, uf2
+from picofleet.gateway import api
+from picofleet.gateway.api import create_app
+from picofleet.gateway.board import FlashJob
 from picofleet.gateway.config import load_config
+from picofleet.gateway.discovery import Discovery
+from picofleet.gateway.manager import DeviceManager
 from picofleet.gateway.models import APPLICATION, BoardError, BoardRef
+from picofleet.gateway.plugin_manager import load_plugins
+from picofleet.gateway.reservations import RESERVATIONS
+from picofleet.gateway.service import prepare_directories
+from picofleet.gateway.store import Store
+from picofleet.gateway.sync import FleetSync
 from picofleet.plugins import pico2_ice, virtual
 from tests.helpers.fleet import FleetProcess, git
 from tests.helpers.gateway import GatewayProcess, wait_for
@@ -96,6 +109,50 @@ def ready(gateway: GatewayProcess, serial: str, timeout: float = 30) -> dict[str
         return None
 
     return wait_for(check, timeout, f"board {serial} ready for evaluations", interval=0.05)
+
+
+async def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Wait (on the event loop) until ``condition()`` is truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+    return result
+
+
+@contextlib.asynccontextmanager
+async def gateway_in_process(
+    data: Path, boards: int
+) -> AsyncIterator[tuple[DeviceManager, httpx.AsyncClient]]:
+    """A gateway in this process (its API over ASGI) with ``boards`` virtual boards, all Idle.
+
+    For tests that make something happen at a given moment inside the gateway.
+    """
+    config = load_config({"data": str(data), "simulate": str(boards)}, {"PICOFLEET_USB_DISCOVERY": "off"})
+    prepare_directories(config)
+    store = Store(config.db_path)
+    await store.open()
+    plugins = load_plugins()
+    manager = DeviceManager(config, store, plugins)
+    await manager.start()
+    discovery = Discovery(
+        plugins.discovery_sources(config), plugins.board_types, manager.on_present, manager.on_gone
+    )
+    discovery.start()
+    try:
+        transport = httpx.ASGITransport(app=create_app(manager))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:
+            await until(
+                lambda: [b.record["Status"] for b in manager.listed()] == ["Idle"] * boards,
+                30,
+                f"{boards} idle boards",
+            )
+            yield manager, client
+    finally:
+        await discovery.stop()
+        await manager.stop()
+        await store.close()
 
 
 @pytest.fixture
@@ -419,6 +476,8 @@ def picofleet_evaluation_firmware(board, kind, config):
     if not board.virtual:
         return None
     micropython = _uf2("picofleet-app", "7.0.0", board.board_type)
+    if os.environ.get("FILES_PLUGIN_MODE") == "files-only":  # MicroPython runs already: no UF2
+        micropython = None
     return EvaluationFirmware("picofleet-pulsecount", "1.0.0", micropython, {"main.py": b"run()"})
 
 
@@ -482,5 +541,149 @@ def test_a_board_whose_firmware_does_not_start_fails_and_its_reservation_ends(tm
         record = device(service, board["LocalUUID"])
         assert record["Status"] == "Broken" and "did not start" in record["StatusReason"]
         assert reservations(service) == []
+    finally:
+        service.stop()
+
+
+def test_a_board_reserved_while_a_flash_for_it_is_prepared_is_not_flashed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        async with gateway_in_process(tmp_path / "gw", 2) as (manager, client):
+            by_api, by_fleet = manager.listed()
+            loop = asyncio.get_running_loop()
+
+            def read_while_reserved(body: bytes, board_type: Any) -> FlashJob:  # a worker thread
+                reserving = manager.reservations.reserve("ivy", None, "pulsecount", serials=[by_api.serial])
+                asyncio.run_coroutine_threadsafe(reserving, loop).result(30)
+                return read_image(body, board_type)
+
+            read_image = api._read_image
+            monkeypatch.setattr(api, "_read_image", read_while_reserved)
+            flashed = await client.post(f"/v1/devices/{by_api.serial}/flash", content=app_uf2("9.9.9"))
+            assert flashed.status_code == 409, flashed.text
+            assert "reserved by 'ivy'" in flashed.json()["error"]
+
+            async def fetched_while_reserved(_: Any, firmware: dict[str, Any], commit: str) -> FlashJob:
+                await manager.reservations.reserve("jack", None, "pulsecount", serials=[by_fleet.serial])
+                data = app_uf2("2.0.0")
+                parsed = uf2.read_uf2(data)
+                return FlashJob(data, parsed.families, image.uf2_version(parsed), commit)
+
+            config = dataclasses.replace(manager.config, fleet_url="http://fleet.invalid")
+            sync = FleetSync(config, manager, manager.store)
+            sync._job = fetched_while_reserved  # type: ignore[method-assign]
+            target = {"commit": "c2", "firmware": {"sha256": "0" * 64, "url": "http://fleet.invalid/a"}}
+            async with httpx.AsyncClient() as fleet:
+                await sync.apply(fleet, {"boards": {by_fleet.serial: target}})
+            assert (by_fleet.record["PendingFlash"] or {}).get("commit") != "c2"  # not queued
+
+            for board in (by_api, by_fleet):
+                await until(
+                    lambda b=board: (
+                        b.record["Status"] == "Reserved" and b.record["FirmwareVersion"] == PULSECOUNT
+                    ),
+                    30,
+                    f"{board.serial} ready for evaluations",
+                )
+                assert board.record["PendingFlash"] is None  # nothing left to flash over it
+
+    asyncio.run(main())
+
+
+def test_a_board_with_a_flash_queued_is_not_reserved_until_it_is_flashed(gateway: GatewayProcess) -> None:
+    serial = gateway.devices()[0]["LocalUUID"]
+    assert gateway.put("/v1/enm/status", json={"targetStatus": "Paused"}).status_code == 200
+    queued = httpx.post(f"{gateway.url}/v1/devices/{serial}/flash", content=app_uf2("9.9.9"), timeout=15)
+    assert queued.status_code == 202, queued.text
+    for body in ({"name": "liz", "serials": [serial]}, {"name": "liz", "count": 2}):
+        refused = post(gateway, "/v1/reservations", body)
+        assert refused.status_code == 409, refused.text
+    assert "being flashed" in post(gateway, "/v1/reservations", {"name": "liz", "serials": [serial]}).text
+    assert reservations(gateway) == []
+
+    assert gateway.put("/v1/enm/status", json={"targetStatus": "Running"}).status_code == 200
+    wait_for(
+        lambda: (d := device(gateway, serial))["PendingFlash"] is None and d["Status"] == "Idle",
+        30,
+        "the flash done",
+    )
+    assert device(gateway, serial)["FirmwareVersion"] == "picofleet-app 9.9.9"
+    created = post(gateway, "/v1/reservations", {"name": "liz", "serials": [serial]})
+    assert created.status_code == 201, created.text
+
+
+def test_an_ended_reservation_is_not_stored_again_by_its_board(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with gateway_in_process(tmp_path / "gw", 1) as (manager, client):
+            created = (await client.post("/v1/reservations", json={"name": "kim", "count": 1})).json()
+            serial = created["reservations"][0]["serial"]
+            book = manager.reservations
+            await until(lambda: book.of(serial).state == "ready", 30, "the board ready")
+
+            store = manager.store
+            transact = store.transact
+            removed, go_on = asyncio.Event(), asyncio.Event()
+
+            async def slow_removal(job: Any) -> Any:  # the end's removal is stored, then waits
+                result = await transact(job)
+                if not removed.is_set():
+                    removed.set()
+                    await go_on.wait()
+                return result
+
+            store.transact = slow_removal  # type: ignore[method-assign]
+            headers = {"Authorization": f"Bearer {created['token']}"}
+            ending = asyncio.create_task(
+                client.post("/v1/reservations/end", json={"name": "kim"}, headers=headers)
+            )
+            await asyncio.wait_for(removed.wait(), 10)
+            # just then the board task says the board is not ready (the gateway was paused, say):
+            marking = asyncio.create_task(book.set_ready(serial, False))
+            await asyncio.sleep(0)  # it runs up to its first wait (its write is queued, or the lock)
+            go_on.set()
+            assert (await ending).status_code == 200
+            await marking
+            assert book.of(serial) is None
+            assert await store.all(RESERVATIONS) == []  # what the next start loads: not reserved
+
+    asyncio.run(main())
+
+
+def test_boards_are_named_by_local_or_resin_uuid_but_once(gateway: GatewayProcess) -> None:
+    board = gateway.devices()[0]
+    serial, resin = board["LocalUUID"], board["ResinUUID"]
+    twice = post(gateway, "/v1/reservations", {"name": "mo", "serials": [serial, resin]})
+    assert twice.status_code == 400 and serial in twice.json()["error"], twice.text
+    assert reservations(gateway) == []
+
+    created = post(gateway, "/v1/reservations", {"name": "mo", "serials": [resin], "seconds": 600})
+    assert created.status_code == 201, created.text
+    token = created.json()["token"]
+    assert [r["serial"] for r in created.json()["reservations"]] == [serial]
+    extended = post(gateway, "/v1/reservations/extend", {"name": "mo", "serials": [resin]}, token)
+    assert extended.status_code == 200, extended.text
+    assert extended.json()["reservations"][0]["expires_at"] > created.json()["reservations"][0]["expires_at"]
+    ended = post(gateway, "/v1/reservations/end", {"name": "mo", "serials": [resin]}, token)
+    assert ended.status_code == 200 and ended.json()["ended"] == [serial], ended.text
+    assert reservations(gateway) == []
+
+
+def test_a_board_that_only_gets_files_copied_leaves_the_fleets_commit(tmp_path: Path) -> None:
+    service = files_plugin_gateway(tmp_path, "files-only").start()
+    try:
+        [board] = idle_boards(service, 1)
+        serial = board["LocalUUID"]
+        flashed = httpx.post(
+            f"{service.url}/v1/devices/{serial}/flash?commit=c0ffee", content=app_uf2("3.0.0")
+        )
+        assert flashed.status_code == 202, flashed.text
+        wait_for(lambda: device(service, serial)["Commit"] == "c0ffee", 30, "the board at commit c0ffee")
+        created = post(service, "/v1/reservations", {"name": "nia", "count": 1}).json()
+        record = ready(service, serial)
+        assert record["FirmwareVersion"] == PULSECOUNT
+        assert record["Commit"] is None  # c0ffee is gone: the fleet sync puts it back after the reservation
+        assert installed(tmp_path) == [{"serial": serial, "files": ["main.py"]}]
+        assert post(service, "/v1/reservations/end", {"name": "nia"}, created["token"]).status_code == 200
     finally:
         service.stop()

@@ -11,11 +11,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from picofleet.gateway.config import load_config
 from picofleet.gateway.models import BoardError
 from picofleet.supervisor_bridge import update_lock
 from picofleet.supervisor_bridge.update_lock import BalenaUpdateLock, inspect, lock_paths
@@ -163,6 +165,86 @@ def test_kill_9_while_holding_the_lock_and_the_next_start_reports_it(tmp_path: P
         wait_for(lambda: not lock.exists(), 5, "the lock released")
     finally:
         third.stop()
+
+
+STOP_FAILS = """\
+import os, sys
+from pathlib import Path
+from picofleet.cli import main
+from picofleet.gateway.manager import DeviceManager
+from picofleet.supervisor_bridge import update_lock
+
+async def stop_failing(self):
+    lock = Path(os.environ["ENM_LOCK_FILE_LOCATION"])
+    update_lock.BalenaUpdateLock([(lock, True)], override=False).__enter__()  # a flash cut off: still held
+    raise RuntimeError("stopping the boards failed")
+
+DeviceManager.stop = stop_failing
+sys.exit(main(sys.argv[sys.argv.index("picofleet.cli") + 1 :]))
+"""
+
+
+def test_the_lock_is_released_at_shutdown_even_when_stopping_the_boards_fails(
+    tmp_path: Path, lock: Path
+) -> None:
+    script = tmp_path / "stop_fails.py"
+    script.write_text(STOP_FAILS)
+    gateway = GatewayProcess(
+        tmp_path / "data", env={"ENM_LOCK_FILE_LOCATION": str(lock)}, wrapper=[sys.executable, str(script)]
+    ).start()
+    assert gateway.stop() != 0
+    assert "stopping the boards failed" in gateway.output()
+    assert not lock.exists()  # the supervisor may update the device
+    assert supervisor_takes(lock)
+
+
+KILLED_WHILE_TAKING = """\
+import os, sys
+from pathlib import Path
+from picofleet.supervisor_bridge import update_lock
+
+def killed(*args, **kwargs):
+    os._exit(9)  # the gateway dies between creating a file and writing into it
+
+os.fdopen = killed
+update_lock.BalenaUpdateLock([(Path(sys.argv[1]), True)], override=False).__enter__()
+"""
+
+
+def test_a_gateway_killed_while_taking_the_lock_leaves_no_lock(tmp_path: Path, lock: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_WHILE_TAKING, str(lock)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 9, done.stderr
+    assert not lock.exists()  # never an empty lock file that blocks the device
+    assert supervisor_takes(lock)
+
+
+def test_an_empty_lock_left_by_a_crash_is_reported_and_removed_only_when_overridden(
+    tmp_path: Path, lock: Path
+) -> None:
+    lock.parent.mkdir(parents=True)
+    lock.touch()  # what a gateway killed between creating the file and writing its record left
+    assert inspect(lock).state == "held"  # just created: it may be the supervisor's own
+    long_ago = time.time() - 60
+    os.utime(lock, (long_ago, long_ago))
+    assert inspect(lock).state == "stale"
+
+    config = load_config({"data": str(tmp_path / "data"), "lock_file_location": str(lock)}, environ={})
+    (reported,) = update_lock.check_at_start(config, environ={})
+    assert reported.describe() == (
+        f"stale balena update lock {lock}: empty for 60 s, left by a gateway that died while taking it; "
+        "the supervisor will not update this device while it exists"
+    )
+    with (
+        pytest.raises(BoardError, match=r"^stale balena update lock .* BALENA_SUPERVISOR_OVERRIDE_LOCK=1"),
+        BalenaUpdateLock([(lock, False)], override=False),
+    ):
+        pass
+    assert lock.exists() and lock.read_text() == ""  # reported, not deleted
+
+    assert update_lock.check_at_start(config, environ={"BALENA_SUPERVISOR_OVERRIDE_LOCK": "1"}) == []
+    assert not lock.exists()
 
 
 # -- the lock on its own ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import psutil
@@ -12,7 +13,7 @@ import serial
 from picofleet.firmware import uf2
 from picofleet.firmware.client import FirmwareClient
 from picofleet.firmware.image import FLASH_BASE, make_app_image
-from picofleet.firmware.pulsecount_client import FirmwareError, PulseCountBoard
+from picofleet.firmware.pulsecount_client import FirmwareError, NoAnswer, PulseCountBoard
 from tests.helpers.fpga import session_counter, session_loop
 from tests.helpers.rack import RackProcess, Subscription
 from tests.helpers.wait import wait_for
@@ -95,6 +96,36 @@ def test_a_real_bitstream_counts_exactly_over_the_pty(pulsecount_board, tmp_path
         assert board.evaluate(sha4, 1_000_000, 10, timeout=30) == 2500
     assert rack.board(serial_number)["boots"] == boots
     assert (rack.state_dir / "fpga" / sha16 / "circuit.vvp").is_file()  # compiled once, cached
+
+
+def test_a_received_bitstream_is_built_while_the_board_keeps_answering(
+    pulsecount_board, tmp_path_factory
+) -> None:
+    rack, _, device = pulsecount_board
+    divide_by_16 = session_counter(tmp_path_factory, 16).bin.read_bytes()
+    sha16 = hashlib.sha256(divide_by_16).hexdigest()
+    circuit = rack.state_dir / "fpga" / sha16 / "circuit.vvp"
+    with serial.Serial(device["devname"], 115200, timeout=0.1, exclusive=True) as port:
+        board = PulseCountBoard(port)
+        board.load(sha16, divide_by_16)
+        answered_in: list[float] = []
+
+        def built_while_answering() -> bool:
+            started = time.monotonic()
+            try:
+                board.request("ping", timeout=5.0)
+            except NoAnswer:
+                answered_in.append(float("inf"))
+                raise
+            answered_in.append(time.monotonic() - started)
+            return circuit.is_file()
+
+        # built before the host asks for it (no evaluate yet), and meanwhile the board answers at once
+        wait_for(built_while_answering, 60, "the circuit to be built with no evaluate asked", interval=0.05)
+        assert max(answered_in) < 1.0, answered_in
+        request = board.start_evaluate(sha16, 1_000_000, 10)
+        board.request("ping", timeout=1.0)  # configuring a built circuit does not make the board deaf
+        assert board.wait(request, timeout=30)["pulses"] == 625
 
 
 def test_a_circuit_that_never_settles_fails_its_evaluation(pulsecount_board, tmp_path_factory) -> None:

@@ -119,7 +119,8 @@ class Decoder:
 
     * ``("frame", kind, payload)``: a frame with a good CRC (payload is a bytearray);
     * ``("line", data)``: a version 1 line without its ``\\n`` (``None`` when it was longer
-      than ``max_line``: its content was dropped);
+      than ``max_line``: its content was dropped); the ``\\n`` the board sends after each frame
+      is an empty line, ``b""``;
     * ``("error", text)``: a bad frame, text ``"frame CRC mismatch"`` or ``"frame too long"``;
       the decoder then skips bytes up to the next magic (or until :meth:`quiet`);
     * ``("interrupt",)``: a Ctrl-C byte (0x03) in a line, if ``interrupt`` is set (JSON never

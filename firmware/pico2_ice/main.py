@@ -16,16 +16,20 @@ import pulsecount
 
 def main():
     """Serve the protocol; back to the REPL after Ctrl-C or a crash (reported on the console)."""
-    hw = hw_pico2_ice.Hardware()
+    hw = None
     ended = None
     try:
+        hw = hw_pico2_ice.Hardware()  # inside: a failing init still gives Ctrl-C back (it sets kbd_intr(-1))
         ended = pulsecount.run(hw, hw.stdin(), hw.stdout(), interrupt=True)
     except Exception as error:
         sys.print_exception(error)
         ended = "crash"
     finally:
-        hw.release()
-        micropython.kbd_intr(3)  # Ctrl-C interrupts again at the REPL
+        try:
+            if hw is not None:
+                hw.release()
+        finally:
+            micropython.kbd_intr(3)  # Ctrl-C interrupts again at the REPL
     if ended == "interrupt":
         print("picofleet-pulsecount stopped (Ctrl-C): MicroPython REPL")
 

@@ -23,6 +23,9 @@ Everything that touches hardware goes through one object, ``hw``, passed in::
     hw.count_start(clock_hz, window_ms)  drive CLK, count rising edges on ICE_27; returns at once
     hw.count_result() -> int or None     None while the window runs, then the count; raises
                                          Exception(reason) when counting failed
+    hw.fpga_prepare(bitstream)           optional (the simulator has it, a real board not): a
+                                         bitstream arrived complete and may be programmed soon;
+                                         returns at once
 
 and the serial stream through two objects: ``inp.wait(timeout_ms) -> bool`` (True when a byte
 can be read now or the input ended), ``inp.read(n) -> bytes`` (blocks for exactly ``n`` bytes;
@@ -131,8 +134,12 @@ class App:
 
     # -- output ------------------------------------------------------------------------------
     def send(self, message, framed):
-        """Send one message to the host, as a J frame or as a version 1 line."""
-        data = frames.encode_json(message) if framed else json.dumps(message).encode() + b"\n"
+        """Send one message to the host, as a J frame or as a version 1 line.
+
+        A frame is followed by ``\n``: a version 1 host reads it as a line that is not JSON and
+        skips it, and the line after it stays a line of its own.
+        """
+        data = (frames.encode_json(message) if framed else json.dumps(message).encode()) + b"\n"
         self.out.write(data)
         flush = getattr(self.out, "flush", None)
         if flush is not None:
@@ -250,6 +257,12 @@ class App:
         slot.data = data
         slot.complete = True
         self.respond(request_id, {"received": end, "complete": True}, True)
+        prepare = getattr(self.hw, "fpga_prepare", None)
+        if prepare is not None:
+            try:
+                prepare(data)
+            except Exception as error:
+                self.log("preparing bitstream " + slot.sha256 + " failed: " + _error_text(error), "warning")
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self):

@@ -209,8 +209,18 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         try:
-            with PulseCountClient(args.gateway, args.name, args.token) as client:
+            client = PulseCountClient(args.gateway, args.name, args.token)
+            try:
                 evaluate(args, client, view)
+            except BaseException:
+                # Ctrl-C, SIGTERM or an error decide the exit status and the message, not a
+                # failure to end the reservations after it (a gateway gone meanwhile)
+                try:
+                    client.close()
+                except ClientError as error:
+                    print(f"picofleet evaluate: the reservations were not ended: {error}", file=sys.stderr)
+                raise
+            client.close()
         finally:
             view.finish(args.files)  # what came back, also when interrupted
     except (EvaluateFailed, ClientError) as error:

@@ -19,6 +19,14 @@ A wall-clock deadline (``PICOFLEET_SIM_FPGA_DEADLINE``, default 20 s) kills a co
 whose simulated time stopped advancing (a combinational loop oscillates at one instant for ever)
 fails with "circuit did not settle within 20 s"; one still advancing but too slow to finish
 (the simulator runs some 10^5 to 10^6 cycles a second for small circuits) says how far it got.
+A count that could not finish even at :data:`SIM_CYCLES_PER_SECOND` is refused when it starts.
+
+Building a circuit takes seconds of CPU (icebox_vlog). The boards of a rack (threads of one
+process) and of racks sharing a state directory build each bitstream once: a build holds
+``fcntl.flock`` on ``<cache>/.lock-<sha256>`` and the others wait for it and use its result;
+at most :data:`BUILDS_AT_ONCE` builds run at once in a process. The firmware calls
+``hw.fpga_prepare`` when a bitstream arrived complete, which starts its build in the background
+(:meth:`FpgaSimulator.prepare`), so the board keeps answering while it builds.
 
 ``timing`` is a fast timing model for benchmarks of the protocol and the gateway, never for
 deciding whether a circuit is correct: no netlist, ``fpga_program`` sleeps the configure time
@@ -30,6 +38,7 @@ measurement.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -42,6 +51,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +75,12 @@ TOOL_TIMEOUT = 300.0
 """Seconds one conversion tool (iceunpack, icebox_vlog, iverilog) may run."""
 STALE_BUILD = 3600.0
 """Seconds after which an unfinished build directory (a rack killed while building) is removed."""
+BUILDS_AT_ONCE = 2
+"""Circuits built at the same time in one rack process (each build keeps a core busy for seconds)."""
+SIM_CYCLES_PER_SECOND = 2_000_000
+"""The fastest the netlist simulator runs a circuit, in clock cycles per second of wall-clock time:
+several times the 200,000-550,000 measured for small counters. A count of more cycles than this
+rate times the deadline is refused at once (it could only fail at the deadline)."""
 MODES = ("netlist", "timing")
 
 _PORT = re.compile(r"\b(input|output|inout)\s+(?:wire\s+|reg\s+)?(\\?\S+?)\s*[,)]")
@@ -158,6 +174,19 @@ def half_period_ps(clock_hz: int) -> int:
     return max(2, round(500_000_000_000 / clock_hz))
 
 
+def check_feasible(clock_hz: int, window_ms: int, deadline: float) -> None:
+    """FpgaError at once when simulating the window would take longer than ``deadline`` seconds
+    even at :data:`SIM_CYCLES_PER_SECOND`, rather than failing after waiting for the deadline."""
+    cycles = cycles_in_window(clock_hz, window_ms)
+    needed = cycles / SIM_CYCLES_PER_SECOND
+    if needed > deadline:
+        raise FpgaError(
+            f"the simulation would need ~{needed:.0f} s ({cycles} clock cycles at most "
+            f"{SIM_CYCLES_PER_SECOND:,} cycles/s), more than the {deadline:g} s deadline: use a lower "
+            "clock_hz or a shorter window_ms, or PICOFLEET_SIM_FPGA=timing"
+        )
+
+
 def timing_model_pulses(bitstream: bytes) -> int:
     """The timing model's pulse count: a fixed number per bitstream, not a measurement."""
     return int(hashlib.sha256(bitstream).hexdigest()[:6], 16) % 1000
@@ -173,7 +202,7 @@ def _module_ports(verilog: str) -> dict[str, str]:
     start = verilog.find("module chip")
     end = verilog.find(");", start)
     if start < 0 or end < 0:
-        raise _ToolFailed("FPGA did not configure: icebox_vlog wrote no module")
+        raise FpgaError("FPGA simulation failed: icebox_vlog wrote no module")
     header = verilog[start : end + 2]
     return {name: direction for direction, name in _PORT.findall(header)}
 
@@ -191,8 +220,14 @@ class _ToolFailed(FpgaError):
     """A conversion tool refused the bitstream (a property of the bitstream: the failure is cached)."""
 
 
-def _run_tool(command: list[str], cwd: Path, what: str) -> str:
-    """Run one conversion tool; its stdout, or FpgaError with its last line of output."""
+def _run_tool(command: list[str], cwd: Path, what: str, refusal: bool = True) -> str:
+    """Run one conversion tool; its stdout, or FpgaError with its last line of output.
+
+    A tool exiting with a positive status is :class:`_ToolFailed` (cached) when ``refusal``: it
+    read the bitstream and refused it. A tool killed by a signal (out of memory, a shutdown) and a
+    failing tool that is not judging the bitstream (``refusal=False``) raise a plain FpgaError:
+    the next configure tries again.
+    """
     try:
         done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=TOOL_TIMEOUT)
     except FileNotFoundError:
@@ -204,9 +239,11 @@ def _run_tool(command: list[str], cwd: Path, what: str) -> str:
         raise FpgaError(
             f"FPGA simulation failed: {command[0]} took longer than {TOOL_TIMEOUT:.0f} s"
         ) from None
+    if done.returncode < 0:
+        raise FpgaError(f"FPGA simulation failed: {command[0]} was killed by signal {-done.returncode}")
     if done.returncode != 0:
         reason = _one_line(done.stderr + "\n" + done.stdout, f"exit status {done.returncode}")
-        raise _ToolFailed(f"{what} ({command[0]}: {reason})")
+        raise (_ToolFailed if refusal else FpgaError)(f"{what} ({command[0]}: {reason})")
     return done.stdout
 
 
@@ -247,6 +284,7 @@ def build_circuit(bitstream: bytes, directory: Path) -> Circuit:
         ["iverilog", "-s", "picofleet_tb", "-o", "circuit.vvp", "testbench.v", "chip.v"],
         directory,
         "FPGA simulation failed: iverilog cannot compile the netlist",
+        refusal=False,  # the netlist icebox_vlog wrote is valid Verilog: a failure here is ours
     )
     drives = ports.get("ICE_27") in ("output", "inout")
     (directory / "circuit.json").write_text(
@@ -255,18 +293,28 @@ def build_circuit(bitstream: bytes, directory: Path) -> Circuit:
     return Circuit(sha256, directory / "circuit.vvp", drives)
 
 
+_build_slots = threading.BoundedSemaphore(BUILDS_AT_ONCE)
+"""Held while a circuit is built: at most BUILDS_AT_ONCE builds at once in this process."""
+
+
 class CircuitCache:
     """Compiled circuits by bitstream sha256 under ``directory`` (one subdirectory each).
 
     A build happens in a temporary directory renamed into place once complete, so concurrent
     boards (threads) and racks never see half a build; a bitstream the tools refused is cached as
-    its reason. The ``CACHE_ENTRIES`` most recently used entries are kept.
+    its reason (a tool that failed for another reason is not: the next ``get`` builds again).
+    Each bitstream is built once: the build holds ``fcntl.flock`` on ``.lock-<sha256>`` (whoever
+    asks meanwhile, from any board or rack, waits and takes the result), and at most
+    :data:`BUILDS_AT_ONCE` builds run at once in the process. The ``CACHE_ENTRIES`` most recently
+    used entries are kept.
     """
 
     def __init__(self, directory: Path, entries: int = CACHE_ENTRIES) -> None:
         self.directory = Path(directory)
         self.entries = entries
         self.builds = 0
+        self._lock = threading.Lock()
+        self._prefetching: set[str] = set()
 
     def _load(self, entry: Path) -> Circuit | None:
         try:
@@ -280,13 +328,71 @@ class CircuitCache:
         return Circuit(record["sha256"], entry / "circuit.vvp", bool(record["drives_ice27"]))
 
     def get(self, bitstream: bytes) -> Circuit:
-        """The compiled circuit of ``bitstream``, built now unless cached; FpgaError when it cannot be."""
+        """The compiled circuit of ``bitstream``, built now unless cached; FpgaError when it cannot be.
+
+        Blocks while another board (or rack) builds the same bitstream, then uses its result.
+        """
         sha256 = hashlib.sha256(bitstream).hexdigest()
         entry = self.directory / sha256
         circuit = self._load(entry)
         if circuit is not None:
             return circuit
         self.directory.mkdir(parents=True, exist_ok=True)
+        with self._building(sha256):
+            circuit = self._load(entry)  # built while we waited for the lock
+            if circuit is not None:
+                return circuit
+            with _build_slots:
+                return self._build(bitstream, sha256, entry)
+
+    def prefetch(self, bitstream: bytes) -> None:
+        """Start building the circuit of ``bitstream`` in a background thread (unless cached or under way).
+
+        Its failure is not reported here: the next :meth:`get` answers it (cached) or tries again.
+        """
+        sha256 = hashlib.sha256(bitstream).hexdigest()
+        if (self.directory / sha256 / "circuit.json").exists():
+            return
+        with self._lock:
+            if sha256 in self._prefetching:
+                return
+            self._prefetching.add(sha256)
+        threading.Thread(
+            target=self._prefetch, args=(bitstream, sha256), name=f"fpga-build-{sha256[:12]}", daemon=True
+        ).start()
+
+    def _prefetch(self, bitstream: bytes, sha256: str) -> None:
+        try:
+            self.get(bitstream)
+        except FpgaError as error:
+            log.debug("building the circuit of bitstream %s failed: %s", sha256[:12], error)
+        except Exception:
+            log.exception("building the circuit of bitstream %s failed", sha256[:12])
+        finally:
+            with self._lock:
+                self._prefetching.discard(sha256)
+
+    @contextlib.contextmanager
+    def _building(self, sha256: str) -> Iterator[None]:
+        """Hold the build lock of ``sha256`` (an exclusive ``flock``: other threads and processes wait).
+
+        The lock file is removed once the entry exists: whoever comes later finds the entry and
+        needs no lock, and whoever waits on the removed file finds the entry when it gets the lock.
+        """
+        path = self.directory / f".lock-{sha256}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                if (self.directory / sha256 / "circuit.json").exists():
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _build(self, bitstream: bytes, sha256: str, entry: Path) -> Circuit:
         self._remove_stale_builds()
         build = Path(tempfile.mkdtemp(prefix=f".build-{sha256[:16]}-", dir=self.directory))
         try:
@@ -299,11 +405,12 @@ class CircuitCache:
                 failure: FpgaError | None = error
             else:
                 failure = None
-            self.builds += 1
+            with self._lock:
+                self.builds += 1
             log.info("built the circuit of bitstream %s in %.1f s", sha256[:12], time.monotonic() - started)
             try:
                 build.rename(entry)
-            except OSError:  # another board built it meanwhile (use that one), or a broken entry
+            except OSError:  # another rack built it meanwhile (use that one), or a broken entry
                 if self._load(entry) is None:
                     shutil.rmtree(entry, ignore_errors=True)
                     with contextlib.suppress(OSError):
@@ -479,8 +586,17 @@ class FpgaSimulator:
         if left > 0:
             time.sleep(left)
 
+    def prepare(self, bitstream: bytes) -> None:
+        """A bitstream arrived complete: build its circuit in the background (netlist model), so that
+        configuring it later does not keep the firmware from answering for seconds."""
+        if self.mode == "netlist":
+            self.cache.prefetch(bytes(bitstream))
+
     def count_start(self, clock_hz: int, window_ms: int) -> None:
-        """Drive CLK at ``clock_hz`` and count ICE_27's rising edges for ``window_ms``; returns at once."""
+        """Drive CLK at ``clock_hz`` and count ICE_27's rising edges for ``window_ms``; returns at once.
+
+        FpgaError at once when the netlist simulation could not finish before the deadline.
+        """
         self.stop()
         self._window_end = time.monotonic() + window_ms / 1000
         self._pulses, self._counting = None, True
@@ -491,7 +607,12 @@ class FpgaSimulator:
         elif self._circuit is None or not self._circuit.drives_ice27:
             self._pulses = 0
         else:
-            self._count = NetlistCount(self._circuit, clock_hz, window_ms, self.deadline)
+            try:
+                check_feasible(clock_hz, window_ms, self.deadline)
+                self._count = NetlistCount(self._circuit, clock_hz, window_ms, self.deadline)
+            except FpgaError:
+                self._counting = False
+                raise
 
     def count_result(self) -> int | None:
         """None until the window ended and the simulation finished, then the count; FpgaError if it failed."""

@@ -278,8 +278,12 @@ class SimulatedPulseCountHardware(SimulatedHardware):
         return self.MAX_BITSTREAM
 
     def fpga_program(self, bitstream: bytes) -> None:
-        """Configure the FPGA (blocks for the configure time, and for the first build of a circuit)."""
+        """Configure the FPGA (blocks for the configure time, and until the circuit is built)."""
         self._fpga.program(bytes(bitstream))
+
+    def fpga_prepare(self, bitstream: bytes) -> None:
+        """A bitstream arrived complete: the simulator starts building its circuit in the background."""
+        self._fpga.prepare(bytes(bitstream))
 
     def count_start(self, clock_hz: int, window_ms: int) -> None:
         """Drive CLK at ``clock_hz`` and count rising edges on ICE_27 for ``window_ms``; returns at once."""
