@@ -145,6 +145,11 @@ class EvaluationScheduler:
         reservation = self.manager.reservations.of(board.serial)
         return reservation.name if reservation is not None else None
 
+    def _local_serial(self, uuid: str) -> str:
+        """A board's LocalUUID, given it or its ResinUUID (as reservations accept both)."""
+        board = self.manager.find(uuid)
+        return board.serial if board is not None else uuid
+
     def reserved_serials(self, name: str) -> list[str]:
         """The serials ``name`` holds, in the order they were reserved."""
         return [reservation.serial for reservation in self.manager.reservations.of_client(name)]
@@ -176,6 +181,7 @@ class EvaluationScheduler:
                 raise EvaluationRefused(409, f"{name!r} has no reserved board: reserve boards first")
             targets = held
         else:
+            serials = [self._local_serial(serial) for serial in serials]
             foreign = [serial for serial in serials if serial not in held]
             if foreign:
                 raise EvaluationRefused(404, f"not reserved by {name!r}: {', '.join(foreign)}")

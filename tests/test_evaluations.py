@@ -174,7 +174,7 @@ class FakeBoard:
         self.sightings: dict[str, object] = {"application": object()}
         self.broken = False
         self.evaluation_ready = True
-        self.record: dict[str, Any] = {"Status": "Reserved", "RestartFlag": False}
+        self.record: dict[str, Any] = {"Status": "Reserved", "RestartFlag": False, "ResinUUID": f"r-{serial}"}
         self.restarts = 0
         self.statuses: list[str] = []
 
@@ -216,6 +216,11 @@ class FakeManager:
 
     async def run_blocking(self, function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.to_thread(function, *args)
+
+    def find(self, uuid: str) -> FakeBoard | None:
+        """A board by LocalUUID or ResinUUID, as DeviceManager.find."""
+        by_resin = (b for b in self.boards.values() if b.record["ResinUUID"] == uuid)
+        return self.boards.get(uuid) or next(by_resin, None)
 
     @contextlib.asynccontextmanager
     async def updating(self) -> AsyncIterator[None]:
@@ -629,7 +634,8 @@ def test_any_mode_runs_only_on_the_boards_asked_for(tmp_path: Path) -> None:
         async with Rig(tmp_path) as rig:
             other, asked = rig.boards
             bitstreams = rig.bitstreams(6)
-            evaluation = rig.scheduler.submit("alice", bitstreams, "any", serials=[asked.serial], args=ARGS)
+            by_resin_uuid = [asked.record["ResinUUID"]]  # a board may be named by either of its ids
+            evaluation = rig.scheduler.submit("alice", bitstreams, "any", serials=by_resin_uuid, args=ARGS)
             results = await results_of(evaluation)
             assert sorted(r["sha256"] for r in results) == sorted(sha for sha, _ in bitstreams)
             assert {r["serial"] for r in results} == {asked.serial}
