@@ -321,13 +321,22 @@ class Board:
         reserved = f"reserved by {reservation.name} for {reservation.kind} evaluations"
         if firmware.uf2 is not None and done is None:
             job = await asyncio.to_thread(evaluation_job, firmware.uf2)
+            if self.manager.reservations.of(self.serial) is not reservation:
+                return  # it ended meanwhile: the board keeps its fleet firmware
             self._prepared = (key, "flashed")
             log.info("%s: %s: flashing the UF2 of %s", self.label, reserved, firmware.name)
             # the fleet's firmware is gone: a null Commit makes the sync re-apply the target later
             await self.update(Commit=None, StatusReason=f"{reserved}: installing {firmware.name}")
-            await self.manager.request_flash(self, job)
+            from .manager import FlashRefused
+
+            try:
+                await self.manager.request_flash(self, job)
+            except FlashRefused:  # the reservation ended meanwhile: Commit is null, so the sync
+                self.manager.reservations.released.set()  # re-applies the fleet's target to it
             return
         if firmware.files and done != "installed":
+            if self.manager.reservations.of(self.serial) is not reservation:
+                return  # it ended meanwhile: the board keeps its fleet firmware
             self._prepared = (key, "installed")
             log.info("%s: %s: copying the files of %s", self.label, reserved, firmware.name)
             # they replace the fleet's firmware too: a null Commit makes the sync re-apply the target

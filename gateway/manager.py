@@ -363,6 +363,8 @@ class DeviceManager:
             refusal = self.reservations.flash_refusal(board.serial)
             if refusal is not None:
                 raise FlashRefused(refusal)
+        elif self.reservations.of(board.serial) is None:
+            raise FlashRefused("the reservation ended before its evaluation firmware was flashed")
         board.flash_requests += 1
         try:
             try:

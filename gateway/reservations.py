@@ -314,7 +314,10 @@ class ReservationBook:
                         duration,
                     )
             finally:
+                unreserved = [serial for serial in self._claimed if serial not in self._reservations]
                 self._claimed.clear()  # the lock is held: every claim is this request's
+                if unreserved:
+                    self.released.set()  # a fleet flash refused while they were claimed: apply it now
             self._wake([reservation.serial for reservation in made])
             self._changed.set()
         return minted or str(token), made

@@ -24,12 +24,11 @@ process (so a reused pid is not mistaken for it) and the boot id. A file naming 
 no longer running is *stale* (a ``kill -9`` or a power cut mid-flash): it still blocks every
 update of the device, so it is reported at start and a flash refuses to run under it with a
 reason saying what to do; it is removed only when ``BALENA_SUPERVISOR_OVERRIDE_LOCK=1`` (balena's
-own switch for ignoring locks). An *empty* file owned by the gateway's user and untouched for
-:data:`EMPTY_STALE_AFTER` seconds is stale too: what a gateway before this way of taking the lock
-left when it died between creating the file and writing its record. A file with any other
-content, or empty and younger or of another user (the supervisor's own: empty, and owned by
-``nobody`` in current supervisors), is held by someone else: the gateway waits up to
-:data:`WAIT_FOR_LOCK` seconds for it, then the flash fails with that reason.
+own switch for ignoring locks). The gateway's record is written before the file appears (a temp
+file linked into place), so a lock of ours is never empty. A file with any other content, or an
+empty one (the supervisor's own; it may hold it for as long as an update of the app takes), is
+held by someone else: the gateway waits up to :data:`WAIT_FOR_LOCK` seconds for it, then the flash
+fails with that reason. Such a lock is never called stale nor removed by the gateway.
 """
 
 from __future__ import annotations
@@ -62,10 +61,6 @@ HOLDER = "picofleet-gateway"
 WAIT_FOR_LOCK = 5.0
 """Seconds to wait for a lock someone else holds before the flash fails."""
 POLL_INTERVAL = 0.1
-EMPTY_STALE_AFTER = 15.0
-"""Seconds after which an empty lock file of the gateway's user counts as left by a crash: far more
-than creating and writing a file takes, and more than WAIT_FOR_LOCK (the supervisor's own lock
-lasts as long as it takes to stop the service)."""
 
 FREE = "free"
 OURS = "ours"
@@ -124,8 +119,6 @@ class LockFile:
     path: Path
     state: str
     record: dict[str, Any]
-    empty_for: float | None = None
-    """Seconds an empty file has existed unchanged (``None``: the file is not empty)."""
 
     @property
     def holder(self) -> str:
@@ -136,12 +129,6 @@ class LockFile:
 
     def describe(self) -> str:
         """One line for an operator."""
-        if self.state == STALE and not self.record:
-            return (
-                f"stale balena update lock {self.path}: empty for {self.empty_for or 0:.0f} s, left by a "
-                "gateway that died while taking it; the supervisor will not update this device while it "
-                "exists"
-            )
         if self.state == STALE:
             return (
                 f"stale balena update lock {self.path}: left by {self.holder}, which is no longer running; "
@@ -159,15 +146,12 @@ def inspect(path: Path) -> LockFile:
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             text = handle.read(4096)
-            status = os.fstat(handle.fileno())
     except FileNotFoundError:
         return LockFile(path, FREE, {})
     except OSError:
         return LockFile(path, HELD, {})
     if not text:
-        empty_for = max(0.0, time.time() - status.st_mtime)
-        crashed = status.st_uid == os.getuid() and empty_for > EMPTY_STALE_AFTER
-        return LockFile(path, STALE if crashed else HELD, {}, empty_for)
+        return LockFile(path, HELD, {})  # the supervisor's (a gateway's record is never empty)
     try:
         record = json.loads(text)
     except ValueError:

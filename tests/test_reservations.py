@@ -28,7 +28,7 @@ from picofleet.gateway.discovery import Discovery
 from picofleet.gateway.manager import DeviceManager
 from picofleet.gateway.models import APPLICATION, BoardError, BoardRef
 from picofleet.gateway.plugin_manager import load_plugins
-from picofleet.gateway.reservations import RESERVATIONS
+from picofleet.gateway.reservations import RESERVATIONS, ReservationError
 from picofleet.gateway.service import prepare_directories
 from picofleet.gateway.store import Store
 from picofleet.gateway.sync import FleetSync
@@ -587,6 +587,43 @@ def test_a_board_reserved_while_a_flash_for_it_is_prepared_is_not_flashed(
                     f"{board.serial} ready for evaluations",
                 )
                 assert board.record["PendingFlash"] is None  # nothing left to flash over it
+
+    asyncio.run(main())
+
+
+def test_a_fleet_flash_refused_while_a_failed_reservation_claimed_the_board_is_applied_after(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with gateway_in_process(tmp_path / "gw", 2) as (manager, _):
+            first, second = manager.listed()
+            book = manager.reservations
+            config = dataclasses.replace(manager.config, fleet_url="http://fleet.invalid")
+            sync = FleetSync(config, manager, manager.store)
+
+            async def job(client: Any, firmware: dict[str, Any], commit: str) -> FlashJob:
+                data = app_uf2("2.0.0")
+                parsed = uf2.read_uf2(data)
+                return FlashJob(data, parsed.families, image.uf2_version(parsed), commit)
+
+            sync._job = job  # type: ignore[method-assign]
+            target = {"commit": "c2", "firmware": {"sha256": "0" * 64, "url": "http://fleet.invalid/a"}}
+            capable = book._capable
+
+            async def target_arrives_then_refuse_the_second(board: Any, kind: str) -> str | None:
+                if board is second:  # the first board is claimed by now: its fleet flash is refused
+                    async with httpx.AsyncClient() as fleet:
+                        await sync.apply(fleet, {"boards": {first.serial: target}})
+                    return "cannot (test)"
+                return await capable(board, kind)
+
+            book._capable = target_arrives_then_refuse_the_second  # type: ignore[method-assign]
+            book.released.clear()
+            with pytest.raises(ReservationError):
+                await book.reserve("zed", None, "pulsecount", serials=[first.serial, second.serial])
+            assert book.of(first.serial) is None
+            assert first.pending_flash is None  # refused while claimed...
+            assert book.released.is_set()  # ...so the sync is told to apply its target again
 
     asyncio.run(main())
 
