@@ -439,6 +439,8 @@ class Board:
         version = f"{identity.firmware} {identity.version}" if identity else None
         if not self.provisioned:
             await self.manager.provision(self, board_type)
+        if version != self.record.get("FirmwareVersion"):  # in the board's log at the fleet too
+            log.info("%s: runs %s", self.label, version or "a firmware that does not identify itself")
         await self.update(
             BoardType=board_type, FirmwareVersion=version, Port=app.devname, UsbPort=app.usb_port or None
         )

@@ -92,6 +92,7 @@ def test_board_logs_reach_the_fleet_and_the_cli_prints_them(fleet: FleetProcess,
         assert [line["time"] for line in lines] == sorted(line["time"] for line in lines), "oldest first"
         statuses = [line["text"].rsplit(": ", 1)[1] for line in lines]
         assert statuses.index("Installing") < statuses.index("Flashing") < len(statuses) - 1
+        assert statuses.index("runs picofleet-app 2.0.0") > statuses.index("Flashing")  # its new firmware
         assert len(logs(fleet, uuid, limit=2)) == 2
 
         printed = cli(fleet, "logs", "lab", uuid)
