@@ -110,36 +110,25 @@ async def provision_gateways(
 
 
 def hello_server_main() -> None:
-    """Serve ``GET /hello`` (a tiny JSON body) with the fleet service's Hypercorn config."""
+    """Serve ``GET /hello`` (a tiny JSON body) exactly as the fleet service serves (gateway/serving.py)."""
     import logging
-    import signal
 
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config
     from starlette.applications import Starlette
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from picofleet.gateway.service import bind_socket
+    from picofleet.gateway.serving import bind_socket, serve_app, stop_on_signals
 
     async def hello(request: Any) -> Response:
         return Response(b'{"hello":"world"}', media_type="application/json")
 
     async def run() -> None:
         sock = bind_socket("127.0.0.1", 0)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        config = Config()
+        stop = stop_on_signals()
         host, port = sock.getsockname()[:2]
-        config.bind = [f"fd://{sock.detach()}"]
-        config.accesslog = None
-        config.errorlog = logging.getLogger("hypercorn.error")
-        config.graceful_timeout = 2.0
         print(f"hello listening on http://{host}:{port}", flush=True)
         app = Starlette(routes=[Route("/hello", hello, methods=["GET"])])
-        await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        await serve_app(app, sock, stop.wait)
 
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(run())

@@ -788,6 +788,23 @@ def detect_kind(data: bytes) -> str | None:
     return None
 
 
+def validate(data: bytes) -> str:
+    """Check that ``data`` is a valid iCE40 ``.bin`` or ``.asc``; return ``"ice40-bin"`` or ``"ice40-asc"``.
+
+    Raises :class:`BitstreamError` for an invalid bitstream, and for anything else (a UF2 named).
+    """
+    kind = detect_kind(data)
+    if kind == "ice40-bin":
+        read_bin(data)
+    elif kind == "ice40-asc":
+        read_asc(data)
+    elif kind == "uf2":
+        raise BitstreamError("a UF2 firmware image, not an iCE40 bitstream")
+    else:
+        raise BitstreamError("not an iCE40 .bin or .asc bitstream")
+    return kind
+
+
 def _describe_uf2(data: bytes) -> dict[str, Any]:
     image = uf2.read_uf2(data)
     families = sorted(image.families)

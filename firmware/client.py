@@ -17,7 +17,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import serial
@@ -48,9 +48,44 @@ class PortLost(FirmwareError):
     """The serial port failed (the board was unplugged or reset under us)."""
 
 
+MAX_ID = 0xFFFFFFFF
+"""The largest request id (protocol version 2 carries ids as u32)."""
+
+
 def random_id() -> int:
-    """A random first request id (1 to 2^32 - 1) for a new session on a port."""
-    return secrets.randbelow(0xFFFFFFFF) + 1
+    """A random first request id (1 to :data:`MAX_ID`) for a new session on a port."""
+    return secrets.randbelow(MAX_ID) + 1
+
+
+@contextlib.contextmanager
+def brief_reads(port: serial.Serial) -> Iterator[None]:
+    """Within: reads block briefly (never for ever, never not at all), so that deadlines hold.
+
+    The port's timeout is changed only when needed (that reconfigures the port) and restored after;
+    a failing port raises :class:`PortLost`.
+    """
+    saved = port.timeout
+    retime = saved is None or not 0 < saved <= MAX_READ_BLOCK
+    try:
+        if retime:
+            port.timeout = READ_SLICE
+        yield
+    except (serial.SerialException, OSError) as error:
+        raise PortLost(f"serial port {port.port} failed: {error}") from error
+    finally:
+        if retime:  # a port that is gone: the caller hears about it from the error above
+            with contextlib.suppress(serial.SerialException, OSError):
+                port.timeout = saved
+
+
+def forward_log(on_log: Callable[[str, str], None] | None, message: dict) -> None:
+    """Hand a board's log message ``{"log", "level"}`` to ``on_log`` (whose errors are logged, not raised)."""
+    if on_log is None:
+        return
+    try:
+        on_log(str(message.get("level", "info")), str(message.get("log", "")))
+    except Exception:
+        log.exception("on_log callback failed")
 
 
 class FirmwareClient:
@@ -81,13 +116,7 @@ class FirmwareClient:
         self._next_id += 1
         line = json.dumps({"id": request_id, "op": op, **args}, separators=(",", ":")) + "\n"
         deadline = time.monotonic() + timeout
-        saved_timeout = self.port.timeout
-        # A read must block briefly (never forever, never not at all) for the deadline to hold;
-        # changing pyserial's timeout reconfigures the port, so only when needed.
-        retime = saved_timeout is None or not 0 < saved_timeout <= MAX_READ_BLOCK
-        try:
-            if retime:
-                self.port.timeout = READ_SLICE
+        with brief_reads(self.port):
             self.port.write(line.encode())  # no flush(): tcdrain could wait for ever on a stuck board
             while True:
                 message = self._next_message(deadline)
@@ -95,20 +124,13 @@ class FirmwareClient:
                     raise NoAnswer(f"no answer to '{op}' within {timeout:.1f} s")
                 if "id" not in message:
                     if "log" in message:
-                        self._forward_log(message)
+                        forward_log(self.on_log, message)
                     continue
                 if message.get("id") != request_id:
                     continue  # a late answer to an earlier request that timed out
                 if message.get("ok") is True:
                     return message
                 raise FirmwareError(f"board answered: {message.get('error', 'an error without reason')}")
-        except (serial.SerialException, OSError) as error:
-            raise PortLost(f"serial port {self.port.port} failed: {error}") from error
-        finally:
-            if retime:
-                # a port that is gone: the caller hears about it from the error above
-                with contextlib.suppress(serial.SerialException, OSError):
-                    self.port.timeout = saved_timeout
 
     def identify(self, timeout: float = 2.0) -> dict:
         """Ask the firmware who it is: ``proto``, ``board``, ``serial``, ``firmware``, ``version``."""
@@ -133,14 +155,6 @@ class FirmwareClient:
     def bootloader(self, timeout: float = 2.0) -> None:
         """Make the board reboot into its UF2 bootloader (its port goes away, a drive appears)."""
         self.request("bootloader", timeout=timeout)
-
-    def _forward_log(self, message: dict) -> None:
-        if self.on_log is None:
-            return
-        try:
-            self.on_log(str(message.get("level", "info")), str(message.get("log", "")))
-        except Exception:
-            log.exception("on_log callback failed")
 
     def _next_message(self, deadline: float) -> dict | None:
         """The next line that is a JSON object, or ``None`` at the deadline."""

@@ -21,18 +21,16 @@ earlier session (a request given up on) are never taken for its own.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import serial
 
-from .client import FirmwareError, NoAnswer, PortLost
+from .client import MAX_ID, FirmwareError, NoAnswer, PortLost, brief_reads, forward_log, random_id
 from .pico2_ice import frames
 
 __all__ = ["CHUNK_WINDOW", "FirmwareError", "NoAnswer", "PortLost", "PulseCountBoard"]
@@ -43,14 +41,8 @@ CHUNK_WINDOW = 4
 """Bitstream chunks sent ahead of their acknowledgements."""
 EVALUATE_MARGIN = 25.0
 """Seconds an evaluation may take beyond its window (configuring; a simulated circuit may need 20 s)."""
-READ_SLICE = 0.05
-"""Longest single blocking read, so that deadlines hold whatever the port's timeout."""
-MAX_READ_BLOCK = 0.2
-"""A port timeout up to this is used as it is; otherwise READ_SLICE is set while reading."""
 MAX_LINE = 64 * 1024
 """Bytes of a line without its end after which the line is dropped as garbage."""
-MAX_ID = 0xFFFFFFFF
-"""The largest request id (a ``D`` frame carries it as a u32); ids wrap around to 1 after it."""
 
 
 class PulseCountBoard:
@@ -65,7 +57,7 @@ class PulseCountBoard:
     def __init__(self, port: serial.Serial, on_log: Callable[[str, str], None] | None = None) -> None:
         self.port = port
         self.on_log = on_log
-        self._next_id = secrets.randbelow(MAX_ID) + 1
+        self._next_id = random_id()
         reset = getattr(port, "reset_input_buffer", None)
         if reset is not None:
             try:
@@ -102,7 +94,7 @@ class PulseCountBoard:
         if op is None and request_id not in self._responses:
             raise ValueError(f"request {request_id} was not sent, or its answer was collected already")
         deadline = time.monotonic() + timeout
-        with self._reading():
+        with brief_reads(self.port):
             while request_id not in self._responses:
                 if time.monotonic() >= deadline:
                     raise NoAnswer(f"no answer to '{op}' within {timeout:.1f} s")
@@ -208,22 +200,6 @@ class PulseCountBoard:
         except (serial.SerialException, OSError) as error:
             raise PortLost(f"serial port {self.port.port} failed: {error}") from error
 
-    @contextlib.contextmanager
-    def _reading(self) -> Iterator[None]:
-        """Reads block briefly (never for ever, never not at all) while waiting for answers."""
-        saved = self.port.timeout
-        retime = saved is None or not 0 < saved <= MAX_READ_BLOCK  # changing it reconfigures the port
-        try:
-            if retime:
-                self.port.timeout = READ_SLICE
-            yield
-        except (serial.SerialException, OSError) as error:
-            raise PortLost(f"serial port {self.port.port} failed: {error}") from error
-        finally:
-            if retime:
-                with contextlib.suppress(serial.SerialException, OSError):
-                    self.port.timeout = saved
-
     def _receive(self) -> None:
         """Read what the port has (or wait one read slice) and dispatch what it completes."""
         chunk = self.port.read(max(1, self.port.in_waiting))
@@ -244,12 +220,14 @@ class PulseCountBoard:
             return
         if "id" not in message:
             if "log" in message:
-                self._forward_log(message)
+                forward_log(self.on_log, message)
             return
         request_id = message["id"]
         if request_id is None:
             # the board rejected a frame it could not attribute to a request (CRC, length)
-            self._forward_log({"level": "error", "log": f"board rejected a frame: {message.get('error')}"})
+            forward_log(
+                self.on_log, {"level": "error", "log": f"board rejected a frame: {message.get('error')}"}
+            )
             return
         if request_id in self._ops:
             self._responses[request_id] = message
@@ -258,16 +236,8 @@ class PulseCountBoard:
     def _log_line(self, message: dict | None) -> None:
         """A version 1 line: a log message (before the board's first frame), or not for us."""
         if message is not None and "id" not in message and "log" in message:
-            self._forward_log(message)
+            forward_log(self.on_log, message)
         # else: noise, or a version 1 answer to another client (FirmwareClient): never ours
-
-    def _forward_log(self, message: dict) -> None:
-        if self.on_log is None:
-            return
-        try:
-            self.on_log(str(message.get("level", "info")), str(message.get("log", "")))
-        except Exception:
-            log.exception("on_log callback failed")
 
 
 def _parse(data: bytes | bytearray) -> dict | None:

@@ -452,6 +452,10 @@ def create_app(service: FleetService) -> Starlette:
                     "name": g.get("name"),
                     "created": g.get("created"),
                     "last_seen": service.last_seen(g),
+                    "logs": {  # board log lines lost on the way (since this service started)
+                        "dropped": service.logs_dropped.get(g["id"], 0),
+                        "ignored": service.logs_ignored.get(g["id"], 0),
+                    },
                     "boards": [board_json(b, g, fleet, releases, settings) for b in g.get("boards") or []],
                 }
                 for g in gateways

@@ -34,7 +34,8 @@ from typing import Any
 import yaml
 
 from ..firmware import uf2
-from ..firmware.bitstream import BitstreamError, detect_kind, read_asc, read_bin
+from ..firmware.bitstream import BitstreamError, detect_kind
+from ..firmware.bitstream import validate as validate_bitstream
 from ..gateway.models import BoardType
 
 __all__ = [
@@ -192,7 +193,7 @@ def _lookup(repo: _Repo, path: str, where: str) -> tuple[_Entry | None, str | No
 
 
 def _runs_bitstreams(board_type: BoardType) -> bool:
-    return "ice40" in f"{board_type.chip} {board_type.description}".lower()
+    return (board_type.fpga or "").lower().startswith("ice40")
 
 
 def _kind_of(path: str, data: bytes) -> str | None:
@@ -221,7 +222,7 @@ def _check_firmware(path: str, data: bytes, board_type: BoardType) -> tuple[str 
         if not _runs_bitstreams(board_type):
             return None, f"{path}: an iCE40 bitstream, but board type {board_type.name} has no iCE40 FPGA"
         try:
-            read_bin(data) if kind == "ice40-bin" else read_asc(data)
+            validate_bitstream(data)
         except BitstreamError as error:
             return None, f"{path}: invalid bitstream: {error}"
         return kind, None

@@ -11,15 +11,11 @@ import asyncio
 import logging
 import os
 import secrets
-import signal
 import sys
 from pathlib import Path
 
-from hypercorn.asyncio import serve
-from hypercorn.config import Config as HypercornConfig
-
 from ..gateway.config import ConfigError
-from ..gateway.service import bind_socket
+from ..gateway.serving import bind_socket, serve_app, stop_on_signals
 from ..gateway.store import StoreLockedError
 from .app import FleetService, create_app
 from .git_http import FleetRepos
@@ -77,28 +73,25 @@ async def run_fleet(
     repos = FleetRepos(data, store, max_asset_bytes)
     await repos.start()
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    config = HypercornConfig()
+    stop = stop_on_signals()
     bound_host, bound_port = sock.getsockname()[:2]
-    config.bind = [f"fd://{sock.detach()}"]  # Hypercorn owns (and closes) the socket from here
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = 2.0
     print(f"picofleet fleet listening on http://{bound_host}:{bound_port} (data in {data})", flush=True)
     try:
         app = create_app(FleetService(store, repos, token))
-        await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        await serve_app(app, sock, stop.wait)
     finally:
         await store.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry for tests and development: ``python -m picofleet.fleet.service``."""
-    parser = argparse.ArgumentParser(prog="python -m picofleet.fleet.service", description=__doc__)
-    parser.add_argument("--data", type=Path, required=True, help="directory of fleet.db, git/, assets/")
+def add_arguments(parser: argparse.ArgumentParser, data_default: Path | None = None) -> None:
+    """The options of the fleet service (``--data`` is required when it has no default)."""
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=data_default,
+        required=data_default is None,
+        help="directory of fleet.db, git/, assets/" + (f" (default {data_default})" if data_default else ""),
+    )
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument(
@@ -108,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         help=f"size limit of one firmware file (default 32 MiB, or ${MAX_ASSET_ENV})",
     )
     parser.add_argument("--log-level", default=os.environ.get("ENM_LOG_LEVEL", "info"))
-    args = parser.parse_args(argv)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the fleet service with the options of :func:`add_arguments` until SIGINT/SIGTERM."""
     logging.basicConfig(
         stream=sys.stdout,
         level=args.log_level.upper(),
@@ -120,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"picofleet fleet: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry for tests and development: ``python -m picofleet.fleet.service``."""
+    parser = argparse.ArgumentParser(prog="python -m picofleet.fleet.service", description=__doc__)
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from typing import Any
 from tinydb import TinyDB
 
 from ..gateway.storage import detached
-from ..gateway.store import Store
+from ..gateway.store import FieldEquals, Store
 
 __all__ = ["BOARD_LOG_LINES", "BoardLogs", "FleetExistsError", "FleetStore", "key_hash", "now_iso"]
 
@@ -57,10 +57,8 @@ def key_hash(key: str) -> str:
 
 
 def _find(db: TinyDB, table: str, field: str, value: Any) -> Any:
-    for doc in db.table(table).all():
-        if doc.get(field) == value:
-            return doc
-    return None
+    """The first document of ``table`` whose ``field`` is ``value``, or ``None``."""
+    return db.table(table).get(FieldEquals(field, value))
 
 
 class FleetStore:
@@ -231,17 +229,13 @@ class BoardLogs:
     def __init__(self, per_board: int = BOARD_LOG_LINES) -> None:
         self.per_board = per_board
         self._lines: dict[tuple[str, str], collections.deque[dict[str, Any]]] = {}
-        self.dropped = 0
-        """Lines pushed out of a full ring (this run)."""
 
     def add(self, fleet: str, uuid: str, line: dict[str, Any]) -> None:
         """Append ``line`` (``time``, ``level``, ``text``, ``gateway``) to the board's ring."""
         ring = self._lines.get((fleet, uuid))
         if ring is None:
             ring = self._lines[(fleet, uuid)] = collections.deque(maxlen=self.per_board)
-        elif len(ring) == self.per_board:
-            self.dropped += 1
-        ring.append(line)
+        ring.append(line)  # the oldest line goes once the ring is full
 
     def last(self, fleet: str, uuid: str, limit: int) -> list[dict[str, Any]]:
         """The board's last ``limit`` lines, oldest first."""

@@ -26,7 +26,6 @@ import secrets
 from typing import Any
 
 __all__ = [
-    "CONFIG_KEY",
     "ENV_KEY",
     "BoardReportError",
     "asset_url",
@@ -39,9 +38,7 @@ __all__ = [
 ]
 
 ENV_KEY = re.compile(r"[A-Z_][A-Z0-9_]*")
-"""Environment variable names; the prefixes ``BALENA_`` and ``RESIN_`` are reserved for config."""
-CONFIG_KEY = ENV_KEY
-"""Configuration variable names: the same pattern, ``BALENA_*`` / ``RESIN_*`` included."""
+"""Environment and configuration variable names (``BALENA_*`` / ``RESIN_*`` only for config)."""
 RESERVED_PREFIXES = ("BALENA_", "RESIN_")
 MAX_KEY = 128
 MAX_VALUE = 4096

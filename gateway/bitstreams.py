@@ -34,6 +34,7 @@ from pathlib import Path
 from ..firmware import bitstream
 from ..firmware.assets import SHA256, AssetCache, AssetError, sha256_of
 from .atomic import atomic_write_bytes
+from .http_util import ApiError
 
 log = logging.getLogger("picofleet.bitstreams")
 
@@ -44,13 +45,8 @@ MEMORY_CACHE_BYTES = 64 * 1024 * 1024
 ALIASES = "aliases"
 
 
-class BitstreamRejected(Exception):
+class BitstreamRejected(ApiError):
     """An upload that is not a valid up5k bitstream; ``status`` is 400 (not one) or 422 (invalid)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -186,6 +182,12 @@ class BitstreamStore:
             return self.cache.has(sha)
         except AssetError:
             return False
+
+    async def missing(self, shas: Iterable[str]) -> list[str]:
+        """Those of ``shas`` that are not stored (the disk is looked at in a worker thread)."""
+        unknown = [sha for sha in dict.fromkeys(shas) if sha not in self._memory]
+        on_disk = await asyncio.to_thread(lambda: {sha for sha in unknown if self.has(sha)})
+        return [sha for sha in unknown if sha not in on_disk]
 
     async def lookup(self, sha: str) -> StoredBitstream | None:
         """The stored bitstream ``sha`` names: a ``.bin``'s sha256 or an ``.asc`` upload's.

@@ -19,9 +19,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from ..firmware.assets import SHA256
-from .bitstreams import BitstreamRejected
-from .evaluation_jobs import MODES, Evaluation, EvaluationRefused, check_args
-from .http_util import ApiError, json_body, json_object, read_upload
+from .evaluation_jobs import MODES, Evaluation, check_args
+from .http_util import ApiError, bearer_token, json_body, json_object, read_upload, serials_field
 
 if TYPE_CHECKING:
     from .manager import DeviceManager
@@ -31,15 +30,9 @@ MAX_BITSTREAMS = 10_000
 MAX_LABEL = 1000
 
 
-def bearer_token(request: Request) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, if any."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
-
-
 def authorize(manager: DeviceManager, request: Request, name: str) -> None:
     """403 unless the request carries the token of client ``name``."""
-    token = bearer_token(request)
+    token = bearer_token(request.headers)
     if token is None:
         raise ApiError(403, f"evaluations of {name!r} need its token: send Authorization: Bearer <token>")
     manager.reservations.check_token(name, token)  # a 403 ApiError unless it is name's
@@ -68,14 +61,6 @@ def _bitstream_list(value: Any) -> list[tuple[str, str | None]]:
     return listed
 
 
-def _serials(value: Any) -> list[str] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or not value or not all(isinstance(s, str) and s for s in value):
-        raise ApiError(400, "serials must be a non-empty list of board serials")
-    return value
-
-
 def _ndjson(line: dict[str, Any]) -> bytes:
     return (json.dumps(line, separators=(",", ":")) + "\n").encode()
 
@@ -89,9 +74,7 @@ def evaluation_routes(manager: DeviceManager) -> list[BaseRoute]:
         """Upload an ``.asc`` or ``.bin`` bitstream; 201 with the ``.bin``'s sha256."""
         body = await read_upload(request, manager.config.max_bitstream_bytes, "a bitstream upload")
         try:
-            stored = await store.add(body)
-        except BitstreamRejected as error:
-            raise ApiError(error.status, error.message) from None
+            stored = await store.add(body)  # BitstreamRejected is an ApiError: answered as its 4xx
         except OSError as error:
             raise ApiError(507, str(error)) from None
         return JSONResponse(stored.public(), status_code=201)
@@ -117,19 +100,21 @@ def evaluation_routes(manager: DeviceManager) -> list[BaseRoute]:
         if unknown:
             raise ApiError(400, f"unknown field {unknown[0]!r}")
         bitstreams = _bitstream_list(body.get("bitstreams"))
-        serials = _serials(body.get("serials"))
+        serials = serials_field(body.get("serials"))
         mode = body.get("mode", "each")
         if mode not in MODES:
             raise ApiError(400, f'mode must be "each" or "any", not {json.dumps(mode)}')
         try:
-            args = check_args(body.get("args"))
+            args = check_args(body.get("args"), "args")
         except ValueError as error:
             raise ApiError(400, str(error)) from None
-        try:
-            async with store.no_collection():  # its bitstreams are not deleted while they are queued
-                evaluation = scheduler.submit(name, bitstreams, mode, serials, args)
-        except EvaluationRefused as error:
-            raise ApiError(error.status, error.message) from None
+        async with store.no_collection():  # its bitstreams are not deleted while they are queued
+            missing = await store.missing(sha for sha, _ in bitstreams)
+            if missing:
+                raise ApiError(
+                    422, f"bitstream {missing[0]} is not on the gateway: upload it first (PUT /v1/bitstreams)"
+                )
+            evaluation = scheduler.submit(name, bitstreams, mode, serials, args)  # or EvaluationRefused (4xx)
         return StreamingResponse(
             _stream(evaluation),
             media_type="application/x-ndjson",

@@ -9,39 +9,42 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from .http_util import ApiError
 
 __all__ = ["ARG_RANGES", "DEFAULT_ARGS", "MODES", "Evaluation", "EvaluationRefused", "Unit", "check_args"]
 
 MODES = ("each", "any")
 DEFAULT_ARGS = {"clock_hz": 48_000_000, "window_ms": 1000}
 ARG_RANGES = {"clock_hz": (1, 50_000_000), "window_ms": (1, 60_000)}
+"""The evaluation arguments and their ranges (whole numbers): CLK frequency and counting window."""
 
 
-class EvaluationRefused(Exception):
-    """A request the scheduler cannot take: ``status`` and the reason (the API's 4xx)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+class EvaluationRefused(ApiError):
+    """A request the scheduler cannot take: ``status`` and the reason (answered as that 4xx)."""
 
 
-def check_args(args: Any, what: str = "args") -> dict[str, int]:
-    """Evaluation arguments (``clock_hz``, ``window_ms``), whole numbers in range; ValueError else."""
+def check_args(args: Any, what: str | None = None) -> dict[str, int]:
+    """Evaluation arguments (``clock_hz``, ``window_ms``), whole numbers in range; ValueError else.
+
+    The one check of them: the gateway's reservations and evaluations, the client and the CLI.
+    ``what`` (e.g. ``"args"``) starts the error message when given.
+    """
+    prefix = f"{what}: " if what else ""
     if args is None:
         return {}
-    if not isinstance(args, dict):
-        raise ValueError(f"{what} must be a JSON object")
+    if not isinstance(args, Mapping):
+        raise ValueError(f"{what or 'args'} must be a JSON object")
     checked = {}
     for key, value in args.items():
         if key not in ARG_RANGES:
-            raise ValueError(f"{what}: unknown argument {key!r} (known: {', '.join(ARG_RANGES)})")
+            raise ValueError(f"{prefix}unknown argument {key!r} (known: {', '.join(ARG_RANGES)})")
         low, high = ARG_RANGES[key]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"{what}: {key} must be a whole number from {low} to {high}, not {value!r}")
+            raise ValueError(f"{prefix}{key} must be a whole number from {low} to {high}, not {value!r}")
         checked[key] = value
     return checked
 

@@ -42,7 +42,7 @@ from ..firmware.client import FirmwareError, NoAnswer, PortLost
 from ..firmware.pulsecount_client import PulseCountBoard
 from .bitstreams import BitstreamStore
 from .device import Status
-from .evaluation_jobs import DEFAULT_ARGS, Evaluation, EvaluationRefused, Unit, check_args
+from .evaluation_jobs import DEFAULT_ARGS, Evaluation, EvaluationRefused, Unit
 from .models import APPLICATION, BoardError
 
 if TYPE_CHECKING:
@@ -154,11 +154,6 @@ class EvaluationScheduler:
         """The serials ``name`` holds, in the order they were reserved."""
         return [reservation.serial for reservation in self.manager.reservations.of_client(name)]
 
-    def _reservation_args(self, board: Board) -> dict[str, Any]:
-        reservation = self.manager.reservations.of(board.serial)
-        args = getattr(reservation, "args", None)
-        return args if isinstance(args, dict) else {}
-
     # -- submitting ---------------------------------------------------------------------------------
     def submit(
         self,
@@ -170,8 +165,9 @@ class EvaluationScheduler:
     ) -> Evaluation:
         """Queue an evaluation of ``bitstreams`` (``(sha256, label)``) for client ``name``.
 
-        Raises :class:`EvaluationRefused`: 409 when ``name`` holds no board, 404 for a serial it
-        does not hold, 422 for a bitstream that is not stored, 413 for too many units.
+        The bitstreams must be stored (the API checks: BitstreamStore.missing). Raises
+        :class:`EvaluationRefused`: 409 when ``name`` holds no board, 404 for a serial it does not
+        hold, 413 for too many units.
         """
         if self._stopped:
             raise EvaluationRefused(503, "the gateway is stopping")
@@ -186,11 +182,6 @@ class EvaluationScheduler:
             if foreign:
                 raise EvaluationRefused(404, f"not reserved by {name!r}: {', '.join(foreign)}")
             targets = list(dict.fromkeys(serials))
-        for sha, _ in bitstreams:
-            if not self.bitstreams.has(sha):
-                raise EvaluationRefused(
-                    422, f"bitstream {sha} is not on the gateway: upload it first (PUT /v1/bitstreams)"
-                )
         count = len(bitstreams) * (len(targets) if mode == "each" else 1)
         if count > MAX_UNITS:
             raise EvaluationRefused(413, f"{count} evaluations in one request; at most {MAX_UNITS}")
@@ -471,10 +462,8 @@ class EvaluationScheduler:
 
     def _args_for(self, unit: Unit, board: Board) -> dict[str, int]:
         """The unit's evaluation arguments: the request's, else the reservation's, else defaults."""
-        args = dict(DEFAULT_ARGS)
-        args.update(check_args(self._reservation_args(board), "the reservation's args"))
-        args.update(unit.evaluation.args)
-        return args
+        reservation = self.manager.reservations.of(board.serial)  # its args were checked at reserve
+        return {**DEFAULT_ARGS, **(reservation.args if reservation else {}), **unit.evaluation.args}
 
     async def _ensure_loaded(self, board: Board, session: BoardSession, unit: Unit, keep: str | None) -> None:
         """Send the unit's bitstream unless the board holds it; FirmwareError when it refuses it."""
@@ -506,11 +495,7 @@ class EvaluationScheduler:
 
     async def _count_unit(self, board: Board, session: BoardSession, unit: Unit) -> None:
         """:meth:`_run_unit` but for a board that got stuck taking the next bitstream."""
-        try:
-            args = self._args_for(unit, board)
-        except ValueError as error:
-            self._finish(unit, board.serial, error=str(error))
-            return
+        args = self._args_for(unit, board)
         for attempt in (1, 2):
             try:
                 await self._ensure_loaded(board, session, unit, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -62,4 +63,26 @@ def json_object(value: Any, what: str) -> dict[str, Any]:
     """``value`` if it is a JSON object, else a 400 naming ``what``."""
     if not isinstance(value, dict):
         raise ApiError(400, f"{what} must be a JSON object")
+    return value
+
+
+def bearer_token(headers: Headers) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or ``None``."""
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def serials_field(value: Any) -> list[str] | None:
+    """A request's ``serials``: absent/null, or a non-empty list of distinct strings (else a 400)."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(item, str) and item for item in value)
+        or len(set(value)) != len(value)
+    ):
+        raise ApiError(400, "serials must be a non-empty list of distinct board serials")
     return value

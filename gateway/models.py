@@ -141,7 +141,8 @@ class BoardType:
 
     ``uf2_families`` are the UF2 family ids its bootloader accepts (a flash of any other family
     is refused before anything is written). ``bootloader_board_id`` is the ``Board-ID:`` line of
-    its bootloader drive's INFO_UF2.TXT, checked before writing.
+    its bootloader drive's INFO_UF2.TXT, checked before writing. ``fpga`` names the FPGA on the
+    board (``"iCE40UP5K"``), or is ``None``: only a board with an iCE40 takes bitstreams in a release.
     """
 
     name: str
@@ -150,6 +151,7 @@ class BoardType:
     usb_rules: tuple[UsbRule, ...]
     uf2_families: tuple[int, ...]
     bootloader_board_id: str
+    fpga: str | None = None
 
 
 @dataclass(frozen=True)

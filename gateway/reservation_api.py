@@ -12,13 +12,12 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from .http_util import ApiError, json_body, json_object
+from .http_util import ApiError, bearer_token, json_body, json_object, serials_field
 from .reservations import KINDS, Reservation, ReservationBook, check_name
 
 if TYPE_CHECKING:
@@ -30,28 +29,6 @@ GOING_AWAY = 1001
 """WebSocket close code when the gateway stops."""
 POLICY_VIOLATION = 1008
 """WebSocket close code for a connection without a valid token."""
-
-
-def bearer_token(headers: Headers) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, or ``None``."""
-    scheme, _, token = headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
-
-
-def _serials(value: Any) -> list[str] | None:
-    """``serials`` of a request: absent/null, or a non-empty list of distinct strings."""
-    if value is None:
-        return None
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(item, str) and item for item in value)
-        or len(set(value)) != len(value)
-    ):
-        raise ApiError(400, "serials must be a non-empty list of distinct board serials")
-    return value
 
 
 def _count(value: Any) -> int:
@@ -79,7 +56,7 @@ def reservation_routes(manager: DeviceManager) -> list[BaseRoute]:
         kind = body.get("kind", "pulsecount")
         if not isinstance(kind, str):
             raise ApiError(400, f"kind must be a string (known: {', '.join(KINDS)})")
-        serials = _serials(body.get("serials"))
+        serials = serials_field(body.get("serials"))
         if serials is not None and body.get("count") is not None:
             raise ApiError(400, "give either count or serials, not both")
         count = _count(body["count"]) if body.get("count") is not None else None
@@ -106,14 +83,19 @@ def reservation_routes(manager: DeviceManager) -> list[BaseRoute]:
         """Extend reservations: ``{"name", "serials"?, "seconds"?}`` (Bearer token of the name)."""
         body = await body_of(request)
         extended = await book.extend(
-            body["name"], bearer_token(request.headers), _serials(body.get("serials")), body.get("seconds")
+            body["name"],
+            bearer_token(request.headers),
+            serials_field(body.get("serials")),
+            body.get("seconds"),
         )
         return JSONResponse({"name": body["name"], "reservations": _listing(extended)})
 
     async def end(request: Request) -> Response:
         """End reservations: ``{"name", "serials"?}``, without serials all of the name's."""
         body = await body_of(request)
-        ended = await book.end(body["name"], bearer_token(request.headers), _serials(body.get("serials")))
+        ended = await book.end(
+            body["name"], bearer_token(request.headers), serials_field(body.get("serials"))
+        )
         return JSONResponse({"name": body["name"], "ended": [reservation.serial for reservation in ended]})
 
     async def events(websocket: WebSocket) -> None:

@@ -32,7 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 from tinydb import TinyDB
 
+from ..firmware.pico2_ice import pulsecount
 from .device import Status
+from .evaluation_jobs import check_args
 from .events import EventBus
 from .http_util import ApiError
 from .models import APPLICATION, BoardError, BoardRef, EvaluationFirmware
@@ -43,10 +45,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("picofleet.reservations")
 
-KINDS = {"pulsecount": "picofleet-pulsecount"}
+KINDS = {"pulsecount": pulsecount.FIRMWARE}
 """Evaluation kinds, and the firmware (as ``identify`` names it) a board runs for each."""
-KIND_ARGS = {"pulsecount": {"clock_hz": (1, 50_000_000), "window_ms": (1, 60_000)}}
-"""The arguments each kind takes, with their ranges (whole numbers)."""
 ENDING_NOTICE = 300.0
 """Seconds before its end that a reservation announces ``reservation_ending``."""
 EVALUATION_FIRMWARE_TIMEOUT = 10.0
@@ -123,22 +123,12 @@ def check_name(name: Any) -> str:
     return name
 
 
-def check_args(kind: str, args: Any) -> dict[str, Any]:
-    """The arguments of an evaluation ``kind`` (a JSON object of known keys), or a 400."""
-    if args is None:
-        return {}
-    if not isinstance(args, dict):
-        raise ReservationError(400, "args must be a JSON object")
-    known = KIND_ARGS[kind]
-    for key, value in args.items():
-        if key not in known:
-            raise ReservationError(400, f"unknown argument {key!r} of {kind} (known: {', '.join(known)})")
-        low, high = known[key]
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ReservationError(
-                400, f"{key} must be a whole number between {low} and {high}, not {value!r}"
-            )
-    return dict(args)
+def check_kind_args(args: Any) -> dict[str, Any]:
+    """The arguments of the (one) evaluation kind, ``pulsecount``'s (evaluation_jobs.check_args), or a 400."""
+    try:
+        return check_args(args, "args")
+    except ValueError as error:
+        raise ReservationError(400, str(error)) from None
 
 
 async def evaluation_firmware(
@@ -246,11 +236,6 @@ class ReservationBook:
             return None
         return self._names_by_digest.get(token_digest(token))
 
-    def token_matches(self, name: str, token: str | None) -> bool:
-        """Whether ``token`` is client ``name``'s."""
-        digest = self._clients.get(name)
-        return digest is not None and bool(token) and hmac.compare_digest(digest, token_digest(str(token)))
-
     def check_token(self, name: str, token: str | None) -> None:
         """Raise a 403 unless ``token`` is client ``name``'s."""
         digest = self._clients.get(name)
@@ -281,7 +266,7 @@ class ReservationBook:
         check_name(name)
         if kind not in KINDS:
             raise ReservationError(400, f"unknown kind {kind!r} (known: {', '.join(KINDS)})")
-        args = check_args(kind, args)
+        args = check_kind_args(args)
         duration = self._duration(seconds)
         async with self._lock:
             minted = None

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-import socket
 import sys
-
-from hypercorn.asyncio import serve
-from hypercorn.config import Config as HypercornConfig
+from collections.abc import Callable
 
 from ..supervisor_bridge import update_lock
 from ..supervisor_bridge.bridge import SupervisorBridge
@@ -22,6 +18,7 @@ from .discovery import Discovery
 from .features import Features
 from .manager import DeviceManager
 from .plugin_manager import Plugins, load_plugins
+from .serving import bind_socket, serve_app, stop_on_signals
 from .store import Store, StoreLockedError
 from .sync import FleetSync
 
@@ -48,20 +45,6 @@ def check_simulate(config: GatewayConfig, plugins: Plugins) -> None:
             raise ConfigError(f"invalid simulate board type {board_type!r} (known: {known})")
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind the API's listening socket ourselves, so that port 0 gives a known free port."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as error:
-        sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    sock.listen(1024)
-    return sock
-
-
 def prepare_directories(config: GatewayConfig) -> None:
     """Create the data directories, or refuse to start with one line saying which is unusable."""
     for directory in (config.data, config.db_directory, config.assets_directory):
@@ -73,16 +56,14 @@ def prepare_directories(config: GatewayConfig) -> None:
             ) from None
 
 
-def _sync_ended(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("fleet sync stopped: %s (the gateway keeps serving its boards)", task.exception())
+def _log_if_failed(what: str) -> Callable[[asyncio.Task[None]], None]:
+    """A done-callback saying that the background task ``what`` stopped with an error."""
 
+    def ended(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s stopped: %s (the gateway keeps serving its boards)", what, task.exception())
 
-def _bridge_ended(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error(
-            "the supervisor bridge stopped: %s (the gateway keeps serving its boards)", task.exception()
-        )
+    return ended
 
 
 async def _run_boot_scripts(config: GatewayConfig) -> None:
@@ -112,7 +93,7 @@ async def run_gateway(config: GatewayConfig) -> None:
     bridge.announce()
     await asyncio.to_thread(update_lock.check_at_start, config)
     bridge_task = asyncio.create_task(bridge.run(), name="supervisor-bridge")
-    bridge_task.add_done_callback(_bridge_ended)
+    bridge_task.add_done_callback(_log_if_failed("the supervisor bridge"))
     manager = DeviceManager(config, store, plugins)
     await manager.start()
     sources = plugins.discovery_sources(config)
@@ -122,21 +103,11 @@ async def run_gateway(config: GatewayConfig) -> None:
     discovery.start()
     sync_task = asyncio.create_task(FleetSync(config, manager, store).run()) if config.fleet_url else None
     if sync_task is not None:
-        sync_task.add_done_callback(_sync_ended)
+        sync_task.add_done_callback(_log_if_failed("fleet sync"))
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-
+    stop = stop_on_signals()
     reason_phrase.install()
-    hypercorn_config = HypercornConfig()
     host, port = sock.getsockname()[:2]
-    # Hypercorn wraps an fd:// bind without duplicating it and closes it at shutdown: hand it over.
-    hypercorn_config.bind = [f"fd://{sock.detach()}"]
-    hypercorn_config.accesslog = None
-    hypercorn_config.errorlog = logging.getLogger("hypercorn.error")
-    hypercorn_config.graceful_timeout = 2.0
     # printed whatever the log level: users (and tests) need the URL, also with --port 0
     print(
         f"picofleet gateway listening on http://{host}:{port} (data in {config.data}, board types: "
@@ -150,7 +121,7 @@ async def run_gateway(config: GatewayConfig) -> None:
             await stop.wait()
             manager.events.close()  # open event websockets end now, not after the graceful timeout
 
-        await serve(app, hypercorn_config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+        await serve_app(app, sock, shutdown_trigger)
     finally:
         log.info("shutting down: closing ports")
         for task in (sync_task, bridge_task):

@@ -79,7 +79,7 @@ class _Job:
     undo: str = _EXACT
 
 
-class _FieldEquals:
+class FieldEquals:
     """A TinyDB condition ``doc[field] == value``: much cheaper than a Query, and never cached."""
 
     def __init__(self, field: str, value: Any) -> None:
@@ -246,7 +246,7 @@ class Store:
 
         def job(db: TinyDB) -> None:
             docs = db.table(table)
-            found = docs.search(_FieldEquals(key_field, key))
+            found = docs.search(FieldEquals(key_field, key))
             if not found:
                 docs.insert(record)
                 return
@@ -267,7 +267,7 @@ class Store:
 
         def job(db: TinyDB) -> bool:
             docs = db.table(table)
-            found = docs.search(_FieldEquals(key_field, key))
+            found = docs.search(FieldEquals(key_field, key))
             if found:
                 docs.remove(doc_ids=[d.doc_id for d in found])
             return bool(found)
@@ -282,7 +282,7 @@ class Store:
         """The value of setting ``key`` (a detached copy), or ``default``."""
 
         def job(db: TinyDB) -> Any:
-            doc = db.table(SETTINGS_TABLE).get(_FieldEquals("key", key))
+            doc = db.table(SETTINGS_TABLE).get(FieldEquals("key", key))
             return default if doc is None else detached(doc["value"])
 
         return await self._submit(job, _NONE)

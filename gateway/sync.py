@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import json
 import logging
 import random
@@ -224,7 +225,11 @@ class FleetSync:
                 await self._back_off(f"cannot follow the fleet's target: {error}")
 
     async def apply(self, client: httpx.AsyncClient, target: dict[str, Any]) -> None:
-        """Set every board's targets as received and queue the flashes that bring it there."""
+        """Set every board's targets as received and queue the flashes that bring it there.
+
+        Each firmware is fetched, verified and parsed once per call, however many boards need it.
+        """
+        jobs: dict[str, FlashJob] = {}  # sha256 -> the job built for the first board needing it
         for uuid, board_target in (target.get("boards") or {}).items():
             board = self.manager.find(uuid)
             if board is None or not isinstance(board_target, dict):
@@ -242,7 +247,10 @@ class FleetSync:
             if pending is not None and pending.sha256 == firmware.get("sha256") and pending.commit == commit:
                 continue
             try:
-                job = await self._job(client, firmware, commit)
+                sha256 = str(firmware["sha256"])
+                if sha256 not in jobs:
+                    jobs[sha256] = await self._job(client, firmware)
+                job = dataclasses.replace(jobs[sha256], commit=commit)
             except (AssetError, uf2.UF2Error, httpx.HTTPError) as error:
                 log.warning(
                     "%s: cannot get the firmware of %s: %s",
@@ -278,14 +286,15 @@ class FleetSync:
                 except Exception as error:  # the next release or new target tries again
                     log.warning("re-applying the target to released boards failed: %s", error)
 
-    async def _job(self, client: httpx.AsyncClient, firmware: dict[str, Any], commit: str) -> FlashJob:
+    async def _job(self, client: httpx.AsyncClient, firmware: dict[str, Any]) -> FlashJob:
+        """Download (once, resumable), verify and parse a target's firmware: a job without a commit."""
         sha256 = str(firmware["sha256"])
         assets = self.manager.assets
         await assets.download(client, str(firmware["url"]), sha256, firmware.get("size"))
         data = await asyncio.to_thread(assets.get, sha256)
         parsed = await asyncio.to_thread(uf2.read_uf2, data)
         version = await asyncio.to_thread(image.uf2_version, parsed)  # verified once it is flashed
-        return FlashJob(data, parsed.families, version, commit, sha256)
+        return FlashJob(data, parsed.families, version, None, sha256)
 
     # -- reporting ----------------------------------------------------------------------------------
     async def _report_forever(self, client: httpx.AsyncClient) -> None:

@@ -34,6 +34,8 @@ from typing import Any
 
 import httpx
 
+from picofleet.gateway.evaluation_jobs import MODES, check_args
+
 EXTEND_MARGIN = 600
 """While an evaluation runs, reservations expiring within this many seconds are extended."""
 EXTEND_CHECK_INTERVAL = 30.0
@@ -42,13 +44,10 @@ READY_POLL_INTERVAL = 0.2
 DEFAULT_READY_TIMEOUT = 300.0
 REQUEST_TIMEOUT = 30.0
 KIND = "pulsecount"
-MODES = ("each", "any")
-EVALUATION_ARGS = {"clock_hz": (1, 50_000_000), "window_ms": (1, 60_000)}
-"""The evaluation arguments and their ranges (whole numbers): CLK frequency and counting window."""
 TOKENS_ENV = "PICOFLEET_TOKENS"
 
-Bitstream = str | os.PathLike | bytes
-"""A bitstream to evaluate: the path of a ``.asc`` / ``.bin`` file, or its bytes."""
+Bitstream = str | os.PathLike | bytes | tuple[bytes, str]
+"""A bitstream to evaluate: the path of a ``.asc`` / ``.bin`` file, its bytes, or ``(bytes, label)``."""
 
 
 class ClientError(Exception):
@@ -119,19 +118,6 @@ class EvaluationResult:
         return self.error is None and self.pulses is not None
 
 
-def check_args(args: Mapping[str, Any] | None) -> dict[str, int]:
-    """``args`` checked against :data:`EVALUATION_ARGS`; raises ``ValueError`` naming the problem."""
-    checked: dict[str, int] = {}
-    for key, value in (args or {}).items():
-        if key not in EVALUATION_ARGS:
-            raise ValueError(f"unknown argument {key!r} (known: {', '.join(EVALUATION_ARGS)})")
-        low, high = EVALUATION_ARGS[key]
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"{key} must be a whole number from {low} to {high}, not {value!r}")
-        checked[key] = value
-    return checked
-
-
 class TokenStore:
     """Client tokens remembered per (gateway, name) in a JSON file readable by its owner only.
 
@@ -181,7 +167,7 @@ class TokenStore:
             raise
 
 
-def _error_of(response: httpx.Response) -> str:
+def error_of(response: httpx.Response) -> str:
     """The ``error`` of a JSON error answer, else the status line and the start of the text."""
     try:
         body = response.json()
@@ -213,7 +199,10 @@ def check_gateway_url(gateway: str) -> str:
 
 
 def read_bitstream(bitstream: Bitstream, index: int = 0) -> tuple[bytes, str]:
-    """The bytes of a bitstream and its label (the path as given, or ``bytes #index``)."""
+    """The bytes of a bitstream and its label (the path as given, ``bytes #index``, or the one given)."""
+    if isinstance(bitstream, tuple):
+        data, label = bitstream
+        return bytes(data), label
     if isinstance(bitstream, (bytes, bytearray, memoryview)):
         return bytes(bitstream), f"bytes #{index}"
     path = os.fspath(bitstream)
@@ -286,7 +275,7 @@ class PulseCountClient:
             reason = str(error) or type(error).__name__
             raise GatewayUnreachable(f"cannot reach the gateway at {self.gateway}: {reason}") from None
         if response.status_code >= 400:
-            raise GatewayRefused(response.status_code, _error_of(response), what)
+            raise GatewayRefused(response.status_code, error_of(response), what)
         return response
 
     # -- reservations --------------------------------------------------------------------------
@@ -559,7 +548,7 @@ class PulseCountClient:
                 ) as response:
                     if response.status_code >= 400:
                         response.read()
-                        raise GatewayRefused(response.status_code, _error_of(response), "evaluating")
+                        raise GatewayRefused(response.status_code, error_of(response), "evaluating")
                     for line in response.iter_lines():
                         if not line.strip():
                             continue

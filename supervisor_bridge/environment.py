@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+from ..gateway import features
 
 
 def _first(environ: Mapping[str, str], *names: str) -> str | None:
@@ -54,7 +54,7 @@ class BalenaEnvironment:
             device_name=_first(environ, "BALENA_DEVICE_NAME_AT_INIT", "RESIN_DEVICE_NAME_AT_INIT"),
             app_id=_first(environ, "BALENA_APP_ID", "RESIN_APP_ID"),
             device_type=_first(environ, "BALENA_DEVICE_TYPE", "RESIN_DEVICE_TYPE"),
-            override_lock=(override or "").lower() in TRUE_WORDS,
+            override_lock=(override or "").lower() in features.ON,
         )
 
     @property

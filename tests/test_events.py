@@ -11,7 +11,9 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from picofleet.gateway.events import EventBus
+from tests.helpers.fpga import session_counter
 from tests.helpers.gateway import GatewayProcess
+from tests.test_evaluations import reserve, stream_evaluation, upload, variant
 from tests.test_reservations import events, idle_boards, next_event, post
 
 pytestmark = pytest.mark.timeout(60)
@@ -68,7 +70,10 @@ def test_closing_the_bus_ends_every_subscription() -> None:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    service = GatewayProcess(tmp_path_factory.mktemp("gw"), "--simulate", "2").start()
+    """Two virtual boards; their FPGA is the fast timing model (a count takes its window, no netlist)."""
+    service = GatewayProcess(
+        tmp_path_factory.mktemp("gw"), "--simulate", "2", env={"PICOFLEET_SIM_FPGA": "timing"}
+    ).start()
     idle_boards(service, 2)
     yield service
     service.stop()
@@ -102,3 +107,30 @@ def test_each_client_hears_only_its_own_events(gateway: GatewayProcess) -> None:
         post(gateway, "/v1/reservations/end", {"name": "bob"}, bob["token"])
         assert next_event(alice_events, "reservation_ended")["serial"] == alice_serial
         assert next_event(bob_events, "reservation_ended")["serial"] == bob_serial  # not alice's first
+
+
+@pytest.mark.timeout(300)
+def test_each_evaluation_result_is_also_an_event(
+    gateway: GatewayProcess, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    packed = session_counter(tmp_path_factory, 16).bin.read_bytes()
+    idle_boards(gateway, 2)  # both free again after the reservations of the tests before
+    token, serials = reserve(gateway, "carol", 2, {"clock_hz": 1_000_000, "window_ms": 50})
+    shas = [upload(gateway, variant(packed, index)) for index in range(3)]
+    body = {"name": "carol", "bitstreams": [{"sha256": sha} for sha in shas]}
+    with events(gateway, token) as socket:
+        *results, summary = stream_evaluation(gateway, token, body)
+        assert summary["done"] and summary["results"] == 6 and summary["failed"] == 0, summary
+        heard = [next_event(socket, "evaluation_result", timeout=10) for _ in results]
+
+        def seen(result: dict) -> tuple:
+            return result["evaluation"], result["serial"], result["sha256"], result["pulses"]
+
+        assert sorted(map(seen, heard)) == sorted(map(seen, results))
+        assert {(r["serial"], r["sha256"]) for r in heard} == {(s, sha) for s in serials for sha in shas}
+        # and not one more: the reservations' end comes next, with no result event before it
+        assert post(gateway, "/v1/reservations/end", {"name": "carol"}, token).status_code == 200
+        later = []
+        while sum(event["event"] == "reservation_ended" for event in later) < len(serials):
+            later.append(json.loads(socket.recv(timeout=10)))
+        assert "evaluation_result" not in [event["event"] for event in later], later

@@ -187,6 +187,26 @@ REFUSALS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
     ),
     "symlink": (_symlinked, ["fleet.yml: boards.pico2-ice.firmware: build/app.uf2 is a symlink"]),
     "submodule": (_submodule, ["fleet.yml: boards.pico2-ice.firmware: vendor is a git submodule"]),
+    "bitstream-without-fpga": (
+        lambda w: write(
+            w,
+            {
+                "fleet.yml": "boards:\n  rp2040:\n    firmware: fpga/top.bin\n",
+                "fpga/top.bin": b"\xff\x00" * 64,
+            },
+        ),
+        ["fpga/top.bin: an iCE40 bitstream, but board type rp2040 has no iCE40 FPGA"],
+    ),
+    "truncated-bitstream": (
+        lambda w: write(
+            w,
+            {
+                "fleet.yml": MANIFEST.replace("build/app.uf2", "fpga/top.bin"),
+                "fpga/top.bin": b"\xff\x00" * 64,
+            },
+        ),
+        ["fpga/top.bin: invalid bitstream:"],
+    ),
     "not-a-mapping": (
         lambda w: write(w, {"fleet.yml": "- just\n- a list\n"}),
         ["fleet.yml: must be a mapping"],

@@ -78,6 +78,9 @@ def test_board_logs_reach_the_fleet_and_the_cli_prints_them(fleet: FleetProcess,
             return device["Commit"] == first and device["Status"] == "Idle"
 
         wait_for(flashed, 60, "the board at the release", interval=0.2)
+        name = gateway.devices()[0]["Name"]
+        assert name, "a provisioned board has a name"
+        assert f"{name} ({uuid}): Flashing" in gateway.output()  # its own lines name the board
 
         def has_lines() -> list[dict[str, Any]] | None:
             lines = logs(fleet, uuid)
@@ -88,9 +91,10 @@ def test_board_logs_reach_the_fleet_and_the_cli_prints_them(fleet: FleetProcess,
 
         lines = wait_for(has_lines, 20, "the Flashing and then Idle status lines at the fleet", interval=0.2)
         assert all(set(line) >= {"time", "level", "text"} for line in lines)
-        assert all(uuid in line["text"] for line in lines), "only this board's lines"
         assert [line["time"] for line in lines] == sorted(line["time"] for line in lines), "oldest first"
-        statuses = [line["text"].rsplit(": ", 1)[1] for line in lines]
+        # the gateway's lines about the board (its firmware's own lines, if any came, have no label)
+        labelled = [line["text"] for line in lines if f"({uuid}): " in line["text"]]
+        statuses = [text.split(f"({uuid}): ", 1)[1] for text in labelled]
         assert statuses.index("Installing") < statuses.index("Flashing") < len(statuses) - 1
         assert statuses.index("runs picofleet-app 2.0.0") > statuses.index("Flashing")  # its new firmware
         assert len(logs(fleet, uuid, limit=2)) == 2
@@ -122,19 +126,21 @@ def test_board_logs_reach_the_fleet_and_the_cli_prints_them(fleet: FleetProcess,
 
 def test_a_gateway_posts_lines_only_for_its_own_boards(fleet: FleetProcess) -> None:
     key = fleet.create_fleet("lab")["provisioning_key"]
-    mine = fleet.provision(key)["key"]
-    other = fleet.provision(key)["key"]
+    mine_gateway, other_gateway = fleet.provision(key), fleet.provision(key)
+    mine, other = mine_gateway["key"], other_gateway["key"]
     board = {"LocalUUID": "b1", "BoardType": "pico2-ice"}
     assert fleet.as_gateway(mine, "PUT", "/v1/gateway/state", json={"boards": [board]}).status_code == 200
     line = {"time": "2025-01-01T00:00:00.000Z", "level": "info", "text": "hello"}
-    answer = fleet.as_gateway(
-        mine, "POST", "/v1/gateway/logs", json={"lines": [{**line, "board": "b1"}, {**line, "board": "b2"}]}
-    )
+    two_lines = {"lines": [{**line, "board": "b1"}, {**line, "board": "b2"}], "dropped": 3}
+    answer = fleet.as_gateway(mine, "POST", "/v1/gateway/logs", json=two_lines)
     assert answer.status_code == 200, answer.text
     assert (answer.json()["accepted"], answer.json()["ignored"]) == (1, 1)
     stranger = fleet.as_gateway(other, "POST", "/v1/gateway/logs", json={"lines": [{**line, "board": "b1"}]})
     assert stranger.json()["ignored"] == 1
     assert [x["text"] for x in logs(fleet, "b1")] == ["hello"]
+    lost = {g["gateway"]: g["logs"] for g in fleet.request("GET", "/v1/fleets/lab/gateways").json()}
+    assert lost[mine_gateway["gateway"]] == {"dropped": 3, "ignored": 1}  # what the operator sees lost
+    assert lost[other_gateway["gateway"]] == {"dropped": 0, "ignored": 1}
     bad = fleet.as_gateway(mine, "POST", "/v1/gateway/logs", json={"lines": [{"board": "b1"}]})
     assert bad.status_code == 400
     assert fleet.as_gateway("wrong", "POST", "/v1/gateway/logs", json={"lines": []}).status_code == 401

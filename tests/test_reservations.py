@@ -89,13 +89,18 @@ def events(gateway: GatewayProcess, token: str) -> Iterator[ClientConnection]:
 
 
 def next_event(socket: ClientConnection, kind: str, timeout: float = 30) -> dict[str, Any]:
-    """The next event of type ``kind`` (others are skipped)."""
+    """The next event of type ``kind`` (others are skipped), within ``timeout`` s.
 
-    def receive() -> dict[str, Any] | None:
-        event = json.loads(socket.recv(timeout=timeout))
-        return event if event["event"] == kind else None
-
-    return wait_for(receive, timeout, f"a {kind} event", interval=0)
+    A socket the gateway closed raises its ConnectionClosed at once.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            event = json.loads(socket.recv(timeout=max(0.0, deadline - time.monotonic())))
+        except TimeoutError:
+            raise AssertionError(f"no {kind} event within {timeout} s") from None
+        if event["event"] == kind:
+            return event
 
 
 def ready(gateway: GatewayProcess, serial: str, timeout: float = 30) -> dict[str, Any]:
@@ -564,11 +569,11 @@ def test_a_board_reserved_while_a_flash_for_it_is_prepared_is_not_flashed(
             assert flashed.status_code == 409, flashed.text
             assert "reserved by 'ivy'" in flashed.json()["error"]
 
-            async def fetched_while_reserved(_: Any, firmware: dict[str, Any], commit: str) -> FlashJob:
+            async def fetched_while_reserved(_: Any, firmware: dict[str, Any]) -> FlashJob:
                 await manager.reservations.reserve("jack", None, "pulsecount", serials=[by_fleet.serial])
                 data = app_uf2("2.0.0")
                 parsed = uf2.read_uf2(data)
-                return FlashJob(data, parsed.families, image.uf2_version(parsed), commit)
+                return FlashJob(data, parsed.families, image.uf2_version(parsed))
 
             config = dataclasses.replace(manager.config, fleet_url="http://fleet.invalid")
             sync = FleetSync(config, manager, manager.store)
@@ -601,10 +606,10 @@ def test_a_fleet_flash_refused_while_a_failed_reservation_claimed_the_board_is_a
             config = dataclasses.replace(manager.config, fleet_url="http://fleet.invalid")
             sync = FleetSync(config, manager, manager.store)
 
-            async def job(client: Any, firmware: dict[str, Any], commit: str) -> FlashJob:
+            async def job(client: Any, firmware: dict[str, Any]) -> FlashJob:
                 data = app_uf2("2.0.0")
                 parsed = uf2.read_uf2(data)
-                return FlashJob(data, parsed.families, image.uf2_version(parsed), commit)
+                return FlashJob(data, parsed.families, image.uf2_version(parsed))
 
             sync._job = job  # type: ignore[method-assign]
             target = {"commit": "c2", "firmware": {"sha256": "0" * 64, "url": "http://fleet.invalid/a"}}

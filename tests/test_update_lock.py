@@ -1,4 +1,5 @@
-"""balena's update lock: held while a board is flashed, released after, stale locks reported.
+"""balena's update lock: held while a board is flashed or evaluates, released after (and when
+paused), stale locks reported.
 
 The "supervisor" here is the test itself, taking the lock the way balena's supervisor does:
 ``O_CREAT|O_EXCL`` on the lock file. ENM_LOCK_FILE_LOCATION points the gateway at a lock in the
@@ -7,12 +8,16 @@ test's directory (the default paths exist only in a balena container).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,7 +27,9 @@ from picofleet.gateway.models import BoardError
 from picofleet.supervisor_bridge import update_lock
 from picofleet.supervisor_bridge.update_lock import BalenaUpdateLock, inspect, lock_paths
 from tests.helpers.boards import app_uf2
+from tests.helpers.fpga import session_counter
 from tests.helpers.gateway import GatewayProcess, wait_for
+from tests.test_evaluations import reserve, stream_evaluation, upload, variant
 
 OCTETS = {"Content-Type": "application/octet-stream"}
 
@@ -67,6 +74,62 @@ def lock(tmp_path: Path) -> Path:
     return tmp_path / "balena" / "updates.lock"
 
 
+def evaluating_gateway(
+    gateway_factory: Any, lock: Path, tmp_path_factory: pytest.TempPathFactory, bitstreams: int
+) -> tuple[GatewayProcess, str, dict[str, Any]]:
+    """A timing-model gateway whose one board is reserved by alice and ready (the lock free), and
+    the body of an evaluation of ``bitstreams`` stored bitstreams: gateway, alice's token, body.
+
+    The reservation's window is 2 s: an evaluation counts long enough to be caught at it."""
+    gateway = gateway_factory(
+        "--simulate", "1", env={"ENM_LOCK_FILE_LOCATION": str(lock), "PICOFLEET_SIM_FPGA": "timing"}
+    )
+    first_board(gateway)
+    packed = session_counter(tmp_path_factory, 16).bin.read_bytes()
+    token, _ = reserve(gateway, "alice", 1, {"clock_hz": 1_000_000, "window_ms": 2000})
+    shas = [upload(gateway, variant(packed, index)) for index in range(bitstreams)]
+    # the flash of the evaluation firmware took the lock and gave it back: from now on only
+    # an evaluation takes it
+    wait_for(lambda: not lock.exists(), 10, "the lock released after the evaluation firmware's flash")
+    return gateway, token, {"name": "alice", "bitstreams": [{"sha256": sha} for sha in shas]}
+
+
+@contextlib.contextmanager
+def streaming(
+    gateway: GatewayProcess, token: str, body: dict[str, Any], on_line: Callable[[dict], None] | None = None
+) -> Iterator[Future[list[dict]]]:
+    """The evaluation's NDJSON lines, streamed in a thread; a failure meanwhile stops the gateway
+    (which ends the stream) rather than wait for the stream's own timeout."""
+    with ThreadPoolExecutor(1) as pool:
+        lines = pool.submit(stream_evaluation, gateway, token, body, on_line)
+        try:
+            yield lines
+        except BaseException:
+            gateway.stop()
+            raise
+
+
+def held_by_the_gateway(gateway: GatewayProcess, lock: Path) -> None:
+    assert not supervisor_takes(lock)  # the supervisor cannot kill the gateway now
+    holder = json.loads(lock.read_text())
+    assert (holder["holder"], holder["pid"]) == ("picofleet-gateway", gateway.pid)
+
+
+@pytest.mark.timeout(300)
+def test_the_supervisor_cannot_take_the_lock_while_a_board_evaluates(
+    gateway_factory, lock: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:  # type: ignore[no-untyped-def]
+    gateway, token, body = evaluating_gateway(gateway_factory, lock, tmp_path_factory, bitstreams=1)
+    with streaming(gateway, token, body) as lines:
+        wait_for(lock.exists, 15, "the lock taken for the evaluation", interval=0.005)
+        held_by_the_gateway(gateway, lock)
+        assert not lines.done()  # still counting its 2 s window: the lock is the evaluation's
+        *results, summary = lines.result(timeout=60)
+    assert summary["done"] and summary["failed"] == 0 and isinstance(results[0]["pulses"], int), results
+    wait_for(lambda: not lock.exists(), 5, "the lock released once the evaluation ended")
+    assert supervisor_takes(lock)
+
+
 def test_the_supervisor_cannot_take_the_lock_during_a_flash_and_can_right_after(
     gateway_factory, lock: Path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -76,9 +139,7 @@ def test_the_supervisor_cannot_take_the_lock_during_a_flash_and_can_right_after(
 
     flash(gateway, serial, "2.0.0", "c1")
     wait_for(lambda: flashing(gateway, serial), 10, "the flash to start", interval=0.005)
-    assert not supervisor_takes(lock)  # the supervisor cannot kill the gateway now
-    holder = json.loads(lock.read_text())
-    assert (holder["holder"], holder["pid"]) == ("picofleet-gateway", gateway.pid)
+    held_by_the_gateway(gateway, lock)
 
     wait_for(lambda: flashed(gateway, serial, "c1"), 30, "the flash to finish")
     wait_for(lambda: supervisor_takes(lock), 5, "the lock to be free right after the flash")
@@ -107,19 +168,38 @@ def test_a_lock_the_supervisor_holds_keeps_the_flash_back(gateway_factory, lock:
     wait_for(lambda: not lock.exists(), 5, "the lock released")
 
 
-def test_pause_and_shutdown_release_the_lock(gateway_factory, lock: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.timeout(300)
+def test_pause_releases_the_lock_an_evaluation_holds(
+    gateway_factory, lock: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:  # type: ignore[no-untyped-def]
+    gateway, token, body = evaluating_gateway(gateway_factory, lock, tmp_path_factory, bitstreams=3)
+    arrived: list[dict[str, Any]] = []
+    with streaming(gateway, token, body, arrived.append) as lines:
+        wait_for(lock.exists, 15, "the lock taken for the evaluation", interval=0.005)
+        held_by_the_gateway(gateway, lock)
+        assert gateway.put("/v1/enm/status", json={"targetStatus": "Paused"}).status_code == 200
+        wait_for(lambda: gateway.get("/v1/enm/status").json()["currentStatus"] == "Paused", 30, "Paused")
+        assert not lock.exists()  # paused: the supervisor may update the gateway now
+        # though the evaluation is not over: the bitstream counting finished, the others wait
+        evaluation = wait_for(lambda: arrived, 5, "the first result")[0]["evaluation"]
+        auth = {"Authorization": f"Bearer {token}"}
+        state = gateway.get(f"/v1/evaluations/{evaluation}", headers=auth).json()
+        assert not state["done"] and len(state["results"]) == 1, state
+        assert supervisor_takes(lock)
+        lock.unlink()  # the supervisor is done
+
+        assert gateway.put("/v1/enm/status", json={"targetStatus": "Running"}).status_code == 200
+        *results, summary = lines.result(timeout=120)
+    assert summary == {**summary, "done": True, "results": 3, "failed": 0}, results
+    wait_for(lambda: not lock.exists(), 5, "the lock released once the evaluation ended")
+
+
+def test_shutdown_mid_flash_releases_the_lock(gateway_factory, lock: Path) -> None:  # type: ignore[no-untyped-def]
     gateway = gateway_factory("--simulate", "1", env={"ENM_LOCK_FILE_LOCATION": str(lock)})
     serial = first_board(gateway)
 
-    flash(gateway, serial, "2.0.0", "p1")
-    wait_for(lambda: flashing(gateway, serial), 10, "the flash to start", interval=0.005)
-    assert gateway.put("/v1/enm/status", json={"targetStatus": "Paused"}).status_code == 200
-    wait_for(lambda: gateway.get("/v1/enm/status").json()["currentStatus"] == "Paused", 30, "Paused")
-    assert not lock.exists()  # paused: the supervisor may update the gateway now
-
-    assert gateway.put("/v1/enm/status", json={"targetStatus": "Running"}).status_code == 200
     flash(gateway, serial, "3.0.0", "p2")
-    wait_for(lambda: flashing(gateway, serial), 10, "the next flash to start", interval=0.005)
+    wait_for(lambda: flashing(gateway, serial), 10, "the flash to start", interval=0.005)
     assert lock.exists()
     assert gateway.stop() == 0  # SIGTERM mid-flash
     assert not lock.exists()

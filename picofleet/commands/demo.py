@@ -16,6 +16,7 @@ import httpx
 from picofleet.firmware import circuits, image, uf2
 from picofleet.gateway.config import ConfigError
 
+from .fleet import with_credentials
 from .gateway import add_gateway_flags, config_from_args, serve
 
 DEMO_DATA = "demo-data"
@@ -87,8 +88,7 @@ def ready_fleet(url: str, token: str) -> tuple[str, str]:
     if not response.is_success:
         raise DemoError(f"cannot create the demo fleet: HTTP {response.status_code} {response.text[:200]}")
     key = response.json()["provisioning_key"]
-    host = url.removeprefix("http://")
-    return f"http://admin:{token}@{host}/git/{FLEET}.git", key
+    return with_credentials(f"{url}/git/{FLEET}.git", token), key
 
 
 def example_repo(path: Path, version: str = "2.0.0") -> bool:

@@ -28,18 +28,15 @@ from typing import Any, TextIO
 
 from picofleet.client import (
     DEFAULT_READY_TIMEOUT,
-    EVALUATION_ARGS,
-    MODES,
     ClientError,
     EvaluationResult,
     PulseCountClient,
-    check_args,
     read_bitstream,
 )
 from picofleet.firmware import bitstream
+from picofleet.gateway.evaluation_jobs import ARG_RANGES, MODES, check_args
 
-DEFAULT_GATEWAY = "http://localhost:1337"
-BAR_WIDTH = 30
+from .console import StatusLine, add_gateway_flag, bar, positive_seconds
 
 
 class EvaluateFailed(Exception):
@@ -79,17 +76,6 @@ def positive_int(text: str) -> int:
     return number
 
 
-def positive_seconds(text: str) -> float:
-    """A positive number of seconds (for ``--ready-timeout``)."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not seconds > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return seconds
-
-
 def default_name() -> str:
     """``$PICOFLEET_NAME``, else ``user@host``."""
     if os.environ.get("PICOFLEET_NAME"):
@@ -109,11 +95,10 @@ def load_files(paths: list[str]) -> list[bytes]:
             data, _ = read_bitstream(path)
         except ClientError as error:
             raise EvaluateFailed(str(error)) from None
-        kind = bitstream.detect_kind(data)
-        if kind == "uf2":
+        if bitstream.detect_kind(data) == "uf2":
             raise EvaluateFailed(f"{path} is a UF2 firmware image, not an iCE40 bitstream")
         try:
-            bitstream.read_bin(data) if kind == "ice40-bin" else bitstream.read_asc(data)
+            bitstream.validate(data)
         except bitstream.BitstreamError as error:
             raise EvaluateFailed(f"{path} is not a valid iCE40 bitstream: {error}") from None
         loaded.append(data)
@@ -129,19 +114,12 @@ class ResultView:
         self.tty = tty and not json_lines
         self.expected = expected
         self.results: list[EvaluationResult] = []
-        self.width = 0
+        self.line = StatusLine(out)
 
     def say(self, text: str) -> None:
         """A status line (terminal only, not with --json)."""
         if self.tty:
-            self._clear()
-            self.out.write(text + "\n")
-            self.out.flush()
-
-    def _clear(self) -> None:
-        if self.width:
-            self.out.write("\r" + " " * self.width + "\r")
-            self.width = 0
+            self.line.print(text)
 
     def add(self, result: EvaluationResult) -> None:
         """Show one result."""
@@ -156,18 +134,14 @@ class ResultView:
             self.out.flush()
         elif self.tty:
             done, total = len(self.results), max(self.expected, len(self.results))
-            filled = BAR_WIDTH * done // total
             failed = sum(1 for r in self.results if not r.ok)
-            text = f"[{'#' * filled}{'-' * (BAR_WIDTH - filled)}] {done}/{total} results"
-            text += f", {failed} failed" if failed else ""
-            self.out.write("\r" + text + " " * max(self.width - len(text), 0))
-            self.out.flush()
-            self.width = len(text)
+            text = f"{bar(done, total)} {done}/{total} results"
+            self.line.show(text + (f", {failed} failed" if failed else ""))
 
     def finish(self, order: list[str]) -> None:
         """The table (not with --json): results grouped by file in ``order``, then by board."""
         if self.tty:
-            self._clear()
+            self.line.clear()
         if self.json_lines or not self.results:
             return
         rank = {label: index for index, label in enumerate(order)}
@@ -198,7 +172,8 @@ def evaluate(args: argparse.Namespace, client: PulseCountClient, view: ResultVie
         sha256 = client.upload(data)  # remembered: evaluate() below sends nothing again
         view.say(f"{path}: on the gateway as {sha256[:12]} ({len(data)} bytes)")
     checked = dict(args.arg or [])
-    for result in client.evaluate(args.files, serials=serials, mode=args.mode, args=checked or None):
+    labelled = [(data, path) for path, data in zip(args.files, files, strict=True)]  # read once
+    for result in client.evaluate(labelled, serials=serials, mode=args.mode, args=checked or None):
         view.add(result)
 
 
@@ -240,12 +215,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="count the pulses of iCE40 bitstreams on reserved boards",
         description=run.__doc__,
     )
-    parser.add_argument(
-        "--gateway",
-        default=os.environ.get("PICOFLEET_GATEWAY", DEFAULT_GATEWAY),
-        metavar="URL",
-        help=f"the gateway's API (env PICOFLEET_GATEWAY; default {DEFAULT_GATEWAY})",
-    )
+    add_gateway_flag(parser)
     parser.add_argument(
         "--name",
         default=default_name(),
@@ -266,7 +236,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=parse_arg,
         action="append",
         metavar="KEY=VALUE",
-        help=f"an evaluation argument: {', '.join(EVALUATION_ARGS)} (repeatable)",
+        help=f"an evaluation argument: {', '.join(ARG_RANGES)} (repeatable)",
     )
     parser.add_argument(
         "--mode",

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
 import time
 from typing import Any, TextIO
@@ -27,12 +26,13 @@ from urllib.parse import quote
 
 import httpx
 
+from picofleet.client import error_of
 from picofleet.firmware import bitstream, image, uf2
 
+from .console import StatusLine, add_gateway_flag, bar, positive_seconds
+
 POLL_INTERVAL = 0.1
-DEFAULT_GATEWAY = "http://localhost:1337"
 MAX_FLASH_IMAGE = image.MAX_FLASH_IMAGE
-BAR_WIDTH = 30
 
 
 class FlashFailed(Exception):
@@ -42,18 +42,6 @@ class FlashFailed(Exception):
 def _fail(reason: str) -> int:
     print(f"picofleet flash: {' '.join(reason.split())}", file=sys.stderr)
     return 1
-
-
-def _answer_error(response: httpx.Response) -> str:
-    """The ``error`` of a JSON error answer, else its status line and start of its text."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return body["error"]
-    text = response.text.strip()[:200]
-    return f"HTTP {response.status_code} {response.reason_phrase}" + (f": {text}" if text else "")
 
 
 def check_uf2(data: bytes, name: str) -> str | None:
@@ -82,25 +70,11 @@ class ProgressView:
         self.status: str | None = None
         self.reason: str | None = None
         self.quarter = -1  # the last 25 % step printed (plain lines)
-        self.width = 0  # characters of the current \r line
-        self.frame = ""  # its text
+        self.line = StatusLine(out)
 
-    def _line(self, text: str) -> None:
-        if self.tty and self.width:
-            self.out.write("\r" + " " * self.width + "\r")
-            self.width = 0
-            self.frame = ""
-        self.out.write(text + "\n")
-        self.out.flush()
-
-    def _bar(self, text: str) -> None:
-        if text == self.frame:
-            return
-        self.frame = text
-        padding = " " * max(self.width - len(text), 0)
-        self.out.write("\r" + text + padding)
-        self.out.flush()
-        self.width = len(text)
+    def say(self, text: str) -> None:
+        """A whole line (above the bar on a terminal)."""
+        self.line.print(text)
 
     def update(self, record: dict[str, Any]) -> None:
         """Show what changed in the device record."""
@@ -109,40 +83,34 @@ class ProgressView:
         progress = record.get("Progress") or {}
         done, total = progress.get("done"), progress.get("total")
         if reason and reason != self.reason and status != "Broken":
-            self._line(f"  {status}: {reason}")
+            self.say(f"  {status}: {reason}")
         self.reason = reason
         if self.tty:
             if isinstance(done, int) and isinstance(total, int) and total > 0:
-                filled = min(BAR_WIDTH, BAR_WIDTH * done // total)
-                bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-                self._bar(f"{status:<10} [{bar}] {100 * done // total:3d}%  {done}/{total} bytes")
+                percent = 100 * done // total
+                self.line.show(f"{status:<10} {bar(done, total)} {percent:3d}%  {done}/{total} bytes")
             elif status != self.status:
                 full = status in ("Starting", "Idle")
-                bar = ("#" if full else "-") * BAR_WIDTH
-                self._bar(f"{status:<10} [{bar}]")
+                self.line.show(f"{status:<10} {bar(1 if full else 0, 1)}")
         else:
             if status != self.status:
-                self._line(status)
+                self.say(status)
             if isinstance(done, int) and isinstance(total, int) and total > 0:
                 quarter = 4 * done // total
                 if quarter > self.quarter:
                     self.quarter = quarter
-                    self._line(f"  {done}/{total} bytes ({100 * done // total}%)")
+                    self.say(f"  {done}/{total} bytes ({100 * done // total}%)")
         self.status = status
 
     def finish(self) -> None:
-        """End the \\r line, if any."""
-        if self.tty and self.width:
-            self.out.write("\n")
-            self.out.flush()
-            self.width = 0
-            self.frame = ""
+        """End the bar's line, if any."""
+        self.line.end()
 
 
 def _device(client: httpx.Client, path: str) -> dict[str, Any]:
     response = client.get(path)
     if response.status_code != 200:
-        raise FlashFailed(_answer_error(response))
+        raise FlashFailed(error_of(response))
     try:
         record = response.json()
     except ValueError:
@@ -200,15 +168,12 @@ def flash(
             timeout=max(deadline - time.monotonic(), 1.0),
         )
         if response.status_code != 202:
-            raise FlashFailed(
-                f"the gateway refused the image ({response.status_code}): {_answer_error(response)}"
-            )
+            raise FlashFailed(f"the gateway refused the image ({response.status_code}): {error_of(response)}")
         name = before.get("Name") or device
-        view.out.write(
+        view.say(
             f"flashing {len(data)} bytes onto {name} ({before.get('LocalUUID', device)}), "
-            f"running {before.get('FirmwareVersion') or 'unknown firmware'}\n"
+            f"running {before.get('FirmwareVersion') or 'unknown firmware'}"
         )
-        view.out.flush()
         record = before
         last_error: Exception | None = None
         started = False  # the board left the status it had before: the flash is under way
@@ -236,8 +201,6 @@ def flash(
 
 def run(args: argparse.Namespace) -> int:
     """Flash a UF2 onto one board through a gateway and wait until it runs the new firmware."""
-    if args.timeout <= 0:
-        return _fail("--timeout must be positive")
     try:
         with open(args.file, "rb") as handle:
             data = handle.read(MAX_FLASH_IMAGE * 2 + 1)
@@ -277,12 +240,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "flash", help="flash a UF2 onto one board through a gateway", description=run.__doc__
     )
-    parser.add_argument(
-        "--gateway",
-        default=os.environ.get("PICOFLEET_GATEWAY", DEFAULT_GATEWAY),
-        metavar="URL",
-        help=f"the gateway's API (env PICOFLEET_GATEWAY; default {DEFAULT_GATEWAY})",
-    )
+    add_gateway_flag(parser)
     parser.add_argument(
         "--device", required=True, metavar="UUID", help="the board's LocalUUID (USB serial) or ResinUUID"
     )
@@ -292,7 +250,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=positive_seconds,
         default=120.0,
         metavar="SECONDS",
         help="give up after this long (default 120)",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
+
+from picofleet.fleet import service
 
 URL_ENV, TOKEN_ENV = "PICOFLEET_FLEET_URL", "PICOFLEET_ADMIN_TOKEN"
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -76,19 +77,7 @@ def _short(commit: str | None) -> str:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the fleet service until Ctrl-C (admin token in DATA/admin-token or $PICOFLEET_ADMIN_TOKEN)."""
-    import asyncio
-
-    from picofleet.fleet.service import run_fleet
-    from picofleet.gateway.config import ConfigError
-
-    logging.basicConfig(
-        stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    )
-    try:
-        asyncio.run(run_fleet(Path(args.data), args.host, args.port))
-    except ConfigError as error:
-        raise CommandError(str(error)) from None
-    return 0
+    return service.run_from_args(args)
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -287,11 +276,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND", required=True)
 
     serve = sub.add_parser("serve", help="run the fleet service", description=cmd_serve.__doc__)
-    serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument(
-        "--data", default="fleet-data", help="directory of fleet.db, git/, assets/ (default ./fleet-data)"
-    )
+    service.add_arguments(serve, data_default=Path("fleet-data"))
     serve.set_defaults(fleet_run=cmd_serve)
 
     _operator(sub, "create", cmd_create, "create a fleet").add_argument("name")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import TYPE_CHECKING
 
+from picofleet.firmware.pico2_ice import pulsecount
 from picofleet.gateway.hookspecs import hookimpl
 from picofleet.gateway.models import (
     APPLICATION,
@@ -42,6 +43,7 @@ BOARD_TYPE = BoardType(
     ),
     uf2_families=RP2350_FAMILIES,
     bootloader_board_id="RP2350",
+    fpga="iCE40UP5K",
 )
 
 
@@ -51,8 +53,6 @@ def picofleet_board_types() -> list[BoardType]:
     return [BOARD_TYPE]
 
 
-PULSECOUNT_FIRMWARE = "picofleet-pulsecount"
-PULSECOUNT_VERSION = "1.0.0"
 PULSECOUNT_PACKAGE = "picofleet.firmware.pico2_ice"
 PULSECOUNT_FILES = ("main.py", "pulsecount.py", "frames.py", "hw_pico2_ice.py")
 """The files copied onto the board's MicroPython file system, under the same names."""
@@ -87,5 +87,5 @@ def picofleet_evaluation_firmware(
                 f"cannot read micropython_uf2 {config.micropython_uf2}: {error.strerror}"
             ) from None
     return EvaluationFirmware(
-        name=PULSECOUNT_FIRMWARE, version=PULSECOUNT_VERSION, uf2=micropython, files=pulsecount_files()
+        name=pulsecount.FIRMWARE, version=pulsecount.VERSION, uf2=micropython, files=pulsecount_files()
     )

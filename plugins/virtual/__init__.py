@@ -15,6 +15,7 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
+from picofleet.firmware.pico2_ice import pulsecount
 from picofleet.gateway.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -22,9 +23,6 @@ if TYPE_CHECKING:
     from picofleet.gateway.models import BoardRef, DiscoverySource, EvaluationFirmware
 
 log = logging.getLogger(__name__)
-
-PULSECOUNT_FIRMWARE = "picofleet-pulsecount"
-PULSECOUNT_VERSION = "1.0.0"
 
 
 @hookimpl
@@ -66,9 +64,9 @@ def picofleet_evaluation_firmware(
 
     if board.board_type not in BOARD_TYPES:
         return None
-    flat = image.make_app_image(PULSECOUNT_FIRMWARE, PULSECOUNT_VERSION, board.board_type)
+    flat = image.make_app_image(pulsecount.FIRMWARE, pulsecount.VERSION, board.board_type)
     return EvaluationFirmware(
-        name=PULSECOUNT_FIRMWARE,
-        version=PULSECOUNT_VERSION,
+        name=pulsecount.FIRMWARE,
+        version=pulsecount.VERSION,
         uf2=uf2.from_binary(flat, image.FLASH_BASE, factory_family(board.board_type)),
     )

@@ -30,7 +30,7 @@ from pathlib import Path
 from picofleet.firmware import image as fw_image
 from picofleet.firmware import uf2
 from picofleet.firmware.app.main import App
-from picofleet.firmware.pico2_ice.pulsecount import App as PulseCountApp
+from picofleet.firmware.pico2_ice import pulsecount
 from picofleet.gateway.atomic import atomic_write_bytes
 
 from . import identities
@@ -49,8 +49,6 @@ DRIVE_POLL_MIN = 0.05
 """Seconds between two scans of the bootloader drive while blocks arrive (20 Hz)..."""
 DRIVE_POLL_MAX = 0.25
 """... backing off (x1.5 a scan) to this while nothing is written."""
-PULSECOUNT_FIRMWARE = "picofleet-pulsecount"
-"""The evaluation firmware's name (image descriptor and ``identify``)."""
 LINGER = 0.05
 """Seconds a rebooting board keeps its port after the firmware returned, so the host reads the answer."""
 
@@ -97,7 +95,7 @@ def read_flash(path: Path) -> tuple[str, dict[str, str] | None]:
     descriptor = fw_image.find_descriptor(binary)
     if descriptor is not None and descriptor["name"] == identities.APP_FIRMWARE:
         return "app", descriptor
-    if descriptor is not None and descriptor["name"] == PULSECOUNT_FIRMWARE:
+    if descriptor is not None and descriptor["name"] == pulsecount.FIRMWARE:
         return "pulsecount", descriptor
     return "unknown", descriptor
 
@@ -349,7 +347,7 @@ class Board:
         """Run the evaluation firmware with a simulated FPGA until it returns; stop its count then."""
         hw = SimulatedPulseCountHardware(self, FpgaSimulator(self.fpga_cache))
         try:
-            ended = PulseCountApp(hw, port, port, version=version).run()
+            ended = pulsecount.App(hw, port, port, version=version).run()
         finally:
             hw.close()
         if ended == "reboot":

@@ -14,6 +14,10 @@ from tests.helpers.wait import wait_for
 LISTENING = re.compile(r"listening on (http://[\d.]+:\d+)")
 
 
+class ServiceExited(AssertionError):
+    """The service exited while it was waited on (its output says why)."""
+
+
 class ServiceProcess:
     """Starts ``command()`` with its output in ``DATA/<log_name>``; ``url`` once it says it listens.
 
@@ -50,11 +54,11 @@ class ServiceProcess:
         def listening() -> str | None:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise AssertionError(f"{self.what} exited with {self.process.returncode}:\n{self.output()}")
+                raise ServiceExited(f"{self.what} exited with {self.process.returncode}:\n{self.output()}")
             match = LISTENING.search(self.output())
             return match.group(1) if match else None
 
-        self.url = wait_for(listening, timeout, f"the {self.what} to listen")
+        self.url = wait_for(listening, timeout, f"the {self.what} to listen", fail_on=ServiceExited)
         return self
 
     def output(self) -> str:
