@@ -109,8 +109,9 @@ async def provision_gateways(
 # -- the bare Hypercorn + Starlette limit ----------------------------------------------------------
 
 
-def hello_server_main() -> None:
-    """Serve ``GET /hello`` (a tiny JSON body) exactly as the fleet service serves (gateway/serving.py)."""
+def hello_server_main(processes: int = 1, port: int = 0) -> None:
+    """Serve ``GET /hello`` (a tiny JSON body) exactly as the fleet service serves (gateway/serving.py):
+    ``processes`` processes on one port with ``SO_REUSEPORT``, as ``picofleet fleet serve --workers``."""
     import logging
 
     from starlette.applications import Starlette
@@ -123,12 +124,23 @@ def hello_server_main() -> None:
         return Response(b'{"hello":"world"}', media_type="application/json")
 
     async def run() -> None:
-        sock = bind_socket("127.0.0.1", 0)
+        sock = bind_socket("127.0.0.1", port, reuse_port=True)
         stop = stop_on_signals()
-        host, port = sock.getsockname()[:2]
-        print(f"hello listening on http://{host}:{port}", flush=True)
+        host, bound = sock.getsockname()[:2]
+        others = [
+            subprocess.Popen(
+                [sys.executable, __file__, "hello-server", "1", str(bound)], stdout=subprocess.DEVNULL
+            )
+            for _ in range(processes - 1)
+        ]
+        print(f"hello listening on http://{host}:{bound}", flush=True)
         app = Starlette(routes=[Route("/hello", hello, methods=["GET"])])
-        await serve_app(app, sock, stop.wait)
+        try:
+            await serve_app(app, sock, stop.wait)
+        finally:
+            for other in others:
+                other.terminate()
+                other.wait()
 
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(run())
@@ -137,13 +149,14 @@ def hello_server_main() -> None:
 class HelloProcess:
     """The hello server as a subprocess on an ephemeral loopback port."""
 
-    def __init__(self) -> None:
+    def __init__(self, processes: int = 1) -> None:
         self.process: subprocess.Popen[str] | None = None
+        self.processes = processes
         self.url = ""
 
     def start(self, timeout: float = 20.0) -> HelloProcess:
         self.process = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "hello-server"],
+            [sys.executable, str(Path(__file__).resolve()), "hello-server", str(self.processes)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -255,11 +268,16 @@ def measure_rps(
     warmup: float = 1.5,
 ) -> dict[str, Any]:
     """Requests per second ``processes`` client processes × ``conns`` connections get over
-    ``duration`` seconds (after ``warmup``), with the server process's CPU use in that window."""
+    ``duration`` seconds (after ``warmup``), with the server's CPU use (its process and children)
+    in that window."""
     import psutil
 
     host, _, port = url.removeprefix("http://").partition(":")
     server = psutil.Process(server_pid)
+
+    def server_cpu_s() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in [server, *server.children(recursive=True)])
+
     spawn = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(processes, mp_context=spawn) as pool:
         list(pool.map(abs, range(processes)))  # the workers are up before the clock starts
@@ -270,9 +288,9 @@ def measure_rps(
             for share in shares
         ]
         time.sleep(max(0.0, start_at - time.monotonic()))
-        cpu_before, machine_before = sum(server.cpu_times()[:2]), psutil.cpu_times()
+        cpu_before, machine_before = server_cpu_s(), psutil.cpu_times()
         time.sleep(duration)
-        server_cpu = sum(server.cpu_times()[:2]) - cpu_before
+        server_cpu = server_cpu_s() - cpu_before
         machine_after = psutil.cpu_times()
         results = [future.result(timeout=duration + warmup + 60) for future in futures]
     count = sum(r["count"] for r in results)
@@ -295,7 +313,7 @@ def measure_rps(
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["hello-server"]:
-        hello_server_main()
+    if sys.argv[1:2] == ["hello-server"] and len(sys.argv) <= 4:
+        hello_server_main(*(int(arg) for arg in sys.argv[2:]))
     else:
-        sys.exit("usage: python benchmarks/_fleet_common.py hello-server")
+        sys.exit("usage: python benchmarks/_fleet_common.py hello-server [PROCESSES [PORT]]")

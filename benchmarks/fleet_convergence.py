@@ -9,7 +9,7 @@ the target commit. The release is pushed with the real git client; converged = t
 (``GET /v1/fleets/<f>/boards``) shows every board at the pushed commit. Bytes are counted as
 received by the simulated gateways. Prints one JSON document: figures, goals, ratios.
 
-    .venv/bin/python benchmarks/fleet_convergence.py [--gateways 200] [--boards 4]
+    .venv/bin/python benchmarks/fleet_convergence.py [--gateways 200] [--boards 4] [--workers 1]
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class SimulatedGateway:
         self.asset_bytes = 0  # as received
         self.downloads = 0
         self.polls = 0
+        self.retries = 0  # requests sent again after a transport error, as the real gateway does
         self.polling = asyncio.Event()
         self.answered_at: float | None = None  # the long poll that brought the new target
         self.downloaded_at: float | None = None
@@ -67,12 +68,25 @@ class SimulatedGateway:
         assert digest.hexdigest() == firmware["sha256"], "sha256 mismatch"
         self.cache[firmware["sha256"]] = received
 
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A request, sent again (at most twice) after a transport error: a pooled keep-alive
+        connection can be closed by the server just as a request goes out."""
+        for attempt in range(3):
+            try:
+                return await self.client.request(method, path, **kwargs)
+            except httpx.TransportError:
+                if attempt == 2:
+                    raise
+                self.retries += 1
+        raise AssertionError("unreachable")
+
     async def run(self, commit: str) -> None:
         """Sync until this gateway has reported all its boards at ``commit``."""
         while True:
             self.polling.set()
             self.polls += 1
-            response = await self.client.get(
+            response = await self._send(
+                "GET",
                 "/v1/gateway/state",
                 params={"wait": "30"},
                 headers={**self.auth, "If-None-Match": self.etag},
@@ -92,7 +106,8 @@ class SimulatedGateway:
             if commits != {commit}:
                 continue  # not (yet) the release under test
             self.downloaded_at = time.monotonic()
-            response = await self.client.put(
+            response = await self._send(
+                "PUT",
                 "/v1/gateway/state",
                 json={"boards": boards_of(self.index, commit, self.boards)},
                 headers=self.auth,
@@ -168,6 +183,7 @@ async def scenario(fleet: FleetProcess, work: Path, commit: str, args: argparse.
         "asset_bytes_received": total_bytes,
         "downloads": sum(g.downloads for g in gateways),
         "long_polls": sum(g.polls for g in gateways),
+        "transport_retries": sum(g.retries for g in gateways),
         "total_boards": total_boards,
     }
 
@@ -176,6 +192,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gateways", type=int, default=200)
     parser.add_argument("--boards", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=1, help="fleet service processes (--workers)")
     parser.add_argument("--provision-concurrency", type=int, default=32)
     parser.add_argument("--deadline", type=float, default=300.0, help="for the whole scenario, seconds")
     args = parser.parse_args()
@@ -183,7 +200,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pf-bench-fleet-") as tmp:
         work = Path(tmp) / "work"
         commit, _ = make_release_repo(work)
-        fleet = FleetProcess(Path(tmp) / "data", "--log-level", "warning").start()
+        fleet = FleetProcess(
+            Path(tmp) / "data", "--log-level", "warning", "--workers", str(args.workers)
+        ).start()
         try:
             result = asyncio.run(asyncio.wait_for(scenario(fleet, work, commit, args), args.deadline + 60))
         finally:
@@ -204,6 +223,7 @@ def main() -> None:
                     "asset_bytes": result["asset_size"],
                     "provision_and_report_s": round(result["provision_s"], 2),
                     "long_poll_wait_s": 30,
+                    "fleet_workers": args.workers,
                 },
                 "figures": {
                     "push_s": round(result["push_s"], 3),
@@ -217,6 +237,7 @@ def main() -> None:
                     "bytes_per_converged_board": round(per_board, 1),
                     "asset_size_over_boards_per_gateway": round(expected_per_board, 1),
                     "long_polls": result["long_polls"],
+                    "transport_retries": result["transport_retries"],
                     "operator_board_list_polls": result["operator_polls"],
                 },
                 "goals": {"push_to_converged_s_max": GOAL_CONVERGED_S},

@@ -1,14 +1,15 @@
 """Fleet benchmark (a): target-state checks per second on the 304 and the 200 path, 1,000 gateways.
 
-Starts a real fleet service process on loopback, creates a fleet, pushes one release with the real
-git client, provisions 1,000 gateways that each report 4 pico2-ice boards once, then measures
+Starts a real fleet service on loopback (``--workers 2``: the primary and one front worker on one
+port, as an operator runs it on a 2-core machine), creates a fleet, pushes one release with the
+real git client, provisions 1,000 gateways that each report 4 pico2-ice boards once, then measures
 ``GET /v1/gateway/state`` with ``If-None-Match`` = the gateway's ETag (304) and without it (200),
 requests going round-robin over all gateways. In the same run the limit: a bare Hypercorn +
-Starlette hello endpoint (same Hypercorn config, single worker), measured with the same client.
-The client is a minimal HTTP/1.1 keep-alive client in several processes (see ``_fleet_common``).
-Prints one JSON document: figures, goal, ratios.
+Starlette hello endpoint (same Hypercorn config, the same number of processes on one port with
+``SO_REUSEPORT``), measured with the same client. The client is a minimal HTTP/1.1 keep-alive
+client in several processes (see ``_fleet_common``). Prints one JSON document: figures, goal, ratios.
 
-    .venv/bin/python benchmarks/fleet_target_state.py [--gateways 1000] [--duration 10]
+    .venv/bin/python benchmarks/fleet_target_state.py [--gateways 1000] [--duration 10] [--workers 2]
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--gateways", type=int, default=1000)
     parser.add_argument("--boards", type=int, default=4)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per path")
+    parser.add_argument("--workers", type=int, default=2, help="fleet service processes (and hello's)")
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32, help="per client process")
     parser.add_argument("--provision-concurrency", type=int, default=32)
@@ -51,8 +53,10 @@ def main() -> None:
     deadline = time.monotonic() + args.deadline
 
     with tempfile.TemporaryDirectory(prefix="pf-bench-fleet-") as tmp:
-        fleet = FleetProcess(Path(tmp) / "data", "--log-level", "warning").start()
-        hello = HelloProcess().start()
+        fleet = FleetProcess(
+            Path(tmp) / "data", "--log-level", "warning", "--workers", str(args.workers)
+        ).start()
+        hello = HelloProcess(args.workers).start()
         try:
             created = fleet.create_fleet("bench")
             commit, firmware = make_release_repo(Path(tmp) / "work")
@@ -132,12 +136,13 @@ def main() -> None:
                     "304_vs_goal": round(rate_304 / GOAL_304_PER_S, 3),
                 },
                 "goals": {"state_304_per_s_min": GOAL_304_PER_S, "on_cores": 2},
+                "server_processes": args.workers,
                 "goal_met": rate_304 >= GOAL_304_PER_S,
                 "all_responses_as_expected": ok,
                 "detail": {"state_304": not_modified, "state_200": full, "hello": limit},
                 "note": (
-                    "server and client processes share this machine's cores; one Hypercorn worker "
-                    "(single process) in both the fleet service and the hello server"
+                    "server and client processes share this machine's cores; the fleet service and "
+                    "the hello server each run server_processes Hypercorn processes on one port"
                 ),
             },
             indent=2,

@@ -9,7 +9,10 @@ basic-auth password (see :mod:`.git_http`); gateway endpoints take the gateway's
 (a push, a pin, a variable) or the gateway's (its report adding, removing or retyping a board), and
 sets the fleet's current :class:`asyncio.Event` (replaced by a fresh one). Target documents are
 cached per gateway under the pair of counters, so an unchanged target (the 304 path) costs no
-database access; long polls wait on the event, never poll.
+database access; long polls wait on the event, never poll. One more counter, the service's
+*generation*, counts every such change of any fleet: target-state responses carry it as
+``X-Picofleet-Generation`` and ``GET /v1/internal/changes`` streams it, which is how the front
+workers of ``--workers N`` (:mod:`.front_worker`) know when their cached answers are stale.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..firmware.assets import AssetCache
@@ -45,6 +48,10 @@ from .targets import (
 __all__ = ["FleetService", "create_app"]
 
 MAX_WAIT = 60
+GENERATION_HEADER = "X-Picofleet-Generation"
+FEED_HEARTBEAT_S = 10.0
+"""An empty line on the change feed after this long without a change (keeps idle links honest)."""
+MAX_SEEN_BATCH = 100_000
 T = TypeVar("T", int, float)
 MAX_LOG_BATCH = 1000
 """Lines per ``POST /v1/gateway/logs`` (the gateway sends at most 500)."""
@@ -75,7 +82,13 @@ class FleetService:
         self._fleet_gen: dict[str, int] = {}
         self._gateway_gen: dict[str, int] = {}
         self._events: dict[str, asyncio.Event] = {}
+        self.generation = 0
+        """Counts every change that can move any gateway's target (see the module docstring)."""
+        self._generation_event = asyncio.Event()
+        self.closing = False
+        """Set at shutdown: long polls and change feeds end at once instead of being cut off."""
         self._targets: dict[str, tuple[tuple[int, int], bytes, str]] = {}
+        self._fleet_views: dict[str, tuple[int, Any]] = {}
         self._auth: dict[str, GatewayAuth] = {}
         self._last_seen: dict[str, str] = {}
         self.logs = BoardLogs()
@@ -88,9 +101,25 @@ class FleetService:
     # -- change tracking ------------------------------------------------------------------------
 
     def _wake(self, fleet: str) -> None:
+        self.generation += 1
+        self._generation_event.set()
+        self._generation_event = asyncio.Event()
         event = self._events.pop(fleet, None)
         if event is not None:
             event.set()
+
+    def close_long_polls(self) -> None:
+        """At shutdown: answer every waiting long poll now (304) and end the change feeds, so that
+        the server's graceful shutdown finds no request it has to cut off."""
+        self.closing = True
+        self._generation_event.set()
+        for event in self._events.values():
+            event.set()
+        self._events.clear()
+
+    def next_generation(self) -> asyncio.Event:
+        """The event the next change of any fleet sets (take it before reading :attr:`generation`)."""
+        return self._generation_event
 
     def fleet_changed(self, fleet: str) -> None:
         """Something of ``fleet`` that targets depend on changed: invalidate and wake long polls."""
@@ -133,15 +162,36 @@ class FleetService:
         cached = self._targets.get(gateway.id)
         if cached is not None and cached[0] == generation:
             return cached[1], cached[2]
-        fleet = await self.store.fleet(gateway.fleet)
+        fleet, releases, settings = await self._fleet_view(gateway.fleet, generation[0])
         record = await self.store.gateway(gateway.id)
         if fleet is None or record is None:
             raise LookupError(f"gateway {gateway.id} or its fleet is gone")
-        releases = {r["commit"]: r for r in await self.store.releases(gateway.fleet)}
-        settings = await self.store.board_settings(gateway.fleet)
         body, etag = encode_target(gateway_target(fleet, releases, record.get("boards") or [], settings))
         self._targets[gateway.id] = (generation, body, etag)
         return body, etag
+
+    async def _fleet_view(self, name: str, generation: int) -> tuple[dict[str, Any] | None, Any, Any]:
+        """The fleet's record, releases by commit and board settings, read once per fleet change
+        (after a push every gateway's target is recomputed: they share these reads)."""
+        cached = self._fleet_views.get(name)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        fleet = await self.store.fleet(name)
+        releases = {r["commit"]: r for r in await self.store.releases(name)}
+        settings = await self.store.board_settings(name)
+        self._fleet_views[name] = (generation, (fleet, releases, settings))
+        return fleet, releases, settings
+
+    def seen_by_key_hash(self, digests: list[str], when: str) -> int:
+        """Note gateways as seen at ``when`` by their key hashes (from a front worker's cache hits);
+        how many were known. Only keys this process has authenticated can be in a worker's cache."""
+        known = 0
+        for digest in digests:
+            auth = self._auth.get(digest)
+            if auth is not None:
+                self._last_seen[auth.id] = when
+                known += 1
+        return known
 
     def last_seen(self, record: dict[str, Any]) -> str | None:
         """When the gateway last called the fleet (this run's memory, else the stored report time)."""
@@ -372,17 +422,59 @@ def create_app(service: FleetService) -> Starlette:
         deadline = loop.time() + wait
         while True:
             changed = service.change_event(gateway.fleet)  # taken before reading: no change is missed
+            # Read before the target: a target is never labelled with a newer generation than its own.
+            generation = str(service.generation)
             try:
                 body, etag = await service.target(gateway)
             except LookupError as error:
                 return _error(404, str(error))
+            headers = {"ETag": etag, GENERATION_HEADER: generation}
             if not etag_matches(known, etag):
-                return Response(body, media_type="application/json", headers={"ETag": etag})
+                return Response(body, media_type="application/json", headers=headers)
             remaining = deadline - loop.time()
-            if remaining <= 0:
-                return Response(status_code=304, headers={"ETag": etag})
+            if remaining <= 0 or service.closing:
+                return Response(status_code=304, headers=headers)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), remaining)
+
+    # -- front workers (--workers N) --------------------------------------------------------------
+
+    async def change_feed(request: Request) -> Response:
+        """``GET /v1/internal/changes`` (admin): a stream of lines ``{"generation": N}``, one now and
+        one after each change that can move a target (an empty line every 10 s without one)."""
+        if not _authorized(request, service.admin_token):
+            return unauthorized()
+
+        async def lines() -> Any:
+            sent = None
+            while not service.closing:
+                changed = service.next_generation()  # taken before reading: no change is missed
+                if service.generation != sent:
+                    sent = service.generation
+                    yield f'{{"generation": {sent}}}\n'.encode()
+                try:
+                    await asyncio.wait_for(changed.wait(), FEED_HEARTBEAT_S)
+                except TimeoutError:
+                    yield b"\n"
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    async def gateways_seen(request: Request) -> JSONResponse:
+        """``POST /v1/internal/seen {"keys": [sha256 of a gateway key, ...]}`` (admin): gateways a
+        front worker answered from its cache, noted as seen now; 200 ``{"known": N}``."""
+        if not _authorized(request, service.admin_token):
+            return unauthorized()
+        body = await _json_body(request)
+        keys = body.get("keys") if isinstance(body, dict) else None
+        if (
+            not isinstance(keys, list)
+            or len(keys) > MAX_SEEN_BATCH
+            or not all(isinstance(k, str) and SHA256.fullmatch(k) for k in keys)
+        ):
+            return _error(
+                400, f'the body must be JSON: {{"keys": [sha256 hex, ...]}} (at most {MAX_SEEN_BATCH})'
+            )
+        return JSONResponse({"known": service.seen_by_key_hash(keys, now_iso())})
 
     # -- assets ---------------------------------------------------------------------------------
 
@@ -642,6 +734,8 @@ def create_app(service: FleetService) -> Starlette:
         Route("/v1/gateway/state", target_state, methods=["GET"]),
         Route("/v1/gateway/logs", post_logs, methods=["POST"]),
         Route("/v1/assets/{sha256}", asset, methods=["GET", "HEAD"]),
+        Route("/v1/internal/changes", change_feed, methods=["GET"]),
+        Route("/v1/internal/seen", gateways_seen, methods=["POST"]),
         Route("/git/{fleet}.git/{path:path}", git, methods=["GET", "POST"]),
     ]
     for kind in ("env", "config"):

@@ -1,7 +1,11 @@
 """Running the fleet service: admin token, ``DATA/fleet.db``, the repositories and Hypercorn.
 
-``python -m picofleet.fleet.service --data DIR [--host H] [--port P] [--max-asset-bytes N]`` runs
-it (the ``picofleet fleet serve`` command is wired elsewhere).
+``python -m picofleet.fleet.service --data DIR [--host H] [--port P] [--max-asset-bytes N]
+[--workers N]`` runs it (the ``picofleet fleet serve`` command is wired elsewhere).
+
+With ``--workers N`` (N > 1) this process, the *primary*, binds the port with ``SO_REUSEPORT``,
+also listens on a Unix socket in Linux's abstract namespace (``@picofleet-fleet-<pid>-<random>``:
+no file to leave behind), and starts N-1 front workers (:mod:`.front_worker`) on the same port.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ import sys
 from pathlib import Path
 
 from ..gateway.config import ConfigError
-from ..gateway.serving import bind_socket, serve_app, stop_on_signals
+from ..gateway.serving import bind_socket, bind_unix_socket, serve_app, stop_on_signals
 from ..gateway.store import StoreLockedError
 from .app import FleetService, create_app
+from .front_worker import socket_address
 from .git_http import FleetRepos
 from .manifest import DEFAULT_MAX_ASSET_BYTES
 from .store import FleetStore
+from .worker_pool import MAX_WORKERS, FrontWorkers
 
 __all__ = ["load_admin_token", "main", "run_fleet"]
 
@@ -28,6 +34,7 @@ log = logging.getLogger("picofleet.fleet")
 
 TOKEN_ENV = "PICOFLEET_ADMIN_TOKEN"
 MAX_ASSET_ENV = "PICOFLEET_MAX_ASSET_BYTES"
+WORKERS_ENV = "PICOFLEET_FLEET_WORKERS"
 
 
 def load_admin_token(data: Path) -> str:
@@ -52,9 +59,16 @@ def load_admin_token(data: Path) -> str:
 
 
 async def run_fleet(
-    data: Path, host: str = "0.0.0.0", port: int = 8080, max_asset_bytes: int = DEFAULT_MAX_ASSET_BYTES
+    data: Path,
+    host: str = "0.0.0.0",
+    port: int = 8080,
+    max_asset_bytes: int = DEFAULT_MAX_ASSET_BYTES,
+    workers: int = 1,
+    log_level: str = "info",
 ) -> None:
     """Serve the fleet service until SIGINT/SIGTERM; prints the URL it listens on at any log level."""
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"--workers must be from 1 to {MAX_WORKERS}, not {workers}")
     data = Path(data)
     try:
         data.mkdir(parents=True, exist_ok=True)
@@ -63,23 +77,45 @@ async def run_fleet(
             f"cannot create {data}: {error.strerror} (choose another with --data DIR)"
         ) from None
     token = load_admin_token(data)
-    sock = bind_socket(host, port)
+    socks = [bind_socket(host, port, reuse_port=workers > 1)]
     store = FleetStore(data / "fleet.db")
     try:
         await store.open()
     except StoreLockedError as error:
-        sock.close()
+        socks[0].close()
         raise ConfigError(str(error)) from None
+    bound_host, bound_port = socks[0].getsockname()[:2]
+    front: FrontWorkers | None = None
+    primary = ""
+    if workers > 1:
+        primary = f"@picofleet-fleet-{os.getpid()}-{secrets.token_hex(4)}"
+        socks.append(bind_unix_socket(socket_address(primary)))
+        front = FrontWorkers(workers - 1, bound_host, bound_port, primary, token, log_level)
     repos = FleetRepos(data, store, max_asset_bytes)
     await repos.start()
 
     stop = stop_on_signals()
-    bound_host, bound_port = sock.getsockname()[:2]
-    print(f"picofleet fleet listening on http://{bound_host}:{bound_port} (data in {data})", flush=True)
+
+    service = FleetService(store, repos, token)
+
+    async def shutdown() -> None:
+        await stop.wait()
+        service.close_long_polls()
+        if front is not None:
+            await front.stop()  # first: their change-feed connections would hold up Hypercorn's shutdown
+
+    suffix = f"; {workers} processes, primary on {primary}" if front is not None else ""
+    print(
+        f"picofleet fleet listening on http://{bound_host}:{bound_port} (data in {data}{suffix})", flush=True
+    )
     try:
-        app = create_app(FleetService(store, repos, token))
-        await serve_app(app, sock, stop.wait)
+        app = create_app(service)
+        if front is not None:
+            await front.start()
+        await serve_app(app, socks, shutdown)
     finally:
+        if front is not None:
+            await front.stop()
         await store.close()
 
 
@@ -97,8 +133,15 @@ def add_arguments(parser: argparse.ArgumentParser, data_default: Path | None = N
     parser.add_argument(
         "--max-asset-bytes",
         type=int,
-        default=int(os.environ.get(MAX_ASSET_ENV) or DEFAULT_MAX_ASSET_BYTES),
+        default=os.environ.get(MAX_ASSET_ENV) or str(DEFAULT_MAX_ASSET_BYTES),
         help=f"size limit of one firmware file (default 32 MiB, or ${MAX_ASSET_ENV})",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.environ.get(WORKERS_ENV) or "1",  # a string: argparse checks it as it checks --workers
+        help="processes serving the port: this one and N-1 front workers answering target-state "
+        f"checks from a cache (default 1, or ${WORKERS_ENV}); about one per core for large fleets",
     )
     parser.add_argument("--log-level", default=os.environ.get("ENM_LOG_LEVEL", "info"))
 
@@ -111,7 +154,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
     try:
-        asyncio.run(run_fleet(args.data, args.host, args.port, args.max_asset_bytes))
+        asyncio.run(
+            run_fleet(args.data, args.host, args.port, args.max_asset_bytes, args.workers, args.log_level)
+        )
     except ConfigError as error:
         print(f"picofleet fleet: {error}", file=sys.stderr)
         return 2

@@ -7,7 +7,9 @@ Binding the socket ourselves gives a known free port with ``--port 0``; Hypercor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import socket
 from collections.abc import Awaitable, Callable
@@ -22,16 +24,42 @@ GRACEFUL_TIMEOUT = 2.0
 """Seconds open connections get to finish at shutdown."""
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind the API's listening socket ourselves, so that port 0 gives a known free port."""
+def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """Bind the API's listening socket ourselves, so that port 0 gives a known free port.
+
+    With ``reuse_port`` (``SO_REUSEPORT``) other processes of this user may bind the same port, and
+    the kernel spreads new connections over all of them: the fleet service's ``--workers``.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as error:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    sock.listen(1024)
+    return sock
+
+
+def bind_unix_socket(address: str) -> socket.socket:
+    """A listening Unix socket: in Linux's abstract namespace when ``address`` starts with NUL (no
+    file, nothing left behind by a killed process), else at that path (a stale socket is replaced;
+    mode 0600)."""
+    abstract = address.startswith("\0")
+    if not abstract:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(address)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(address)
+        if not abstract:
+            os.chmod(address, 0o600)
+    except OSError as error:
+        sock.close()
+        raise ConfigError(f"cannot listen on {address!r}: {error.strerror}") from None
     sock.listen(1024)
     return sock
 
@@ -45,11 +73,13 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def serve_app(app: Any, sock: socket.socket, shutdown_trigger: Callable[[], Awaitable[None]]) -> None:
-    """Serve ``app`` on ``sock`` until ``shutdown_trigger()`` returns; Hypercorn closes the socket."""
+async def serve_app(
+    app: Any, socks: socket.socket | list[socket.socket], shutdown_trigger: Callable[[], Awaitable[None]]
+) -> None:
+    """Serve ``app`` on ``socks`` until ``shutdown_trigger()`` returns; Hypercorn closes them."""
     config = HypercornConfig()
     # Hypercorn wraps an fd:// bind without duplicating it and closes it at shutdown: hand it over.
-    config.bind = [f"fd://{sock.detach()}"]
+    config.bind = [f"fd://{sock.detach()}" for sock in (socks if isinstance(socks, list) else [socks])]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = GRACEFUL_TIMEOUT

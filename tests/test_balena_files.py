@@ -20,6 +20,7 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
+from picofleet.fleet import service as fleet_service
 from picofleet.gateway.config import SETTINGS, load_config
 from picofleet.gateway.features import FEATURES
 
@@ -149,6 +150,8 @@ def test_compose_files() -> None:
         ROOT / "fleet" / "Dockerfile"
     )
     assert "8080:8080" in fleet["ports"]
+    settings = {fleet_service.TOKEN_ENV, fleet_service.MAX_ASSET_ENV, fleet_service.WORKERS_ENV}
+    assert set(fleet["environment"]) <= settings  # each one the fleet service reads
     parser = parse((ROOT / "fleet" / "Dockerfile").read_text())
     assert {item["instruction"] for item in parser.structure} <= INSTRUCTIONS
     assert all(IMAGE.fullmatch(image) for image in parser.parent_images)

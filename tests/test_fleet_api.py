@@ -2,6 +2,10 @@
 
 Releases are made with the real ``git`` client pushing to the service; gateways are plain HTTP
 clients here (the gateway's sync loop is tested elsewhere).
+
+Every test runs twice: against a one-process service, and with every request (git pushes, long
+polls, asset ranges, the CLI) going through a front worker of a ``--workers 2`` service, which
+must answer exactly as the primary does.
 """
 
 from __future__ import annotations
@@ -20,16 +24,27 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers.fleet import FleetProcess, git
+from tests.helpers.fleet import FleetProcess, FrontWorkerProcess, git
 from tests.test_fleet_git import MANIFEST, app_uf2, commit, write
 
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetProcess]:
-    fleet = FleetProcess(tmp_path_factory.mktemp("fleet-api") / "data").start()
+@pytest.fixture(scope="module", params=["one-process", "through-a-front-worker"])
+def service(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FleetProcess]:
+    data = tmp_path_factory.mktemp("fleet-api") / "data"
+    if request.param == "one-process":
+        fleet = FleetProcess(data).start()
+        yield fleet
+        assert fleet.stop() == 0, fleet.output()
+        return
+    fleet = FleetProcess(data, "--workers", "2").start()
+    worker = FrontWorkerProcess(fleet).start()
+    fleet.url = worker.url  # every request of the tests goes through the front worker
     yield fleet
+    assert worker.stop() == 0, worker.output()
     assert fleet.stop() == 0, fleet.output()
 
 

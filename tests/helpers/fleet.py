@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,35 @@ class FleetProcess(ServiceProcess):
     def push_url(self, fleet: str, token: str | None = None) -> str:
         host = self.url.removeprefix("http://")
         return f"http://x:{token or self.token}@{host}/git/{fleet}.git"
+
+
+class FrontWorkerProcess(ServiceProcess):
+    """A ``python -m picofleet.fleet.front_worker`` on its own loopback port, forwarding to the
+    primary of a running ``--workers N`` fleet service (whose socket the service printed), so that
+    a test can send every request through a front worker; its output goes to DATA/<log_name>."""
+
+    what = "front worker"
+
+    def __init__(self, fleet: FleetProcess, log_name: str = "front-worker.log") -> None:
+        super().__init__(fleet.data, log_name, {"PICOFLEET_ADMIN_TOKEN": fleet.token})
+        found = re.search(r"primary on (@\S+)\)", fleet.output())
+        assert found, (
+            f"the fleet service printed no primary socket (run it with --workers 2):\n{fleet.output()}"
+        )
+        self.primary = found.group(1)
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "picofleet.fleet.front_worker",
+            "--primary",
+            self.primary,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ]
 
 
 def git(

@@ -1,0 +1,199 @@
+"""A front worker's HTTP/1.1 link to the primary over its Unix socket: h11 over asyncio streams.
+
+Why not httpx: a front worker forwards every request it cannot answer, and with httpx each one
+scanned the whole connection pool and retried a failing optional import (``sniffio``), which cost
+more than serving the request. Here a forwarded request takes the most recently idle connection
+(or opens one: a Unix socket connect is cheap), and the connection goes back only when both sides
+finished the exchange cleanly.
+
+Idle connections older than :data:`IDLE_REUSE_S` are closed instead of reused: Hypercorn closes
+keep-alive connections idle for 5 s, and a request written into a connection the primary is just
+closing would be lost. A reused connection that fails before the response starts is retried once on
+a fresh one if the request had no body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import h11
+
+__all__ = ["Upstream", "UpstreamError", "UpstreamResponse"]
+
+CONNECT_TIMEOUT_S = 5.0
+IDLE_REUSE_S = 3.0
+"""Idle connections older than this are not reused (Hypercorn's keep-alive timeout is 5 s)."""
+READ_SIZE = 65536
+Headers = list[tuple[bytes, bytes]]
+
+
+class UpstreamError(Exception):
+    """The primary could not be reached or broke the exchange."""
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.protocol = h11.Connection(h11.CLIENT)
+        self.idle_since = time.monotonic()
+
+    async def send(self, event: Any) -> None:
+        data = self.protocol.send(event)
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
+
+    async def next_event(self) -> Any:
+        while True:
+            event = self.protocol.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            self.protocol.receive_data(await self.reader.read(READ_SIZE))
+
+    def reusable(self) -> bool:
+        return (
+            self.protocol.our_state is h11.IDLE
+            and self.protocol.their_state is h11.IDLE
+            and not self.reader.at_eof()
+            and time.monotonic() - self.idle_since < IDLE_REUSE_S
+        )
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class UpstreamResponse:
+    """The primary's answer: ``status``, ``headers`` (lower-case names), and the body to iterate."""
+
+    def __init__(self, connection: _Connection, head: h11.Response) -> None:
+        self._connection = connection
+        self.status: int = head.status_code
+        self.headers: Headers = [(bytes(name), bytes(value)) for name, value in head.headers]
+        self.complete = False
+
+    def header(self, name: bytes) -> str | None:
+        """The first value of header ``name`` (lower case), or ``None``."""
+        return next((value.decode("latin-1") for key, value in self.headers if key == name), None)
+
+    async def body(self) -> AsyncIterator[bytes]:
+        """The body as it arrives."""
+        while True:
+            event = await self._connection.next_event()
+            if isinstance(event, h11.Data):
+                yield bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                self.complete = True
+                return
+            else:
+                raise UpstreamError(f"the primary broke off its answer ({type(event).__name__})")
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        return b"".join([chunk async for chunk in self.body()])
+
+
+class Upstream:
+    """Requests to the HTTP server on the Unix socket ``address`` (abstract when it starts with NUL)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._idle: collections.deque[_Connection] = collections.deque()
+        """Oldest first: connections are appended as they become idle."""
+
+    async def _open(self) -> _Connection:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(self.address, limit=READ_SIZE), CONNECT_TIMEOUT_S
+            )
+        except (OSError, TimeoutError) as error:
+            raise UpstreamError(f"cannot connect to the primary: {error}") from None
+        return _Connection(reader, writer)
+
+    def prune(self) -> None:
+        """Close the idle connections too old to reuse (call now and then: after a burst of long
+        polls they would otherwise wait, half closed by the primary, for the next burst)."""
+        while self._idle and not self._idle[0].reusable():
+            self._idle.popleft().close()
+
+    def _reused(self) -> _Connection | None:
+        self.prune()
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.reusable():
+                return connection
+            connection.close()
+        return None
+
+    @contextlib.asynccontextmanager
+    async def request(
+        self, method: str, target: bytes, headers: Headers, body: AsyncIterator[bytes] | None = None
+    ) -> AsyncIterator[UpstreamResponse]:
+        """Send a request (``target`` is the path and query; ``body`` streamed, chunked unless the
+        headers give a ``content-length``) and yield the response once its head arrived. The
+        connection is kept for reuse only if the body was read to the end."""
+        if body is not None and not any(name == b"content-length" for name, _ in headers):
+            headers = [*headers, (b"transfer-encoding", b"chunked")]
+        connection = self._reused()
+        retry = connection is not None and body is None
+        if connection is None:
+            connection = await self._open()
+        try:
+            head = await self._exchange(connection, method, target, headers, body)
+        except (OSError, h11.ProtocolError, UpstreamError) as error:
+            connection.close()
+            if not retry:
+                raise UpstreamError(f"the primary did not answer: {error}") from None
+            connection = await self._open()
+            try:
+                head = await self._exchange(connection, method, target, headers, None)
+            except (OSError, h11.ProtocolError, UpstreamError) as again:
+                connection.close()
+                raise UpstreamError(f"the primary did not answer: {again}") from None
+        response = UpstreamResponse(connection, head)
+        try:
+            yield response
+        except h11.ProtocolError as error:
+            connection.close()
+            raise UpstreamError(f"the primary broke off its answer: {error}") from None
+        except BaseException:
+            connection.close()
+            raise
+        # Hypercorn ends a connection after 1,000 requests ("Connection: close"): h11 then leaves
+        # the server's side in MUST_CLOSE, and only DONE on both sides can carry another exchange.
+        protocol = connection.protocol
+        if response.complete and protocol.our_state is h11.DONE and protocol.their_state is h11.DONE:
+            protocol.start_next_cycle()
+            connection.idle_since = time.monotonic()
+            self._idle.append(connection)
+        else:
+            connection.close()
+
+    @staticmethod
+    async def _exchange(
+        connection: _Connection,
+        method: str,
+        target: bytes,
+        headers: Headers,
+        body: AsyncIterator[bytes] | None,
+    ) -> h11.Response:
+        await connection.send(h11.Request(method=method, target=target, headers=headers))
+        if body is not None:
+            async for chunk in body:
+                await connection.send(h11.Data(data=chunk))
+        await connection.send(h11.EndOfMessage())
+        while True:
+            event = await connection.next_event()
+            if isinstance(event, h11.Response):
+                return event
+            if not isinstance(event, h11.InformationalResponse):
+                raise UpstreamError(f"unexpected {type(event).__name__} instead of an answer")
+
+    def close(self) -> None:
+        """Close the idle connections."""
+        while self._idle:
+            self._idle.pop().close()
