@@ -29,9 +29,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Send
 
 from ..firmware.assets import AssetCache
 from .git_http import FLEET_NAME, FleetRepos, GitHttpBackend
+from .state_checks import GENERATION_HEADER, PlainChecks, send_target
 from .store import BOARD_LOG_LINES, BoardLogs, FleetExistsError, FleetStore, key_hash, now_iso
 from .targets import (
     MAX_VALUE,
@@ -48,7 +50,6 @@ from .targets import (
 __all__ = ["FleetService", "create_app"]
 
 MAX_WAIT = 60
-GENERATION_HEADER = "X-Picofleet-Generation"
 FEED_HEARTBEAT_S = 10.0
 """An empty line on the change feed after this long without a change (keeps idle links honest)."""
 MAX_SEEN_BATCH = 100_000
@@ -182,6 +183,19 @@ class FleetService:
         self._fleet_views[name] = (generation, (fleet, releases, settings))
         return fleet, releases, settings
 
+    async def answer_known(self, digest: str, if_none_match: str | None, send: Send) -> bool:
+        """Answer a plain target-state check (see :mod:`.state_checks`) of a gateway whose key and
+        current target this process has cached; False (nothing sent) otherwise."""
+        auth = self._auth.get(digest)
+        cached = self._targets.get(auth.id) if auth is not None else None
+        if auth is None or cached is None:
+            return False
+        if cached[0] != (self._fleet_gen.get(auth.fleet, 0), self._gateway_gen.get(auth.id, 0)):
+            return False
+        await send_target(send, cached[2], cached[1], if_none_match, self.generation)
+        self._last_seen[auth.id] = now_iso()
+        return True
+
     def seen_by_key_hash(self, digests: list[str], when: str) -> int:
         """Note gateways as seen at ``when`` by their key hashes (from a front worker's cache hits);
         how many were known. Only keys this process has authenticated can be in a worker's cache."""
@@ -229,8 +243,8 @@ def _bounded_param(
     return value if low <= value <= high else None  # type: ignore[operator]
 
 
-def create_app(service: FleetService) -> Starlette:
-    """The Starlette application of the fleet service."""
+def create_app(service: FleetService) -> ASGIApp:
+    """The fleet service's ASGI application: Starlette, behind :class:`.state_checks.PlainChecks`."""
     store = service.store
 
     def unauthorized() -> JSONResponse:
@@ -748,4 +762,4 @@ def create_app(service: FleetService) -> Starlette:
                 f"/v1/fleets/{{name}}/boards/{{uuid}}/{kind}/{{key}}", board_vars, methods=["PUT", "DELETE"]
             ),
         ]
-    return Starlette(routes=routes)
+    return PlainChecks(Starlette(routes=routes), service.answer_known)

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -48,14 +47,11 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
 from ..gateway.config import ConfigError
-from ..gateway.http_util import bearer_token
 from ..gateway.serving import bind_socket, serve_app, stop_on_signals
-from .app import GENERATION_HEADER
-from .targets import etag_matches
+from .state_checks import GENERATION_HEADER, plain_check, send_target
 from .upstream import Upstream, UpstreamError, UpstreamResponse
 
 __all__ = ["FrontWorker", "TargetCache", "main", "socket_address"]
@@ -63,7 +59,6 @@ __all__ = ["FrontWorker", "TargetCache", "main", "socket_address"]
 log = logging.getLogger("picofleet.fleet.worker")
 
 TOKEN_ENV = "PICOFLEET_ADMIN_TOKEN"
-STATE_PATH = "/v1/gateway/state"
 SEEN_INTERVAL_S = 1.0
 FEED_READ_TIMEOUT_S = 30.0
 """The feed sends a line at least every 10 s; silence this long means the link is dead."""
@@ -231,34 +226,16 @@ class FrontWorker:
             return
         if scope["type"] != "http":
             return  # the fleet API has no websockets
-        digest = None
-        if scope["method"] == "GET" and scope["path"] == STATE_PATH and not scope["query_string"]:
-            headers = Headers(raw=scope["headers"])
-            token = bearer_token(headers)
-            if token:
-                digest = hashlib.sha256(token.encode()).hexdigest()
-                if await self._answer_from_cache(digest, headers.get("if-none-match"), send):
-                    return
-        await self._forward(scope, receive, send, digest)
+        check = plain_check(scope)
+        if check is not None and await self._answer_from_cache(*check, send):
+            return
+        await self._forward(scope, receive, send, check[0] if check else None)
 
     async def _answer_from_cache(self, digest: str, if_none_match: str | None, send: Send) -> bool:
         cached = self.cache.get(digest)
-        if cached is None:
+        if cached is None or self.cache.generation is None:
             return False
-        etag, document = cached
-        generation = str(self.cache.generation).encode()
-        headers = [(b"etag", etag.encode()), (GENERATION_HEADER.lower().encode(), generation)]
-        if etag_matches(if_none_match, etag):
-            await send({"type": "http.response.start", "status": 304, "headers": headers})
-            await send({"type": "http.response.body", "body": b""})
-        elif document is not None:
-            headers += [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(document)).encode()),
-            ]
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await send({"type": "http.response.body", "body": document})
-        else:
+        if not await send_target(send, *cached, if_none_match, self.cache.generation):
             return False
         self._seen.add(digest)
         self.answered += 1

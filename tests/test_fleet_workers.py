@@ -219,3 +219,23 @@ def test_the_cache_keeps_only_answers_of_the_current_generation() -> None:
     cache.put("gw", 2, '"b"', b"{}")
     cache.set_generation(None)  # the feed is lost
     assert cache.get("gw") is None
+
+
+def test_the_primary_answers_plain_checks_as_its_endpoint_does(tmp_path: Path) -> None:
+    fleet = FleetProcess(tmp_path / "data").start()
+    try:
+        lab = Fleet(fleet, "plain", tmp_path)
+        key = fleet.provision(lab.provisioning_key)["key"]
+        computed = state(fleet.url, key)  # by the endpoint, which caches it
+        known = state(fleet.url, key)  # before routing, from that cache
+        assert known.status_code == computed.status_code == 200
+        assert known.content == computed.content
+        for header in ("etag", "content-type", GENERATION):
+            assert known.headers[header] == computed.headers[header], header
+
+        seen = lab.admin("GET", "/gateways").json()[0]["last_seen"]
+        assert state(fleet.url, key, computed.headers["etag"]).status_code == 304
+        wait_for(lambda: lab.admin("GET", "/gateways").json()[0]["last_seen"] > seen, 5, "last_seen to move")
+        assert state(fleet.url, "gk_not-a-key").status_code == 401  # unknown keys still reach the endpoint
+    finally:
+        fleet.stop()
