@@ -32,6 +32,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Send
 
 from ..firmware.assets import AssetCache
+from ..gateway.http_util import bearer_token
 from .git_http import FLEET_NAME, FleetRepos, GitHttpBackend
 from .state_checks import GENERATION_HEADER, PlainChecks, send_target
 from .store import BOARD_LOG_LINES, BoardLogs, FleetExistsError, FleetStore, key_hash, now_iso
@@ -111,7 +112,8 @@ class FleetService:
 
     def close_long_polls(self) -> None:
         """At shutdown: answer every waiting long poll now (304) and end the change feeds, so that
-        the server's graceful shutdown finds no request it has to cut off."""
+        the server's graceful shutdown finds no request it has to cut off; new long polls get 503
+        with ``Retry-After`` (the gateway backs off) until the server stops."""
         self.closing = True
         self._generation_event.set()
         for event in self._events.values():
@@ -143,11 +145,10 @@ class FleetService:
 
     async def gateway_of(self, request: Request) -> GatewayAuth | None:
         """The gateway whose key is the request's bearer token, or ``None``; notes it as seen."""
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        value = value.strip()
-        if scheme.lower() != "bearer" or not value:
+        token = bearer_token(request.headers)
+        if token is None:
             return None
-        digest = key_hash(value)
+        digest = key_hash(token)
         auth = self._auth.get(digest)
         if auth is None:
             record = await self.store.gateway_by_key_hash(digest)
@@ -157,12 +158,17 @@ class FleetService:
         self._last_seen[auth.id] = now_iso()
         return auth
 
-    async def target(self, gateway: GatewayAuth) -> tuple[bytes, str]:
-        """The gateway's target state document (canonical JSON) and its ETag, cached."""
+    def _current(self, gateway: GatewayAuth) -> tuple[tuple[int, int], tuple[bytes, str] | None]:
+        """The gateway's pair of change counters, and its cached ``(document, ETag)`` if still current."""
         generation = (self._fleet_gen.get(gateway.fleet, 0), self._gateway_gen.get(gateway.id, 0))
         cached = self._targets.get(gateway.id)
-        if cached is not None and cached[0] == generation:
-            return cached[1], cached[2]
+        return generation, (cached[1], cached[2]) if cached is not None and cached[0] == generation else None
+
+    async def target(self, gateway: GatewayAuth) -> tuple[bytes, str]:
+        """The gateway's target state document (canonical JSON) and its ETag, cached."""
+        generation, current = self._current(gateway)
+        if current is not None:
+            return current
         fleet, releases, settings = await self._fleet_view(gateway.fleet, generation[0])
         record = await self.store.gateway(gateway.id)
         if fleet is None or record is None:
@@ -187,12 +193,11 @@ class FleetService:
         """Answer a plain target-state check (see :mod:`.state_checks`) of a gateway whose key and
         current target this process has cached; False (nothing sent) otherwise."""
         auth = self._auth.get(digest)
-        cached = self._targets.get(auth.id) if auth is not None else None
-        if auth is None or cached is None:
+        current = self._current(auth)[1] if auth is not None else None
+        if auth is None or current is None:
             return False
-        if cached[0] != (self._fleet_gen.get(auth.fleet, 0), self._gateway_gen.get(auth.id, 0)):
-            return False
-        await send_target(send, cached[2], cached[1], if_none_match, self.generation)
+        document, etag = current
+        await send_target(send, etag, document, if_none_match, self.generation)
         self._last_seen[auth.id] = now_iso()
         return True
 
@@ -217,8 +222,8 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def _authorized(request: Request, token: str) -> bool:
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and secrets.compare_digest(value.strip().encode(), token.encode())
+    presented = bearer_token(request.headers)
+    return presented is not None and secrets.compare_digest(presented.encode(), token.encode())
 
 
 def _git_url(request: Request, fleet: str) -> str:
@@ -431,6 +436,10 @@ def create_app(service: FleetService) -> ASGIApp:
         wait = _bounded_param(request, "wait", "0", float, 0, MAX_WAIT)
         if wait is None:
             return _error(400, f"wait: a number of seconds from 0 to {MAX_WAIT}")
+        if wait and service.closing:  # an immediate 304 would have the gateway ask again at once
+            stopping = _error(503, "the fleet service is stopping; ask again in a moment")
+            stopping.headers["Retry-After"] = "2"
+            return stopping
         known = request.headers.get("if-none-match")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait

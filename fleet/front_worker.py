@@ -45,20 +45,20 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator
-from typing import Any
 
+from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from ..gateway.config import ConfigError
-from ..gateway.serving import bind_socket, serve_app, stop_on_signals
-from .state_checks import GENERATION_HEADER, plain_check, send_target
+from ..gateway.serving import bind_socket, serve_app, stop_on_signals, unix_address
+from .service import TOKEN_ENV
+from .state_checks import GENERATION_FIELD, plain_check, send_target
 from .upstream import Upstream, UpstreamError, UpstreamResponse
 
-__all__ = ["FrontWorker", "TargetCache", "main", "socket_address"]
+__all__ = ["FrontWorker", "TargetCache", "main"]
 
 log = logging.getLogger("picofleet.fleet.worker")
 
-TOKEN_ENV = "PICOFLEET_ADMIN_TOKEN"
 SEEN_INTERVAL_S = 1.0
 FEED_READ_TIMEOUT_S = 30.0
 """The feed sends a line at least every 10 s; silence this long means the link is dead."""
@@ -82,9 +82,9 @@ HOP_BY_HOP = frozenset(
 NOT_FORWARDED_BACK = HOP_BY_HOP | SERVER_SET
 
 
-def socket_address(spec: str) -> str:
-    """``@NAME`` → the abstract-namespace address ``\\0NAME``; anything else is a path."""
-    return "\0" + spec[1:] if spec.startswith("@") else spec
+class ClientGone(Exception):
+    """The client disconnected while its request body was being forwarded (the upstream exchange
+    is abandoned, its connection closed)."""
 
 
 class TargetCache:
@@ -122,17 +122,19 @@ class TargetCache:
 class FrontWorker:
     """The ASGI application of a front worker (see the module docstring)."""
 
-    def __init__(self, primary: str, admin_token: str, parent_pid: int | None = None) -> None:
-        self.primary = primary
+    def __init__(
+        self, primary: str, admin_token: str, stop: asyncio.Event, parent_pid: int | None = None
+    ) -> None:
         self.admin_token = admin_token
         self.parent_pid = parent_pid
         self.cache = TargetCache()
-        self.stop = asyncio.Event()
+        self.stop = stop
+        """Set to stop serving (by SIGINT/SIGTERM, or when the parent is gone)."""
         self._seen: set[str] = set()
         self.answered = self.forwarded = 0
         """Requests answered from the cache, and forwarded to the primary."""
         self._tasks: list[asyncio.Task[None]] = []
-        self.upstream = Upstream(primary)
+        self.upstream = Upstream(unix_address(primary))
         """Forwarded requests have no time limit: long polls (60 s) and pushes (answered once the
         release is stored) take their time; connecting to the primary is bounded."""
 
@@ -178,7 +180,7 @@ class FrontWorker:
                         for line in lines:
                             if line.strip():
                                 self.cache.set_generation(int(json.loads(line)["generation"]))
-            except (UpstreamError, TimeoutError, ValueError, KeyError, TypeError) as error:
+            except Exception as error:  # whatever broke the feed, a cached answer is no longer known current
                 if self.cache.generation is not None:
                     log.warning("lost the primary's change feed (%s); forwarding everything", error)
                 self.cache.set_generation(None)
@@ -207,7 +209,7 @@ class FrontWorker:
             self.upstream.prune()
             try:
                 await self._flush_seen()
-            except UpstreamError as error:
+            except Exception as error:  # next second, next try: last_seen is diagnostics
                 log.debug("could not report seen gateways: %s", error)
 
     async def _watch_parent(self) -> None:
@@ -255,30 +257,27 @@ class FrontWorker:
         try:
             async with self.upstream.request(scope["method"], target, headers, body) as response:
                 out = [(k, v) for k, v in response.headers if k.decode("latin-1") not in NOT_FORWARDED_BACK]
-                if digest is not None and response.status in (200, 304):
-                    document = await response.read() if response.status == 200 else None
-                    self._remember(digest, response, document)
-                    started = True
-                    await send({"type": "http.response.start", "status": response.status, "headers": out})
-                    await send({"type": "http.response.body", "body": document or b""})
-                    return
                 started = True
                 await send({"type": "http.response.start", "status": response.status, "headers": out})
+                kept: list[bytes] = []  # a target-state answer is kept for the cache as it goes by
                 async for chunk in response.body():
+                    if digest is not None:
+                        kept.append(chunk)
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
+                if digest is not None and response.status in (200, 304):
+                    self._remember(digest, response, b"".join(kept) if response.status == 200 else None)
+        except ClientGone:
+            log.debug("the client of %s %s went away during its request body", scope["method"], scope["path"])
         except UpstreamError as error:
             log.warning("forwarding %s %s failed: %s", scope["method"], scope["path"], error)
             if not started:
-                await _send_json(
-                    send,
-                    503,
-                    {"error": f"the fleet service's primary process is not answering ({error}); try again"},
-                    [(b"retry-after", b"1")],
-                )
+                message = f"the fleet service's primary process is not answering ({error}); try again"
+                refusal = JSONResponse({"error": message}, status_code=503, headers={"Retry-After": "1"})
+                await refusal(scope, receive, send)
 
     def _remember(self, digest: str, response: UpstreamResponse, document: bytes | None) -> None:
-        etag, generation = response.header(b"etag"), response.header(GENERATION_HEADER.lower().encode())
+        etag, generation = response.header(b"etag"), response.header(GENERATION_FIELD)
         if etag and generation and generation.isdigit():
             self.cache.put(digest, int(generation), etag, document)
 
@@ -288,18 +287,11 @@ async def _request_body(receive: Receive) -> AsyncIterator[bytes]:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ConnectionAbortedError("the client went away during its request body")
+            raise ClientGone
         if message.get("body"):
             yield message["body"]
         if not message.get("more_body"):
             return
-
-
-async def _send_json(send: Send, status: int, document: Any, extra: list[tuple[bytes, bytes]]) -> None:
-    body = json.dumps(document).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:
@@ -315,20 +307,12 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 async def run_worker(primary: str, host: str, port: int, admin_token: str, parent_pid: int | None) -> None:
     """Serve a front worker on ``host:port`` (``SO_REUSEPORT``) until SIGINT/SIGTERM or the parent is gone."""
     sock = bind_socket(host, port, reuse_port=True)
-    worker = FrontWorker(socket_address(primary), admin_token, parent_pid)
-    signalled = stop_on_signals()
+    worker = FrontWorker(primary, admin_token, stop_on_signals(), parent_pid)
     bound_host, bound_port = sock.getsockname()[:2]
     print(f"picofleet fleet worker {os.getpid()} listening on http://{bound_host}:{bound_port}", flush=True)
-
-    async def stopped() -> None:
-        waits = [asyncio.create_task(signalled.wait()), asyncio.create_task(worker.stop.wait())]
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for task in waits:
-            task.cancel()
-
     worker.start()
     try:
-        await serve_app(worker, sock, stopped)
+        await serve_app(worker, sock, worker.stop.wait)
     finally:
         await worker.close()
 

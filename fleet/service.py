@@ -22,7 +22,6 @@ from ..gateway.config import ConfigError
 from ..gateway.serving import bind_socket, bind_unix_socket, serve_app, stop_on_signals
 from ..gateway.store import StoreLockedError
 from .app import FleetService, create_app
-from .front_worker import socket_address
 from .git_http import FleetRepos
 from .manifest import DEFAULT_MAX_ASSET_BYTES
 from .store import FleetStore
@@ -89,8 +88,13 @@ async def run_fleet(
     primary = ""
     if workers > 1:
         primary = f"@picofleet-fleet-{os.getpid()}-{secrets.token_hex(4)}"
-        socks.append(bind_unix_socket(socket_address(primary)))
-        front = FrontWorkers(workers - 1, bound_host, bound_port, primary, token, log_level)
+        try:
+            socks.append(bind_unix_socket(primary))
+        except ConfigError:
+            socks[0].close()
+            await store.close()
+            raise
+        front = FrontWorkers(workers - 1, bound_host, bound_port, primary, {TOKEN_ENV: token}, log_level)
     repos = FleetRepos(data, store, max_asset_bytes)
     await repos.start()
 

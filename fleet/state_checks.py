@@ -18,12 +18,13 @@ from ..gateway.http_util import bearer_token
 from .store import key_hash
 from .targets import etag_matches
 
-__all__ = ["GENERATION_HEADER", "PlainChecks", "plain_check", "send_target"]
+__all__ = ["GENERATION_FIELD", "GENERATION_HEADER", "PlainChecks", "plain_check", "send_target"]
 
 STATE_PATH = "/v1/gateway/state"
 GENERATION_HEADER = "X-Picofleet-Generation"
 """On target-state answers: the primary's count of changes that can move a target."""
-_GENERATION = GENERATION_HEADER.lower().encode()
+GENERATION_FIELD = GENERATION_HEADER.lower().encode()
+"""The header's name as it appears in ASGI and h11 header lists."""
 
 Answer = Callable[[str, "str | None", Send], Awaitable[bool]]
 """``answer(key_sha256, if_none_match, send)``: True once it answered, False if it cannot."""
@@ -45,7 +46,7 @@ async def send_target(
 ) -> bool:
     """Answer as ``target_state`` does; False (nothing sent) when a 200 is due and ``document`` is
     not known."""
-    headers = [(b"etag", etag.encode()), (_GENERATION, str(generation).encode())]
+    headers = [(b"etag", etag.encode()), (GENERATION_FIELD, str(generation).encode())]
     if etag_matches(if_none_match, etag):
         await send({"type": "http.response.start", "status": 304, "headers": headers})
         await send({"type": "http.response.body", "body": b""})

@@ -9,7 +9,7 @@ finished the exchange cleanly.
 Idle connections older than :data:`IDLE_REUSE_S` are closed instead of reused: Hypercorn closes
 keep-alive connections idle for 5 s, and a request written into a connection the primary is just
 closing would be lost. A reused connection that fails before the response starts is retried once on
-a fresh one if the request had no body.
+a fresh one if it is a ``GET`` or ``HEAD``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ CONNECT_TIMEOUT_S = 5.0
 IDLE_REUSE_S = 3.0
 """Idle connections older than this are not reused (Hypercorn's keep-alive timeout is 5 s)."""
 READ_SIZE = 65536
+SAFE_METHODS = frozenset({"GET", "HEAD"})
 Headers = list[tuple[bytes, bytes]]
 
 
@@ -74,20 +75,21 @@ class UpstreamResponse:
         self._connection = connection
         self.status: int = head.status_code
         self.headers: Headers = [(bytes(name), bytes(value)) for name, value in head.headers]
-        self.complete = False
 
     def header(self, name: bytes) -> str | None:
         """The first value of header ``name`` (lower case), or ``None``."""
         return next((value.decode("latin-1") for key, value in self.headers if key == name), None)
 
     async def body(self) -> AsyncIterator[bytes]:
-        """The body as it arrives."""
+        """The body as it arrives; :class:`UpstreamError` if the primary breaks it off."""
         while True:
-            event = await self._connection.next_event()
+            try:
+                event = await self._connection.next_event()
+            except (OSError, h11.ProtocolError) as error:
+                raise UpstreamError(f"the primary broke off its answer: {error}") from None
             if isinstance(event, h11.Data):
                 yield bytes(event.data)
             elif isinstance(event, h11.EndOfMessage):
-                self.complete = True
                 return
             else:
                 raise UpstreamError(f"the primary broke off its answer ({type(event).__name__})")
@@ -138,40 +140,42 @@ class Upstream:
         connection is kept for reuse only if the body was read to the end."""
         if body is not None and not any(name == b"content-length" for name, _ in headers):
             headers = [*headers, (b"transfer-encoding", b"chunked")]
-        connection = self._reused()
-        retry = connection is not None and body is None
-        if connection is None:
-            connection = await self._open()
+        connection, head = await self._send(method, target, headers, body)
         try:
-            head = await self._exchange(connection, method, target, headers, body)
-        except (OSError, h11.ProtocolError, UpstreamError) as error:
-            connection.close()
-            if not retry:
-                raise UpstreamError(f"the primary did not answer: {error}") from None
-            connection = await self._open()
-            try:
-                head = await self._exchange(connection, method, target, headers, None)
-            except (OSError, h11.ProtocolError, UpstreamError) as again:
-                connection.close()
-                raise UpstreamError(f"the primary did not answer: {again}") from None
-        response = UpstreamResponse(connection, head)
-        try:
-            yield response
-        except h11.ProtocolError as error:
-            connection.close()
-            raise UpstreamError(f"the primary broke off its answer: {error}") from None
+            yield UpstreamResponse(connection, head)
         except BaseException:
             connection.close()
             raise
-        # Hypercorn ends a connection after 1,000 requests ("Connection: close"): h11 then leaves
-        # the server's side in MUST_CLOSE, and only DONE on both sides can carry another exchange.
+        # Both sides DONE: the answer was read to its end. Not so after "Connection: close" (h11
+        # then says MUST_CLOSE; Hypercorn sends it on a connection's 1,000th answer).
         protocol = connection.protocol
-        if response.complete and protocol.our_state is h11.DONE and protocol.their_state is h11.DONE:
+        if protocol.our_state is h11.DONE and protocol.their_state is h11.DONE:
             protocol.start_next_cycle()
             connection.idle_since = time.monotonic()
             self._idle.append(connection)
         else:
             connection.close()
+
+    async def _send(
+        self, method: str, target: bytes, headers: Headers, body: AsyncIterator[bytes] | None
+    ) -> tuple[_Connection, h11.Response]:
+        """Send on the most recently idle connection, or a fresh one. A reused connection that fails
+        before the answer starts is replaced by a fresh one for a ``GET`` or ``HEAD`` (safe to send
+        twice, and no body of the client's was consumed)."""
+        reused = self._reused()
+        for connection in (reused, None):
+            if connection is None:
+                connection = await self._open()
+            try:
+                return connection, await self._exchange(connection, method, target, headers, body)
+            except (OSError, h11.ProtocolError, UpstreamError) as error:
+                connection.close()
+                if connection is not reused or method not in SAFE_METHODS or body is not None:
+                    raise UpstreamError(f"the primary did not answer: {error}") from None
+            except BaseException:  # cancelled mid-exchange: the connection is in an unknown state
+                connection.close()
+                raise
+        raise AssertionError("unreachable: the fresh connection either answers or raises")
 
     @staticmethod
     async def _exchange(

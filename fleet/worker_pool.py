@@ -3,7 +3,7 @@
 
 Each worker is ``python -m picofleet.fleet.front_worker`` with the primary's pid as
 ``--parent-pid`` (so a primary killed with ``kill -9`` leaves no workers behind: they notice within
-a second and exit) and the admin token in its environment, never on its command line.
+a second and exit) and secrets (the admin token) in its environment, never on its command line.
 """
 
 from __future__ import annotations
@@ -25,12 +25,17 @@ STOP_TIMEOUT_S = 5.0
 
 class FrontWorkers:
     """``count`` front worker processes serving ``host:port`` next to the primary at ``primary``
-    (``@NAME`` or a socket path)."""
+    (``@NAME`` or a socket path), with ``environment`` added to this process's."""
 
     def __init__(
-        self, count: int, host: str, port: int, primary: str, admin_token: str, log_level: str = "info"
+        self,
+        count: int,
+        host: str,
+        port: int,
+        primary: str,
+        environment: dict[str, str],
+        log_level: str = "info",
     ) -> None:
-        self.count = count
         self.command = [
             sys.executable,
             "-m",
@@ -46,14 +51,14 @@ class FrontWorkers:
             "--log-level",
             log_level,
         ]
-        self.environment = {**os.environ, "PICOFLEET_ADMIN_TOKEN": admin_token}
+        self.environment = {**os.environ, **environment}
         self.processes: list[asyncio.subprocess.Process | None] = [None] * count
         self._supervisors: list[asyncio.Task[None]] = []
         self._stopping = False
 
     async def start(self) -> None:
         """Start every worker (each keeps being restarted ``RESTART_DELAY_S`` after it dies)."""
-        for slot in range(self.count):
+        for slot in range(len(self.processes)):
             self._supervisors.append(
                 asyncio.create_task(self._keep_running(slot), name=f"front-worker-{slot}")
             )

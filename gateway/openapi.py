@@ -7,13 +7,17 @@ from typing import Any
 from .. import __version__
 from .device import ENM_FIELDS, Status
 
-_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+
+def _object(properties: dict[str, Any], *, nullable: bool = False, **keywords: Any) -> dict[str, Any]:
+    """An object schema with ``properties``; ``keywords`` (``required``, ``description``) go before them."""
+    return {"type": ["object", "null"] if nullable else "object", **keywords, "properties": properties}
+
+
+_ERROR = _object({"error": {"type": "string"}}, required=["error"])
 _NULLABLE_OBJECT = {"type": ["object", "null"], "additionalProperties": {"type": "string"}}
 
-_DEVICE: dict[str, Any] = {
-    "type": "object",
-    "required": [*ENM_FIELDS, "Port"],
-    "properties": {
+_DEVICE = _object(
+    {
         "ApplicationUUID": {"type": ["integer", "string", "null"]},
         "BoardType": {"type": "string", "examples": ["pico2-ice", "rp2040", "rp2350"]},
         "Name": {"type": "string", "examples": ["holy-sunset"]},
@@ -32,37 +36,32 @@ _DEVICE: dict[str, Any] = {
         "UsbPort": {"type": ["string", "null"], "description": "the USB port the board was last seen on"},
         "FirmwareVersion": {"type": ["string", "null"], "description": "what the firmware said it is"},
         "StatusReason": {"type": ["string", "null"], "description": "why the board is Broken or waiting"},
-        "Progress": {
-            "type": ["object", "null"],
-            "properties": {
-                "done": {"type": "integer"},
-                "total": {"type": "integer"},
-                "percent": {"type": "number"},
-            },
-        },
-        "PendingFlash": {
-            "type": ["object", "null"],
-            "description": "the flash queued or under way; resumed after a power cut",
-            "properties": {
+        "Progress": _object(
+            {"done": {"type": "integer"}, "total": {"type": "integer"}, "percent": {"type": "number"}},
+            nullable=True,
+        ),
+        "PendingFlash": _object(
+            {
                 "sha256": {"type": "string"},
                 "commit": {"type": ["string", "null"]},
                 "version": {"type": ["string", "null"]},
             },
-        },
+            nullable=True,
+            description="the flash queued or under way; resumed after a power cut",
+        ),
     },
-}
-_STATUS = {
-    "type": "object",
-    "properties": {
+    required=[*ENM_FIELDS, "Port"],
+)
+_STATUS = _object(
+    {
         "currentStatus": {"type": "string", "enum": ["Running", "Paused"]},
         "targetStatus": {"type": "string", "enum": ["Running", "Paused"]},
-    },
-}
+    }
+)
 
 
-_IDENTIFY = {
-    "type": "object",
-    "properties": {
+_IDENTIFY = _object(
+    {
         "blinking": {"type": "boolean"},
         "seconds": {"type": "integer", "description": "how long the supervisor blinks the LED"},
         "boards": {
@@ -70,11 +69,10 @@ _IDENTIFY = {
             "items": {"type": "string"},
             "description": "boards asked to blink too (feature flag IDENTIFY_BOARDS), by LocalUUID",
         },
-    },
-}
-_SUPERVISOR = {
-    "type": "object",
-    "properties": {
+    }
+)
+_SUPERVISOR = _object(
+    {
         "enabled": {"type": "boolean", "description": "false outside balena"},
         "state": {"type": "string", "enum": ["off", "waiting", "ready"]},
         "address": {"type": ["string", "null"]},
@@ -83,25 +81,23 @@ _SUPERVISOR = {
         "device": {"type": "object", "description": "uuid, name, appId, deviceType from balena"},
         "supervisor": {"type": ["object", "null"], "description": "the supervisor's GET /v1/device"},
         "applications": {"type": ["object", "null"], "description": "GET /v2/applications/state"},
-        "updateLock": {
-            "type": "object",
-            "properties": {
+        "updateLock": _object(
+            {
                 "enabled": {"type": "boolean"},
                 "files": {
                     "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
+                    "items": _object(
+                        {
                             "path": {"type": "string"},
                             "state": {"type": "string", "enum": ["free", "ours", "held", "stale"]},
                             "pid": {"type": ["integer", "null"]},
-                        },
-                    },
+                        }
+                    ),
                 },
-            },
-        },
-    },
-}
+            }
+        ),
+    }
+)
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -123,9 +119,8 @@ _UUID = [
 ]
 
 
-_RESERVATION = {
-    "type": "object",
-    "properties": {
+_RESERVATION = _object(
+    {
         "serial": {"type": "string", "description": "the board's LocalUUID"},
         "name": {"type": "string", "description": "the client holding it"},
         "kind": {"type": "string", "enum": ["pulsecount"]},
@@ -133,8 +128,8 @@ _RESERVATION = {
         "created_at": {"type": "number", "description": "epoch seconds"},
         "expires_at": {"type": "number", "description": "epoch seconds"},
         "state": {"type": "string", "enum": ["preparing", "ready"]},
-    },
-}
+    }
+)
 _RESERVATIONS = {"type": "array", "items": _RESERVATION}
 _SERIALS = {"type": "array", "items": {"type": "string"}, "minItems": 1}
 _BEARER = "Authorization: Bearer <token> of the client name (403 otherwise)"
@@ -152,7 +147,7 @@ def _reservation_paths() -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "reservations",
-                        **_json({"type": "object", "properties": {"reservations": _RESERVATIONS}}),
+                        **_json(_object({"reservations": _RESERVATIONS})),
                     }
                 },
             },
@@ -162,10 +157,8 @@ def _reservation_paths() -> dict[str, Any]:
                 "requestBody": {
                     "required": True,
                     **_json(
-                        {
-                            "type": "object",
-                            "required": ["name"],
-                            "properties": {
+                        _object(
+                            {
                                 "name": {"type": "string"},
                                 "kind": {"type": "string", "enum": ["pulsecount"]},
                                 "count": {"type": "integer", "minimum": 1},
@@ -173,21 +166,21 @@ def _reservation_paths() -> dict[str, Any]:
                                 "args": {"type": "object"},
                                 "seconds": {"type": "number", "exclusiveMinimum": 0},
                             },
-                        }
+                            required=["name"],
+                        )
                     ),
                 },
                 "responses": {
                     "201": {
                         "description": "reserved",
                         **_json(
-                            {
-                                "type": "object",
-                                "properties": {
+                            _object(
+                                {
                                     "name": {"type": "string"},
                                     "token": {"type": "string"},
                                     "reservations": _RESERVATIONS,
-                                },
-                            }
+                                }
+                            )
                         ),
                     },
                     **_errors(400, 403, 404, 409),
@@ -201,21 +194,20 @@ def _reservation_paths() -> dict[str, Any]:
                 "requestBody": {
                     "required": True,
                     **_json(
-                        {
-                            "type": "object",
-                            "required": ["name"],
-                            "properties": {
+                        _object(
+                            {
                                 "name": {"type": "string"},
                                 "serials": _SERIALS,
                                 "seconds": {"type": "number", "exclusiveMinimum": 0},
                             },
-                        }
+                            required=["name"],
+                        )
                     ),
                 },
                 "responses": {
                     "200": {
                         "description": "extended",
-                        **_json({"type": "object", "properties": {"reservations": _RESERVATIONS}}),
+                        **_json(_object({"reservations": _RESERVATIONS})),
                     },
                     **_errors(400, 403, 404),
                 },
@@ -227,23 +219,12 @@ def _reservation_paths() -> dict[str, Any]:
                 "description": _BEARER,
                 "requestBody": {
                     "required": True,
-                    **_json(
-                        {
-                            "type": "object",
-                            "required": ["name"],
-                            "properties": {"name": {"type": "string"}, "serials": _SERIALS},
-                        }
-                    ),
+                    **_json(_object({"name": {"type": "string"}, "serials": _SERIALS}, required=["name"])),
                 },
                 "responses": {
                     "200": {
                         "description": "ended",
-                        **_json(
-                            {
-                                "type": "object",
-                                "properties": {"ended": {"type": "array", "items": {"type": "string"}}},
-                            }
-                        ),
+                        **_json(_object({"ended": {"type": "array", "items": {"type": "string"}}})),
                     },
                     **_errors(400, 403, 404),
                 },
@@ -264,19 +245,15 @@ def _reservation_paths() -> dict[str, Any]:
 
 
 _SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
-_BITSTREAM = {
-    "type": "object",
-    "properties": {
+_BITSTREAM = _object(
+    {
         "sha256": {**_SHA256, "description": "of the .bin the boards run"},
         "size": {"type": "integer"},
         "source": {"type": "string", "enum": ["asc", "bin"], "description": "what was uploaded"},
-    },
-}
-_EVALUATION_RESULT = {
-    "type": "object",
-    "description": "one line per evaluation as it completes (pulses or error), then "
-    '{"evaluation", "done": true, "results", "failed"}',
-    "properties": {
+    }
+)
+_EVALUATION_RESULT = _object(
+    {
         "evaluation": {"type": "string"},
         "serial": {"type": ["string", "null"]},
         "sha256": _SHA256,
@@ -287,7 +264,9 @@ _EVALUATION_RESULT = {
         "results": {"type": "integer"},
         "failed": {"type": "integer"},
     },
-}
+    description="one line per evaluation as it completes (pulses or error), then "
+    '{"evaluation", "done": true, "results", "failed"}',
+)
 
 
 def _evaluation_paths() -> dict[str, Any]:
@@ -324,31 +303,27 @@ def _evaluation_paths() -> dict[str, Any]:
                 "requestBody": {
                     "required": True,
                     **_json(
-                        {
-                            "type": "object",
-                            "required": ["name", "bitstreams"],
-                            "properties": {
+                        _object(
+                            {
                                 "name": {"type": "string"},
                                 "bitstreams": {
                                     "type": "array",
                                     "minItems": 1,
-                                    "items": {
-                                        "type": "object",
-                                        "required": ["sha256"],
-                                        "properties": {"sha256": _SHA256, "label": {"type": "string"}},
-                                    },
+                                    "items": _object(
+                                        {"sha256": _SHA256, "label": {"type": "string"}}, required=["sha256"]
+                                    ),
                                 },
                                 "serials": _SERIALS,
                                 "mode": {"type": "string", "enum": ["each", "any"]},
-                                "args": {
-                                    "type": "object",
-                                    "properties": {
+                                "args": _object(
+                                    {
                                         "clock_hz": {"type": "integer", "minimum": 1, "maximum": 50_000_000},
                                         "window_ms": {"type": "integer", "minimum": 1, "maximum": 60_000},
-                                    },
-                                },
+                                    }
+                                ),
                             },
-                        }
+                            required=["name", "bitstreams"],
+                        )
                     ),
                 },
                 "responses": {
@@ -369,9 +344,8 @@ def _evaluation_paths() -> dict[str, Any]:
                     "200": {
                         "description": "the evaluation",
                         **_json(
-                            {
-                                "type": "object",
-                                "properties": {
+                            _object(
+                                {
                                     "evaluation": {"type": "string"},
                                     "name": {"type": "string"},
                                     "mode": {"type": "string", "enum": ["each", "any"]},
@@ -379,8 +353,8 @@ def _evaluation_paths() -> dict[str, Any]:
                                     "units": {"type": "integer"},
                                     "failed": {"type": "integer"},
                                     "results": {"type": "array", "items": _EVALUATION_RESULT},
-                                },
-                            }
+                                }
+                            )
                         ),
                     },
                     **_errors(403, 404),
@@ -411,13 +385,10 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {
                         "required": True,
                         **_json(
-                            {
-                                "type": "object",
-                                "required": ["targetStatus"],
-                                "properties": {
-                                    "targetStatus": {"type": "string", "enum": ["Paused", "Running"]}
-                                },
-                            }
+                            _object(
+                                {"targetStatus": {"type": "string", "enum": ["Paused", "Running"]}},
+                                required=["targetStatus"],
+                            )
                         ),
                     },
                     "responses": {**ok, **_errors(400)},
@@ -457,15 +428,14 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {
                         "required": True,
                         **_json(
-                            {
-                                "type": "object",
-                                "properties": {
+                            _object(
+                                {
                                     "appId": {},
                                     "commit": {"type": ["string", "null"]},
                                     "environment": _NULLABLE_OBJECT,
                                     "config": _NULLABLE_OBJECT,
-                                },
-                            }
+                                }
+                            )
                         ),
                     },
                     "responses": {**ok, **_errors(400, 404)},

@@ -44,10 +44,16 @@ def bind_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket
     return sock
 
 
-def bind_unix_socket(address: str) -> socket.socket:
-    """A listening Unix socket: in Linux's abstract namespace when ``address`` starts with NUL (no
-    file, nothing left behind by a killed process), else at that path (a stale socket is replaced;
-    mode 0600)."""
+def unix_address(spec: str) -> str:
+    """``@NAME`` → ``\0NAME``, a socket in Linux's abstract namespace (no file, nothing left behind
+    by a killed process); anything else is a path."""
+    return "\0" + spec[1:] if spec.startswith("@") else spec
+
+
+def bind_unix_socket(spec: str) -> socket.socket:
+    """A listening Unix socket at ``spec`` (see :func:`unix_address`); at a path, a stale socket is
+    replaced and the new one is mode 0600."""
+    address = unix_address(spec)
     abstract = address.startswith("\0")
     if not abstract:
         with contextlib.suppress(FileNotFoundError):
@@ -59,7 +65,7 @@ def bind_unix_socket(address: str) -> socket.socket:
             os.chmod(address, 0o600)
     except OSError as error:
         sock.close()
-        raise ConfigError(f"cannot listen on {address!r}: {error.strerror}") from None
+        raise ConfigError(f"cannot listen on {spec}: {error.strerror}") from None
     sock.listen(1024)
     return sock
 

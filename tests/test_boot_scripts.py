@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +10,7 @@ import pytest
 from picofleet.gateway.boot_scripts import run_all
 from picofleet.gateway.config import ConfigError, load_config
 from picofleet.gateway.features import Features
-from tests.helpers.gateway import GatewayProcess, wait_for
+from tests.helpers.gateway import GatewayProcess, run_gateway_command, wait_for
 
 
 def script(directory: Path, name: str, body: str, *, executable: bool = True, shebang: bool = True) -> Path:
@@ -167,13 +164,7 @@ def test_feature_flags_are_off_unless_switched_on(caplog: pytest.LogCaptureFixtu
 
 
 def test_an_invalid_flag_value_stops_the_gateway_with_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "picofleet.cli", "gateway", "--data", str(tmp_path), "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "PICOFLEET_FEATURE_IDENTIFY_BOARDS": "maybe", "PICOFLEET_USB_DISCOVERY": "off"},
-    )
+    result = run_gateway_command(tmp_path, "--port", "0", env={"PICOFLEET_FEATURE_IDENTIFY_BOARDS": "maybe"})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "picofleet gateway: invalid PICOFLEET_FEATURE_IDENTIFY_BOARDS 'maybe': "

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from picofleet.gateway.config import SETTINGS, ConfigError, load_config
+from tests.helpers.gateway import run_gateway_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,12 +75,7 @@ def test_config_file_problems_are_refused(tmp_path: Path) -> None:
 
 
 def test_gateway_command_exits_non_zero_with_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "picofleet.cli", "gateway", "--data", str(tmp_path), "--port", "x"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_gateway_command(tmp_path, "--port", "x")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "picofleet gateway: invalid port 'x' (from --port): must be a TCP port number between 0 and 65535 "
@@ -90,23 +84,7 @@ def test_gateway_command_exits_non_zero_with_one_line(tmp_path: Path) -> None:
 
 
 def test_unknown_simulated_board_type_is_refused(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "picofleet.cli",
-            "gateway",
-            "--data",
-            str(tmp_path),
-            "--port",
-            "0",
-            "--simulate",
-            "2:esp8266",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_gateway_command(tmp_path, "--port", "0", "--simulate", "2:esp8266")
     assert result.returncode == 2
     assert "invalid simulate board type 'esp8266' (known: pico2-ice, rp2040, rp2350)" in result.stderr
 

@@ -872,16 +872,24 @@ def variant(bitstream: bytes, index: int) -> bytes:
     return b"\xff\x00" + f"variant {index}".encode() + b"\x00" + bitstream[2:]
 
 
-@pytest.fixture(scope="module")
-def netlist_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    """Two virtual pico2-ice boards whose FPGA simulates the bitstream's netlist (3 s to settle)."""
-    data = tmp_path_factory.mktemp("netlist") / "data"
-    process = GatewayProcess(data, "--simulate", "2", env={"PICOFLEET_SIM_FPGA_DEADLINE": "3"}).start()
+@contextlib.contextmanager
+def two_board_gateway(
+    tmp_path_factory: pytest.TempPathFactory, name: str, env: dict[str, str]
+) -> Iterator[GatewayProcess]:
+    """A gateway with two virtual boards, once both are idle; stopped on the way out."""
+    process = GatewayProcess(tmp_path_factory.mktemp(name) / "data", "--simulate", "2", env=env).start()
     try:
         process.wait_devices(lambda d: len(d) == 2 and all(b["Status"] == "Idle" for b in d), 30, "2 boards")
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="module")
+def netlist_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """Two virtual pico2-ice boards whose FPGA simulates the bitstream's netlist (3 s to settle)."""
+    with two_board_gateway(tmp_path_factory, "netlist", {"PICOFLEET_SIM_FPGA_DEADLINE": "3"}) as process:
+        yield process
 
 
 @pytest.mark.timeout(300)
@@ -917,13 +925,8 @@ def test_real_circuits_count_exactly_on_every_board(
 @pytest.fixture(scope="module")
 def timing_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """Two virtual boards with the fast FPGA timing model (scheduling tests need no netlist)."""
-    data = tmp_path_factory.mktemp("timing") / "data"
-    process = GatewayProcess(data, "--simulate", "2", env={"PICOFLEET_SIM_FPGA": "timing"}).start()
-    try:
-        process.wait_devices(lambda d: len(d) == 2 and all(b["Status"] == "Idle" for b in d), 30, "2 boards")
+    with two_board_gateway(tmp_path_factory, "timing", {"PICOFLEET_SIM_FPGA": "timing"}) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.mark.timeout(300)

@@ -10,30 +10,9 @@ import pytest
 
 from picofleet.firmware.app import main as app
 from picofleet.firmware.client import FirmwareClient, FirmwareError
+from tests.helpers.fake_hardware import FakeHardware
 
 APP_DIR = Path(app.__file__).parent
-
-
-class FakeHardware:
-    """Records what the firmware asks of the hardware."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple] = []
-
-    def serial(self) -> str:
-        return "E6614C311B7E3C2A"
-
-    def board(self) -> str:
-        return "rp2350"
-
-    def blink(self, seconds: float) -> None:
-        self.calls.append(("blink", seconds))
-
-    def reboot(self) -> None:
-        self.calls.append(("reboot",))
-
-    def bootloader(self) -> None:
-        self.calls.append(("bootloader",))
 
 
 class Lines:

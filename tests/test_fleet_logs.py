@@ -25,9 +25,9 @@ import serial
 from picofleet.gateway import core_hooks
 from picofleet.gateway.models import BoardRef
 from picofleet.gateway.sync import BoardLogQueue
-from tests.helpers.fleet import FleetProcess, git
+from tests.helpers.fleet import FleetProcess
+from tests.helpers.fleet_repo import push_first_release
 from tests.helpers.gateway import GatewayProcess, wait_for
-from tests.test_fleet_git import MANIFEST, app_uf2, commit, write
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -66,12 +66,7 @@ def test_board_logs_reach_the_fleet_and_the_cli_prints_them(fleet: FleetProcess,
         gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 20, "1 idle board")
         uuid = gateway.devices()[0]["LocalUUID"]
 
-        work = tmp_path / "repo"
-        work.mkdir()
-        git(work, "init", "-q", "-b", "main")
-        write(work, {"fleet.yml": MANIFEST, "build/app.uf2": app_uf2("2.0.0")})
-        first = commit(work, "v2")
-        git(work, "push", "-q", fleet.push_url("lab"), "main")
+        first = push_first_release(fleet, tmp_path / "repo")
 
         def flashed() -> bool:
             device = gateway.devices()[0]

@@ -7,12 +7,16 @@ primary of a ``--workers 2`` service); the shared-port tests look at the process
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -43,6 +47,16 @@ def state(url: str, key: str, etag: str | None = None) -> httpx.Response:
     return httpx.get(f"{url}/v1/gateway/state", headers=headers, timeout=10)
 
 
+@contextlib.contextmanager
+def primary_frozen(fleet: FleetProcess) -> Iterator[None]:
+    """The primary stopped (SIGSTOP) meanwhile: whatever is answered comes from a worker alone."""
+    os.kill(fleet.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(fleet.pid, signal.SIGCONT)
+
+
 def gateway_seen_through(worker: FrontWorkerProcess, lab: Fleet) -> tuple[Fleet, str, str]:
     """A new gateway of ``lab`` that asked for its target through ``worker`` (a forwarded request,
     cached by the worker): the fleet, the gateway's key and its target's ETag."""
@@ -71,9 +85,10 @@ def test_a_cached_answer_never_outlives_a_change(
     assert fresh.status_code == 200 and fresh.json()["boards"]["b1"]["commit"] == first
     assert fresh.headers["etag"] == state(fleet.url, key).headers["etag"]  # the primary's own answer
     etag = fresh.headers["etag"]
-    for _ in range(5):
-        unchanged = state(worker.url, key, etag)
-        assert unchanged.status_code == 304 and unchanged.headers["etag"] == etag
+    with primary_frozen(fleet):
+        for _ in range(5):
+            unchanged = state(worker.url, key, etag)
+            assert unchanged.status_code == 304 and unchanged.headers["etag"] == etag
 
     # A fleet variable, set through the primary: the worker stops answering 304 for the old ETag.
     assert lab.admin("PUT", "/env/LED", json={"value": "on"}).status_code == 200
@@ -87,10 +102,12 @@ def test_a_cached_answer_never_outlives_a_change(
 
     # A push through the worker itself, and a board the gateway reports: the same.
     lab.url = f"http://x:{fleet.token}@{worker.url.removeprefix('http://')}/git/lab.git"
-    second = lab.push("2.0.0")
-    assert state(worker.url, key).json()["boards"]["b1"]["commit"] == second
+    second = lab.push("2.0.0")  # the feed line may come a moment after the push returns
+    wait_for(
+        lambda: state(worker.url, key).json()["boards"]["b1"]["commit"] == second, 10, "the pushed commit"
+    )
     report(fleet, key, boards(("b1", "pico2-ice"), ("b2", "pico2-ice")))
-    assert set(state(worker.url, key).json()["boards"]) == {"b1", "b2"}
+    wait_for(lambda: set(state(worker.url, key).json()["boards"]) == {"b1", "b2"}, 10, "the new board")
 
 
 def test_gateways_answered_from_the_cache_are_seen(
@@ -100,7 +117,8 @@ def test_gateways_answered_from_the_cache_are_seen(
     lab, key, etag = gateway_seen_through(worker, Fleet(fleet, "seen", tmp_path))  # the primary notes it seen
     before = lab.admin("GET", "/gateways").json()[0]["last_seen"]
 
-    assert state(worker.url, key, etag).status_code == 304  # answered by the worker alone
+    with primary_frozen(fleet):
+        assert state(worker.url, key, etag).status_code == 304  # answered by the worker alone
     wait_for(
         lambda: lab.admin("GET", "/gateways").json()[0]["last_seen"] > before,
         10,
@@ -239,3 +257,32 @@ def test_the_primary_answers_plain_checks_as_its_endpoint_does(tmp_path: Path) -
         assert state(fleet.url, "gk_not-a-key").status_code == 401  # unknown keys still reach the endpoint
     finally:
         fleet.stop()
+
+
+def test_stopping_answers_waiting_long_polls_instead_of_cutting_them_off(tmp_path: Path) -> None:
+    fleet = FleetProcess(tmp_path / "data", "--workers", "2").start()
+    lab = Fleet(fleet, "stop", tmp_path)
+    key = fleet.provision(lab.provisioning_key)["key"]
+    etag = state(fleet.url, key).headers["etag"]
+    port = int(fleet.url.rsplit(":", 1)[1])
+    headers = {"Authorization": f"Bearer {key}", "If-None-Match": etag}
+
+    def held_connections() -> int:
+        processes = [psutil.Process(fleet.pid), *front_workers(fleet.pid)]
+        return sum(
+            c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port
+            for p in processes
+            for c in p.net_connections("tcp")
+        )
+
+    with ThreadPoolExecutor(3) as pool:
+        polls = [
+            pool.submit(httpx.get, f"{fleet.url}/v1/gateway/state?wait=30", headers=headers, timeout=40)
+            for _ in range(3)
+        ]
+        wait_for(lambda: held_connections() >= 3, 10, "the long polls to be held by the service")
+        assert fleet.stop() == 0
+        answers = [poll.result(timeout=20) for poll in polls]
+    # A poll already waiting gets its 304 at once; one that arrives while the service stops, 503.
+    assert {answer.status_code for answer in answers} <= {304, 503}
+    assert "Traceback" not in fleet.output()

@@ -66,21 +66,20 @@ def test_a_micropython_without_raw_paste_mode() -> None:
         assert board.soft_reboots == 1
 
 
-def test_no_raw_repl_answers() -> None:
+@pytest.mark.parametrize(
+    ("timeout", "within"),
+    [
+        pytest.param(10, 6, id="two handshakes of 2 s"),
+        pytest.param(0.5, 2, id="the deadline holds"),
+    ],
+)
+def test_no_raw_repl_answers(timeout: float, within: float) -> None:
     with FakeMicroPythonBoard("silent") as board, open_port(board) as port:
         started = time.monotonic()
         with pytest.raises(FirmwareError, match=rf"^no MicroPython raw REPL answered on {board.device} \("):
-            install_files(port, FILES, timeout=10)
-        assert time.monotonic() - started < 6  # two handshakes of 2 s
+            install_files(port, FILES, timeout=timeout)
+        assert time.monotonic() - started < within
         assert port.timeout == 0.1
-
-
-def test_the_deadline_holds() -> None:
-    with FakeMicroPythonBoard("silent") as board, open_port(board) as port:
-        started = time.monotonic()
-        with pytest.raises(FirmwareError, match=r"^no MicroPython raw REPL answered"):
-            install_files(port, FILES, timeout=0.5)
-        assert time.monotonic() - started < 2
 
 
 def test_board_unplugged_during_the_copy(repl: FakeMicroPythonBoard) -> None:

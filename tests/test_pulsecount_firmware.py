@@ -19,6 +19,7 @@ import pytest
 
 from picofleet.firmware.client import FirmwareClient
 from picofleet.firmware.pico2_ice import frames, pulsecount
+from tests.helpers.fake_hardware import FakeHardware
 from tests.helpers.wait import wait_for
 
 FIRMWARE_DIR = Path(pulsecount.__file__).parent
@@ -34,14 +35,16 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class FakeFpga:
+class FakeFpga(FakeHardware):
     """The ``hw`` object: an FPGA that divides its clock by the bitstream's first byte.
 
     A count started with ``hold=True`` completes only when the test calls :meth:`finish`.
     """
 
+    BOARD = "pico2-ice"
+
     def __init__(self, slots: int = 2, max_bitstream: int = 135_100) -> None:
-        self.calls: list[tuple] = []
+        super().__init__()
         self._slots = slots
         self._max = max_bitstream
         self.configured: bytes | None = None
@@ -49,21 +52,6 @@ class FakeFpga:
         self.count_error: str | None = None
         self._released = threading.Event()
         self._window: tuple[int, int] | None = None
-
-    def serial(self) -> str:
-        return "E6614C311B7E3C2A"
-
-    def board(self) -> str:
-        return "pico2-ice"
-
-    def blink(self, seconds: float) -> None:
-        self.calls.append(("blink", seconds))
-
-    def reboot(self) -> None:
-        self.calls.append(("reboot",))
-
-    def bootloader(self) -> None:
-        self.calls.append(("bootloader",))
 
     def slots(self) -> int:
         return self._slots

@@ -33,9 +33,10 @@ from picofleet.gateway.service import prepare_directories
 from picofleet.gateway.store import Store
 from picofleet.gateway.sync import FleetSync
 from picofleet.plugins import pico2_ice, virtual
-from tests.helpers.fleet import FleetProcess, git
+from tests.helpers.fleet import FleetProcess
+from tests.helpers.fleet_repo import push_first_release
 from tests.helpers.gateway import GatewayProcess, wait_for
-from tests.test_fleet_git import MANIFEST, app_uf2, commit, write
+from tests.test_fleet_git import app_uf2
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -349,12 +350,7 @@ def test_the_fleet_never_flashes_a_reserved_board_and_takes_it_back_after(tmp_pa
         serial = created["reservations"][0]["serial"]
         ready(gateway, serial)
 
-        work = tmp_path / "repo"
-        work.mkdir()
-        git(work, "init", "-q", "-b", "main")
-        write(work, {"fleet.yml": MANIFEST, "build/app.uf2": app_uf2("2.0.0")})
-        release = commit(work, "v2")
-        git(work, "push", "-q", fleet.push_url("lab"), "main")
+        release = push_first_release(fleet, tmp_path / "repo")
 
         def others_updated() -> bool:
             return all(

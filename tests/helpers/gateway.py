@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ import httpx
 from tests.helpers.process import LISTENING, ServiceProcess
 from tests.helpers.wait import wait_for
 
-__all__ = ["LISTENING", "GatewayProcess", "wait_for"]
+__all__ = ["LISTENING", "GatewayProcess", "run_gateway_command", "wait_for"]
 
 
 class GatewayProcess(ServiceProcess):
@@ -82,3 +83,20 @@ class GatewayProcess(ServiceProcess):
             if target.startswith(("/dev/pts/", "/dev/tty")):
                 targets.append(target)
         return targets
+
+
+def run_gateway_command(
+    data: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``picofleet gateway --data DATA ARGS`` run to its end (30 s at most), its output captured.
+
+    For a gateway expected to refuse to start; USB discovery is off, as for :class:`GatewayProcess`.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "picofleet.cli", "gateway", "--data", str(data), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "PICOFLEET_USB_DISCOVERY": "off", **(env or {})},
+    )
