@@ -110,7 +110,7 @@ async def provision_gateways(
 
 
 def hello_server_main(processes: int = 1, port: int = 0) -> None:
-    """Serve ``GET /hello`` (a tiny JSON body) exactly as the fleet service serves (gateway/serving.py):
+    """Serve ``GET /hello`` (a tiny JSON body) exactly as the fleet service serves (common/http/server.py):
     ``processes`` processes on one port with ``SO_REUSEPORT``, as ``picofleet fleet serve --workers``."""
     import logging
 
@@ -118,7 +118,7 @@ def hello_server_main(processes: int = 1, port: int = 0) -> None:
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from picofleet.gateway.serving import bind_socket, serve_app, stop_on_signals
+    from picofleet.common.http.server import bind_socket, serve_app, stop_on_signals
 
     async def hello(request: Any) -> Response:
         return Response(b'{"hello":"world"}', media_type="application/json")

@@ -5,7 +5,7 @@ pulse-count firmware with the FPGA timing model (PICOFLEET_SIM_FPGA=timing: conf
 the up5k's configure time, a count takes exactly its window; the pulse count is not a
 measurement). Every evaluation uses a bitstream the boards have not seen, so every one is sent
 to its board: variants of one real divide-by-16 counter (yosys + nextpnr-ice40 + icepack), each
-with its own comment in the ``.bin`` header — valid bitstreams (firmware/bitstream.py) with
+with its own comment in the ``.bin`` header — valid bitstreams (firmware/formats/bitstream.py) with
 distinct sha256s and the same circuit.
 
 For each board count it measures, in the same gateway:

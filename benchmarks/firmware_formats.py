@@ -2,10 +2,10 @@
 
 Prints one JSON document:
 
-* ``uf2``: :func:`picofleet.firmware.uf2.read_uf2` on a UF2 built with ``from_binary`` (16 MB by
+* ``uf2``: :func:`picofleet.firmware.formats.uf2.read_uf2` on a UF2 built with ``from_binary`` (16 MB by
   default: 8 MiB of random payload in 256-byte blocks), in MB/s of file read and validated;
 * ``ice40``: the divide-by-16 counter of docs/hardware.md built with yosys + nextpnr-ice40, then
-  ``.asc`` → ``.bin`` with :func:`picofleet.firmware.bitstream.pack_asc` versus running
+  ``.asc`` → ``.bin`` with :func:`picofleet.firmware.formats.bitstream.pack_asc` versus running
   ``icepack IN OUT`` directly, in the same run (median of N, and the ratio), plus the time of
   :func:`read_bin` and :func:`read_asc` (validation). Skipped, with the reason, without the tools.
 
@@ -29,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from picofleet.firmware import bitstream, uf2  # noqa: E402
+from picofleet.firmware.formats import bitstream, uf2  # noqa: E402
 from tests.helpers.fpga import build_counter, missing_tools  # noqa: E402
 
 

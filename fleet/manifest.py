@@ -33,10 +33,10 @@ from typing import Any
 
 import yaml
 
-from ..firmware import uf2
-from ..firmware.bitstream import BitstreamError, detect_kind
-from ..firmware.bitstream import validate as validate_bitstream
-from ..gateway.models import BoardType
+from picofleet.firmware.formats import uf2
+from picofleet.firmware.formats.bitstream import BitstreamError, detect_kind
+from picofleet.firmware.formats.bitstream import validate as validate_bitstream
+from picofleet.gateway.models import BoardType
 
 __all__ = [
     "DEFAULT_MAX_ASSET_BYTES",

@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..gateway.http_util import bearer_token
-from .store import key_hash
-from .targets import etag_matches
+from picofleet.common.http.errors import bearer_token
+from picofleet.fleet.store import key_hash
+from picofleet.fleet.targets import etag_matches
 
 __all__ = ["GENERATION_FIELD", "GENERATION_HEADER", "PlainChecks", "plain_check", "send_target"]
 

@@ -30,8 +30,8 @@ from typing import Any
 
 from tinydb import TinyDB
 
-from ..gateway.storage import detached
-from ..gateway.store import FieldEquals, Store
+from picofleet.common.store import FieldEquals, Store
+from picofleet.common.tinydb_file import detached
 
 __all__ = ["BOARD_LOG_LINES", "BoardLogs", "FleetExistsError", "FleetStore", "key_hash", "now_iso"]
 

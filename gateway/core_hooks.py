@@ -19,12 +19,13 @@ from contextlib import AbstractContextManager
 import serial
 from mpremote.transport import TransportError
 
-from ..firmware.client import FirmwareClient, FirmwareError, NoAnswer, PortLost, random_id
-from ..firmware.mpremote_install import DeadlineTransport
-from . import bootloader_drive
-from .config import GatewayConfig
-from .hookspecs import hookimpl
-from .models import (
+from picofleet.firmware.host.mpremote_install import DeadlineTransport
+from picofleet.firmware.host.protocol import FirmwareClient, FirmwareError, NoAnswer, PortLost, random_id
+from picofleet.gateway.boards import bootloader_drive
+from picofleet.gateway.config import GatewayConfig
+from picofleet.gateway.discovery.udev import usb_sources
+from picofleet.gateway.hookspecs import hookimpl
+from picofleet.gateway.models import (
     BoardError,
     BoardIdentity,
     BoardRef,
@@ -32,7 +33,6 @@ from .models import (
     EvaluationFirmware,
     ProgressCallback,
 )
-from .udev import usb_sources
 
 log = logging.getLogger("picofleet.board")
 
@@ -225,7 +225,7 @@ def picofleet_update_lock(config: GatewayConfig) -> AbstractContextManager[objec
     """balena's update lock (supervisor_bridge/update_lock.py): ``/tmp/balena/updates.lock`` and the
     legacy ``/tmp/resin/resin-updates.lock`` where their directories exist, or the file
     ENM_LOCK_FILE_LOCATION names; a no-op outside balena when neither directory exists."""
-    from ..supervisor_bridge.update_lock import update_lock_for
+    from picofleet.supervisor_bridge.update_lock import update_lock_for
 
     return update_lock_for(config)
 
@@ -327,7 +327,7 @@ def picofleet_write_uf2(board: BoardRef, drive: str, uf2: bytes, progress: Progr
 
 @hookimpl(trylast=True)
 def picofleet_discovery_sources(config: GatewayConfig) -> list[DiscoverySource]:
-    """The source of real USB boards, as ``usb_discovery`` says (gateway/udev.py).
+    """The source of real USB boards, as ``usb_discovery`` says (gateway/discovery/udev.py).
 
     ``auto``: udev when it is usable, else sysfs polling with one warning saying why;
     ``udev``, ``sysfs``: that one; ``off``: none.
@@ -345,8 +345,8 @@ def picofleet_evaluation_firmware(
 
 @hookimpl(trylast=True)
 def picofleet_install_files(board: BoardRef, port: serial.Serial, files: dict[str, bytes]) -> bool | None:
-    """Copy ``files`` over MicroPython's raw REPL and reset the board (firmware/mpremote_install.py)."""
-    from ..firmware.mpremote_install import install_files
+    """Copy ``files`` over MicroPython's raw REPL and reset the board (firmware/host/mpremote_install.py)."""
+    from picofleet.firmware.host.mpremote_install import install_files
 
     install_files(port, files)
     return True

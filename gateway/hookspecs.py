@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
     import serial
 
-    from .config import GatewayConfig
-    from .models import (
+    from picofleet.gateway.config import GatewayConfig
+    from picofleet.gateway.models import (
         BoardIdentity,
         BoardRef,
         BoardType,

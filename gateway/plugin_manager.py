@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from .. import __version__
-from . import core_hooks, hookspecs
-from .models import BoardType, DiscoverySource
+from picofleet import __version__
+from picofleet.gateway import core_hooks, hookspecs
+from picofleet.gateway.models import BoardType, DiscoverySource
 
 if TYPE_CHECKING:
-    from .config import GatewayConfig
+    from picofleet.gateway.config import GatewayConfig
 
 log = logging.getLogger("picofleet.plugins")
 

@@ -7,20 +7,20 @@ import logging
 import sys
 from collections.abc import Callable
 
-from ..supervisor_bridge import update_lock
-from ..supervisor_bridge.bridge import SupervisorBridge
-from ..supervisor_bridge.environment import BalenaEnvironment
-from . import reason_phrase
-from .api import create_app
-from .boot_scripts import run_boot_scripts
-from .config import ConfigError, GatewayConfig
-from .discovery import Discovery
-from .features import Features
-from .manager import DeviceManager
-from .plugin_manager import Plugins, load_plugins
-from .serving import bind_socket, serve_app, stop_on_signals
-from .store import Store, StoreLockedError
-from .sync import FleetSync
+from picofleet.common.http import reason_phrase
+from picofleet.common.http.server import bind_socket, serve_app, stop_on_signals
+from picofleet.common.store import Store, StoreLockedError
+from picofleet.gateway.boards.manager import DeviceManager
+from picofleet.gateway.boot_scripts import run_boot_scripts
+from picofleet.gateway.config import ConfigError, GatewayConfig
+from picofleet.gateway.discovery.sightings import Discovery
+from picofleet.gateway.features import Features
+from picofleet.gateway.http.app import create_app
+from picofleet.gateway.plugin_manager import Plugins, load_plugins
+from picofleet.gateway.sync import FleetSync
+from picofleet.supervisor_bridge import update_lock
+from picofleet.supervisor_bridge.bridge import SupervisorBridge
+from picofleet.supervisor_bridge.environment import BalenaEnvironment
 
 log = logging.getLogger("picofleet.gateway")
 

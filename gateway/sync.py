@@ -38,14 +38,14 @@ from typing import Any
 
 import httpx
 
-from ..firmware import image, uf2
-from ..firmware.assets import AssetError
-from .board import FlashJob
-from .config import GatewayConfig
-from .device import Status
-from .manager import DeviceManager, FlashRefused
-from .models import BoardError
-from .store import Store
+from picofleet.common.store import Store
+from picofleet.firmware.asset_cache import AssetError
+from picofleet.firmware.formats import image, uf2
+from picofleet.gateway.boards.board import FlashJob
+from picofleet.gateway.boards.manager import DeviceManager, FlashRefused
+from picofleet.gateway.boards.record import Status
+from picofleet.gateway.config import GatewayConfig
+from picofleet.gateway.models import BoardError
 
 log = logging.getLogger("picofleet.sync")
 

@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-from . import __version__
+from picofleet import __version__
 
 COMMANDS = ("gateway", "demo", "plugins", "sim", "firmware", "flash", "fleet", "evaluate")
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 
-from picofleet.gateway.evaluation_jobs import MODES, check_args
+from picofleet.gateway.evaluation.jobs import MODES, check_args
 
 EXTEND_MARGIN = 600
 """While an evaluation runs, reservations expiring within this many seconds are extended."""

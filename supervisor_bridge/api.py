@@ -17,21 +17,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ..gateway.http_util import ApiError
-from ..gateway.models import APPLICATION
-from . import update_lock
-from .bridge import BLINK_SECONDS, BridgeOff, SupervisorBridge
-from .client import SupervisorRefused, SupervisorUnreachable
+from picofleet.common.http.errors import ApiError
+from picofleet.gateway.models import APPLICATION
+from picofleet.supervisor_bridge import update_lock
+from picofleet.supervisor_bridge.bridge import BLINK_SECONDS, BridgeOff, SupervisorBridge
+from picofleet.supervisor_bridge.client import SupervisorRefused, SupervisorUnreachable
 
 if TYPE_CHECKING:
-    from ..gateway.features import Features
-    from ..gateway.manager import DeviceManager
+    from picofleet.gateway.boards.manager import DeviceManager
+    from picofleet.gateway.features import Features
 
 
 def supervisor_routes(
     manager: DeviceManager, bridge: SupervisorBridge, features: Features
 ) -> list[BaseRoute]:
-    """The routes of the balena integration, for ``gateway/api.py``."""
+    """The routes of the balena integration, for ``gateway/http/app.py``."""
 
     async def identify_gateway(request: Request) -> Response:
         """Blink the device's LED (through the supervisor) and, with IDENTIFY_BOARDS, the boards'."""

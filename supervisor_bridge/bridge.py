@@ -97,10 +97,13 @@ class SupervisorBridge:
             self.attempts += 1
             try:
                 await client.ping()
-                break
             except SupervisorError as error:
                 self.reason = str(error)
                 log.debug("supervisor not ready (attempt %d): %s", self.attempts, error)
+            else:
+                # what ``status()`` shows is read before it says ready, so "ready" always comes with it
+                if await self._read_state(client):
+                    break
             if not warned and loop.time() - started >= WAIT_WARNING_AFTER:
                 log.warning(
                     "the balena supervisor has not answered for %.0f s: %s", WAIT_WARNING_AFTER, self.reason
@@ -111,9 +114,8 @@ class SupervisorBridge:
                 async with asyncio.timeout(delay * random.uniform(0.8, 1.2)):
                     await self._wake.wait()
             delay = min(delay * 2, BACKOFF_MAX)
-        self.state, self.reason = READY, None
+        self.state = READY
         self._lost.clear()
-        await self._refresh(client)
         info = self.device_info or {}
         log.info(
             "the balena supervisor answered after %d attempt(s) (%.1f s): supervisor %s, %s",
@@ -133,16 +135,28 @@ class SupervisorBridge:
         log.warning("the balena supervisor stopped answering (%s); waiting for it again", self.reason)
 
     async def _refresh(self, client: SupervisorClient) -> None:
-        """Read the device and the applications' state; a supervisor gone sends the bridge waiting."""
+        """Read the device and the applications' state again; a supervisor gone sends the bridge waiting."""
+        if not await self._read_state(client):
+            self._lose(self.reason or "the supervisor stopped answering")
+
+    async def _read_state(self, client: SupervisorClient) -> bool:
+        """Read the device and the applications' state; False when the supervisor does not answer.
+
+        A supervisor that answers but refuses (a wrong API key) counts as answering: the reason says why.
+        """
         try:
             self.device_info = await client.device()
             self.applications = await client.applications_state()
         except SupervisorUnreachable as error:
-            self._lose(str(error))
+            self.reason = str(error)
+            return False
         except SupervisorError as error:  # it answers, but refuses: a wrong API key
             if self.reason != str(error):
                 log.error("%s", error)
             self.reason = str(error)
+            return True
+        self.reason = None
+        return True
 
     def _lose(self, reason: str) -> None:
         if self.state == READY:

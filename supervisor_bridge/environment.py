@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..gateway import features
+from picofleet.gateway import features
 
 
 def _first(environ: Mapping[str, str], *names: str) -> str | None:

@@ -47,9 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..gateway.config import SETTINGS_BY_NAME, GatewayConfig
-from ..gateway.models import BoardError
-from .environment import BalenaEnvironment
+from picofleet.gateway.config import SETTINGS_BY_NAME, GatewayConfig
+from picofleet.gateway.models import BoardError
+from picofleet.supervisor_bridge.environment import BalenaEnvironment
 
 log = logging.getLogger("picofleet.supervisor")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from picofleet.firmware.assets import GRACE_SECONDS, AssetCache, AssetError
+from picofleet.firmware.asset_cache import GRACE_SECONDS, AssetCache, AssetError
 from tests.helpers.file_server import FileServer
 
 BLOB = os.urandom(300_000)

@@ -1,4 +1,4 @@
-"""iCE40 bitstreams (picofleet.firmware.bitstream) on real up5k builds from yosys + nextpnr-ice40.
+"""iCE40 bitstreams (picofleet.firmware.formats.bitstream) on real up5k builds from yosys + nextpnr-ice40.
 
 The counter of docs/hardware.md is built once per session; its ``.bin`` from running icepack
 directly is the reference for :func:`pack_asc` and the material for the corruption tests.
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from picofleet.firmware import uf2
-from picofleet.firmware.bitstream import (
+from picofleet.firmware.formats import uf2
+from picofleet.firmware.formats.bitstream import (
     ICEPACK_UP5K_SIZE,
     PREAMBLE,
     BitstreamError,

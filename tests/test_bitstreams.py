@@ -1,4 +1,4 @@
-"""Bitstream uploads: the store (gateway/bitstreams.py) and ``/v1/bitstreams`` of a real gateway.
+"""Bitstream uploads: the store (gateway/evaluation/bitstream_store.py) and ``/v1/bitstreams``.
 
 The bitstreams are real: the divide-by-16 counter built with yosys + nextpnr-ice40 + icepack
 (tests/helpers/fpga.py), as the ``.asc`` nextpnr writes and the ``.bin`` icepack packs.
@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from picofleet.firmware import image, uf2
-from picofleet.gateway import bitstreams
-from picofleet.gateway.bitstreams import BitstreamRejected, BitstreamStore
+from picofleet.firmware.formats import image, uf2
+from picofleet.gateway.evaluation import bitstream_store
+from picofleet.gateway.evaluation.bitstream_store import BitstreamRejected, BitstreamStore
 from tests.helpers.fpga import FpgaBuild, session_counter
 from tests.helpers.gateway import GatewayProcess
 
@@ -57,13 +57,13 @@ def test_an_asc_is_packed_once_to_icepacks_bin(
 ) -> None:
     asc = counter.asc.read_bytes()
     packed: list[int] = []
-    real_pack = bitstreams.pack
+    real_pack = bitstream_store.pack
 
     def counting_pack(data: bytes) -> bytes:
         packed.append(len(data))
         return real_pack(data)
 
-    monkeypatch.setattr(bitstreams, "pack", counting_pack)
+    monkeypatch.setattr(bitstream_store, "pack", counting_pack)
     store = BitstreamStore(tmp_path, 1 << 30)
 
     async def main() -> None:

@@ -10,13 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from picofleet.gateway.board import FlashJob
+from picofleet.common.store import Store
+from picofleet.gateway.boards.board import FlashJob
+from picofleet.gateway.boards.manager import DeviceManager
 from picofleet.gateway.config import load_config
 from picofleet.gateway.hookspecs import hookimpl
-from picofleet.gateway.manager import DeviceManager
 from picofleet.gateway.models import APPLICATION, BOOTLOADER, BoardIdentity, Sighting
 from picofleet.gateway.plugin_manager import load_plugins
-from picofleet.gateway.store import Store
 from tests.helpers.boards import app_uf2
 
 TTY_PATH = "platform-fd500000.pcie-pci-0000:01:00.0-usb-0:1.3:1.0"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from picofleet.gateway.discovery import classify
+from picofleet.gateway.discovery.sightings import classify
 from picofleet.gateway.models import UsbDevice
 from picofleet.gateway.plugin_manager import load_plugins
 

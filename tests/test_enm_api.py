@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from picofleet.gateway.device import ENM_FIELDS, EXTRA_FIELDS
+from picofleet.gateway.boards.record import ENM_FIELDS, EXTRA_FIELDS
 from tests.helpers.boards import rack, rack_boards
 from tests.helpers.gateway import GatewayProcess, wait_for
 

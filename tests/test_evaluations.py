@@ -1,9 +1,9 @@
-"""The evaluation scheduler (gateway/evaluations.py) against in-process fake boards.
+"""The evaluation scheduler (gateway/evaluation/scheduler.py) against in-process fake boards.
 
 Each fake board runs a fake pulse-count firmware behind the methods of
-firmware/pulsecount_client.py's PulseCountBoard: slots held least-recently-used, a load that takes
+firmware/host/pulsecount.py's PulseCountBoard: slots held least-recently-used, a load that takes
 time, an evaluate answered when its window ends, and knobs to make a board refuse a bitstream,
-stop answering or lose its port. A small loop stands in for the board task (gateway/board.py):
+stop answering or lose its port. A small loop stands in for the board task (gateway/boards/board.py):
 it calls ``serve`` while the board is reserved and waits for ``wake``.
 """
 
@@ -26,12 +26,13 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from picofleet.firmware.client import FirmwareError, NoAnswer, PortLost
-from picofleet.gateway import evaluations
-from picofleet.gateway.evaluation_api import evaluation_routes
-from picofleet.gateway.evaluations import EvaluationRefused, EvaluationScheduler
-from picofleet.gateway.events import EventBus
-from picofleet.gateway.http_util import ApiError, error_response
+from picofleet.common.http.errors import ApiError, error_response
+from picofleet.firmware.host.protocol import FirmwareError, NoAnswer, PortLost
+from picofleet.gateway.evaluation import scheduler
+from picofleet.gateway.evaluation.events import EventBus
+from picofleet.gateway.evaluation.jobs import DEFAULT_ARGS, Evaluation
+from picofleet.gateway.evaluation.scheduler import EvaluationRefused, EvaluationScheduler
+from picofleet.gateway.http.evaluations import evaluation_routes
 from tests.helpers.boards import rack
 from tests.helpers.fpga import session_counter, session_loop
 from tests.helpers.gateway import GatewayProcess, wait_for
@@ -169,7 +170,7 @@ class FakeReservation:
 
 
 class FakeBoard:
-    """What the scheduler uses of gateway/board.py's Board."""
+    """What the scheduler uses of gateway/boards/board.py's Board."""
 
     def __init__(self, serial: str, firmware: FakeFirmware) -> None:
         self.serial = serial
@@ -291,7 +292,7 @@ class Rig:
         await self.scheduler.stop()
 
 
-async def results_of(evaluation: evaluations.Evaluation, timeout: float = 10.0) -> list[dict[str, Any]]:
+async def results_of(evaluation: Evaluation, timeout: float = 10.0) -> list[dict[str, Any]]:
     async def collect() -> list[dict[str, Any]]:
         return [result async for result in evaluation.follow()]
 
@@ -565,11 +566,11 @@ def test_arguments_come_from_the_request_then_the_reservation_then_defaults(tmp_
                     rig.scheduler.submit("alice", rig.bitstreams(1), "each", args={"window_ms": 30})
                 )
                 rig.manager.reservations.by_serial["SERIAL0"].args = {}
-                evaluations.DEFAULT_ARGS["window_ms"], saved = 40, evaluations.DEFAULT_ARGS["window_ms"]
+                DEFAULT_ARGS["window_ms"], saved = 40, DEFAULT_ARGS["window_ms"]
                 try:
                     await results_of(rig.scheduler.submit("alice", rig.bitstreams(1), "each"))
                 finally:
-                    evaluations.DEFAULT_ARGS["window_ms"] = saved
+                    DEFAULT_ARGS["window_ms"] = saved
             finally:
                 FakeClient.start_evaluate = original  # type: ignore[method-assign]
             assert seen == [(48_000_000, 20), (48_000_000, 30), (48_000_000, 40)]
@@ -650,7 +651,7 @@ def test_closing_the_stream_cancels_the_unit_claimed_to_run_next(tmp_path: Path)
             loop = asyncio.get_running_loop()
             firmware = rig.boards[0].firmware
             bitstreams = rig.bitstreams(3)
-            evaluations_: list[evaluations.Evaluation] = []
+            evaluations_: list[Evaluation] = []
 
             def cancel_while_the_next_is_sent(fw: FakeFirmware, sha: str) -> None:
                 if sha == bitstreams[1][0]:  # b0 counts, b1 was claimed to run next
@@ -752,7 +753,7 @@ def test_an_evaluation_asked_for_during_a_collection_never_loses_its_bitstream(t
         submitted = threading.Event()
         submit, collect = rig.scheduler.submit, store.cache.collect
 
-        def noted_submit(*args: Any, **kwargs: Any) -> evaluations.Evaluation:
+        def noted_submit(*args: Any, **kwargs: Any) -> Evaluation:
             submitted.set()
             return submit(*args, **kwargs)
 
@@ -787,7 +788,7 @@ def test_an_evaluation_asked_for_during_a_collection_never_loses_its_bitstream(t
 def test_finished_evaluations_are_kept_up_to_a_number_of_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(evaluations, "KEEP_RESULTS", 5)
+    monkeypatch.setattr(scheduler, "KEEP_RESULTS", 5)
 
     async def main() -> None:
         async with Rig(tmp_path, boards=1) as rig:

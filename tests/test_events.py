@@ -10,7 +10,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from picofleet.gateway.events import EventBus
+from picofleet.gateway.evaluation.events import EventBus
 from tests.helpers.fpga import session_counter
 from tests.helpers.gateway import GatewayProcess
 from tests.test_evaluations import reserve, stream_evaluation, upload, variant

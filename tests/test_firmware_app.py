@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from picofleet.firmware.app import main as app
-from picofleet.firmware.client import FirmwareClient, FirmwareError
+from picofleet.firmware.host.protocol import FirmwareClient, FirmwareError
 from tests.helpers.fake_hardware import FakeHardware
 
 APP_DIR = Path(app.__file__).parent

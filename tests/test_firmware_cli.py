@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from picofleet.cli import main
-from picofleet.firmware import bitstream, image, uf2
+from picofleet.firmware.formats import bitstream, image, uf2
 from tests.helpers.fpga import FpgaBuild, icepack, session_counter
 
 

@@ -7,7 +7,7 @@ import struct
 
 import httpx
 
-from picofleet.firmware import image, uf2
+from picofleet.firmware.formats import image, uf2
 from picofleet.plugins.virtual.control import RackUnavailable
 from tests.helpers.boards import app_uf2, rack, rack_boards
 from tests.helpers.gateway import wait_for

@@ -26,16 +26,16 @@ from pyfatfs.EightDotThree import EightDotThree
 from pyfatfs.FATDirectoryEntry import FATDirectoryEntry
 from pyfatfs.PyFat import PyFat
 
-from picofleet.firmware import uf2
-from picofleet.gateway import bootloader_drive, flashing
-from picofleet.gateway.api import ApiError, _read_image
-from picofleet.gateway.board import Board, FlashJob
+from picofleet.common.store import Store
+from picofleet.firmware.formats import uf2
+from picofleet.gateway.boards import bootloader_drive, flashing
+from picofleet.gateway.boards.board import Board, FlashJob
+from picofleet.gateway.boards.manager import DeviceManager
 from picofleet.gateway.config import load_config
-from picofleet.gateway.manager import DeviceManager
+from picofleet.gateway.http.app import ApiError, _read_image
 from picofleet.gateway.models import APPLICATION, BOOTLOADER, BoardError, Sighting
 from picofleet.gateway.plugin_manager import load_plugins
 from picofleet.gateway.service import prepare_directories
-from picofleet.gateway.store import Store
 from tests.helpers.boards import app_uf2
 from tests.helpers.fake_micropython import FakeMicroPythonBoard
 

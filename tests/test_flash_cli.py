@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from picofleet.commands.flash import ProgressView
-from picofleet.firmware import image, uf2
+from picofleet.firmware.formats import image, uf2
 from tests.helpers.boards import app_uf2
 from tests.helpers.gateway import GatewayProcess, wait_for
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from picofleet.firmware import uf2
-from picofleet.firmware.assets import AssetCache
-from picofleet.firmware.image import FLASH_BASE, make_app_image
+from picofleet.firmware.asset_cache import AssetCache
+from picofleet.firmware.formats import uf2
+from picofleet.firmware.formats.image import FLASH_BASE, make_app_image
 from tests.helpers.fleet import FleetProcess, git
 
 pytestmark = pytest.mark.timeout(120)

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from picofleet.firmware import uf2
-from picofleet.firmware.assets import sha256_of
-from picofleet.firmware.image import FLASH_BASE, make_app_image
+from picofleet.firmware.asset_cache import sha256_of
+from picofleet.firmware.formats import uf2
+from picofleet.firmware.formats.image import FLASH_BASE, make_app_image
 from tests.helpers.fleet import FleetProcess, git
 from tests.helpers.gateway import GatewayProcess, wait_for
 from tests.test_fleet_git import MANIFEST, app_uf2, commit, write

@@ -1,4 +1,4 @@
-"""A front worker's link to its primary (fleet/upstream.py) against a server that drops a
+"""A front worker's link to its primary (fleet/workers/upstream.py) against a server that drops a
 keep-alive connection instead of answering its second request, as a server closing an idle
 connection just when a request arrives does."""
 
@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from picofleet.fleet.upstream import Upstream, UpstreamError
-from picofleet.gateway.serving import unix_address
+from picofleet.common.http.server import unix_address
+from picofleet.fleet.workers.upstream import Upstream, UpstreamError
 
 pytestmark = pytest.mark.timeout(30)
 

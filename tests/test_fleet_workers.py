@@ -23,7 +23,7 @@ import httpx
 import psutil
 import pytest
 
-from picofleet.fleet.front_worker import TargetCache
+from picofleet.fleet.workers.front_worker import TargetCache
 from tests.helpers.fleet import FleetProcess, FrontWorkerProcess
 from tests.helpers.wait import wait_for
 from tests.test_fleet_api import Fleet, boards, report
@@ -68,7 +68,7 @@ def front_workers(primary_pid: int) -> list[psutil.Process]:
     return [
         child
         for child in psutil.Process(primary_pid).children()
-        if "picofleet.fleet.front_worker" in " ".join(child.cmdline())
+        if "picofleet.fleet.workers.front_worker" in " ".join(child.cmdline())
     ]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import serial
 
-from picofleet.firmware.client import FirmwareClient
+from picofleet.firmware.host.protocol import FirmwareClient
 from tests.helpers.boards import app_uf2, rack_boards
 from tests.helpers.gateway import wait_for
 from tests.helpers.slow_plugins import SLOW_CLOSE, write_plugin

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 import serial
 
+from picofleet.firmware.host.pulsecount import FirmwareError, NoAnswer, PortLost, PulseCountBoard
 from picofleet.firmware.pico2_ice import frames, pulsecount
-from picofleet.firmware.pulsecount_client import FirmwareError, NoAnswer, PortLost, PulseCountBoard
 from picofleet.gateway import core_hooks
 from picofleet.gateway.models import BoardIdentity, BoardRef
 from tests.helpers.wait import wait_for

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from picofleet.firmware.client import FirmwareClient
+from picofleet.firmware.host.protocol import FirmwareClient
 from picofleet.firmware.pico2_ice import frames, pulsecount
 from tests.helpers.fake_hardware import FakeHardware
 from tests.helpers.wait import wait_for

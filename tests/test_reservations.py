@@ -19,18 +19,18 @@ import httpx
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from picofleet.firmware import image, uf2
-from picofleet.gateway import api
-from picofleet.gateway.api import create_app
-from picofleet.gateway.board import FlashJob
+from picofleet.common.store import Store
+from picofleet.firmware.formats import image, uf2
+from picofleet.gateway.boards.board import FlashJob
+from picofleet.gateway.boards.manager import DeviceManager
 from picofleet.gateway.config import load_config
-from picofleet.gateway.discovery import Discovery
-from picofleet.gateway.manager import DeviceManager
+from picofleet.gateway.discovery.sightings import Discovery
+from picofleet.gateway.evaluation.reservations import RESERVATIONS, ReservationError
+from picofleet.gateway.http import app as gateway_app
+from picofleet.gateway.http.app import create_app
 from picofleet.gateway.models import APPLICATION, BoardError, BoardRef
 from picofleet.gateway.plugin_manager import load_plugins
-from picofleet.gateway.reservations import RESERVATIONS, ReservationError
 from picofleet.gateway.service import prepare_directories
-from picofleet.gateway.store import Store
 from picofleet.gateway.sync import FleetSync
 from picofleet.plugins import pico2_ice, virtual
 from tests.helpers.fleet import FleetProcess
@@ -459,8 +459,10 @@ import json
 import os
 from pathlib import Path
 
-from picofleet.firmware import image, uf2
-from picofleet.firmware.client import FirmwareClient
+from picofleet.firmware.formats import image
+
+from picofleet.firmware.formats import uf2
+from picofleet.firmware.host.protocol import FirmwareClient
 from picofleet.gateway.hookspecs import hookimpl
 from picofleet.gateway.models import EvaluationFirmware
 
@@ -559,8 +561,8 @@ def test_a_board_reserved_while_a_flash_for_it_is_prepared_is_not_flashed(
                 asyncio.run_coroutine_threadsafe(reserving, loop).result(30)
                 return read_image(body, board_type)
 
-            read_image = api._read_image
-            monkeypatch.setattr(api, "_read_image", read_while_reserved)
+            read_image = gateway_app._read_image
+            monkeypatch.setattr(gateway_app, "_read_image", read_while_reserved)
             flashed = await client.post(f"/v1/devices/{by_api.serial}/flash", content=app_uf2("9.9.9"))
             assert flashed.status_code == 409, flashed.text
             assert "reserved by 'ivy'" in flashed.json()["error"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from picofleet.firmware import uf2
+from picofleet.firmware.formats import uf2
 from picofleet.plugins.virtual.control import RackUnavailable
 from tests.helpers.boards import app_uf2, rack, rack_boards
 from tests.helpers.gateway import wait_for

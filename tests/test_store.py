@@ -1,4 +1,4 @@
-"""The crash-safe state store (gateway/store.py) and atomic file replacement (gateway/atomic.py)."""
+"""The crash-safe state store (picofleet/common/store.py) and atomic replacement (common/atomic.py)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ from typing import Any, TypeVar
 import pytest
 from tinydb import TinyDB
 
-import picofleet.gateway.atomic as atomic_module
-import picofleet.gateway.storage as storage_module
-from picofleet.gateway.atomic import atomic_write_bytes, atomic_write_json, fsync_directory
-from picofleet.gateway.store import AtomicJSONStorage, Store, StoreClosedError, StoreLockedError
+import picofleet.common.atomic as atomic_module
+import picofleet.common.tinydb_file as storage_module
+from picofleet.common.atomic import atomic_write_bytes, atomic_write_json, fsync_directory
+from picofleet.common.store import AtomicJSONStorage, Store, StoreClosedError, StoreLockedError
 
 T = TypeVar("T")
 HELPER = Path(__file__).parent / "helpers" / "store_writer.py"

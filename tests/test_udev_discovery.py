@@ -29,10 +29,10 @@ from typing import Any
 
 import pytest
 
-from picofleet.gateway import udev
+from picofleet.gateway.discovery import udev
+from picofleet.gateway.discovery.sysfs_poll import SysfsPoller, _Node, path_id
+from picofleet.gateway.discovery.udev import UdevSource, usb_sources
 from picofleet.gateway.models import DeviceEvent
-from picofleet.gateway.sysfs_poll import SysfsPoller, _Node, path_id
-from picofleet.gateway.udev import UdevSource, usb_sources
 from tests.helpers.gateway import GatewayProcess
 
 ROOT = Path(__file__).resolve().parents[1]

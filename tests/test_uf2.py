@@ -1,4 +1,4 @@
-"""Tests of the UF2 reader, validator and writer (picofleet.firmware.uf2)."""
+"""Tests of the UF2 reader, validator and writer (picofleet.firmware.formats.uf2)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from picofleet.firmware import uf2
-from picofleet.firmware.uf2 import (
+from picofleet.firmware.formats import uf2
+from picofleet.firmware.formats.uf2 import (
     BLOCK_SIZE,
     DATA_AREA,
     FLAG_FAMILY_ID_PRESENT,

@@ -251,7 +251,7 @@ STOP_FAILS = """\
 import os, sys
 from pathlib import Path
 from picofleet.cli import main
-from picofleet.gateway.manager import DeviceManager
+from picofleet.gateway.boards.manager import DeviceManager
 from picofleet.supervisor_bridge import update_lock
 
 async def stop_failing(self):

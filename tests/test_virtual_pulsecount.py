@@ -10,10 +10,10 @@ import psutil
 import pytest
 import serial
 
-from picofleet.firmware import uf2
-from picofleet.firmware.client import FirmwareClient
-from picofleet.firmware.image import FLASH_BASE, make_app_image
-from picofleet.firmware.pulsecount_client import FirmwareError, NoAnswer, PulseCountBoard
+from picofleet.firmware.formats import uf2
+from picofleet.firmware.formats.image import FLASH_BASE, make_app_image
+from picofleet.firmware.host.protocol import FirmwareClient
+from picofleet.firmware.host.pulsecount import FirmwareError, NoAnswer, PulseCountBoard
 from tests.helpers.fpga import session_counter, session_loop
 from tests.helpers.rack import RackProcess, Subscription
 from tests.helpers.wait import wait_for

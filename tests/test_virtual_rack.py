@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import serial
 
-from picofleet.firmware import uf2
-from picofleet.firmware.client import FirmwareClient, FirmwareError
-from picofleet.firmware.image import FLASH_BASE, make_app_image
+from picofleet.firmware.formats import uf2
+from picofleet.firmware.formats.image import FLASH_BASE, make_app_image
+from picofleet.firmware.host.protocol import FirmwareClient, FirmwareError
 from picofleet.gateway.config import load_config, parse_simulate
 from picofleet.gateway.models import DeviceEvent
 from picofleet.plugins import virtual

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 
-from picofleet.firmware import circuits, image, uf2
+from picofleet.commands.fleet import with_credentials
+from picofleet.commands.gateway import add_gateway_flags, config_from_args, serve
+from picofleet.firmware import circuits
+from picofleet.firmware.formats import image, uf2
 from picofleet.gateway.config import ConfigError
-
-from .fleet import with_credentials
-from .gateway import add_gateway_flags, config_from_args, serve
 
 DEMO_DATA = "demo-data"
 FLEET = "demo"

@@ -33,10 +33,9 @@ from picofleet.client import (
     PulseCountClient,
     read_bitstream,
 )
-from picofleet.firmware import bitstream
-from picofleet.gateway.evaluation_jobs import ARG_RANGES, MODES, check_args
-
-from .console import StatusLine, add_gateway_flag, bar, positive_seconds
+from picofleet.commands.console import StatusLine, add_gateway_flag, bar, positive_seconds
+from picofleet.firmware.formats import bitstream
+from picofleet.gateway.evaluation.jobs import ARG_RANGES, MODES, check_args
 
 
 class EvaluateFailed(Exception):

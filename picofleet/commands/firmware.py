@@ -18,8 +18,8 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
-from picofleet.firmware import bitstream, uf2
-from picofleet.gateway.atomic import atomic_write_bytes
+from picofleet.common.atomic import atomic_write_bytes
+from picofleet.firmware.formats import bitstream, uf2
 
 KIND_NAMES = {"uf2": "UF2", "ice40-asc": "iCE40 bitstream (.asc text)", "ice40-bin": "iCE40 bitstream (.bin)"}
 

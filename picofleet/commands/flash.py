@@ -27,9 +27,8 @@ from urllib.parse import quote
 import httpx
 
 from picofleet.client import error_of
-from picofleet.firmware import bitstream, image, uf2
-
-from .console import StatusLine, add_gateway_flag, bar, positive_seconds
+from picofleet.commands.console import StatusLine, add_gateway_flag, bar, positive_seconds
+from picofleet.firmware.formats import bitstream, image, uf2
 
 POLL_INTERVAL = 0.1
 MAX_FLASH_IMAGE = image.MAX_FLASH_IMAGE

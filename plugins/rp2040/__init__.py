@@ -7,7 +7,7 @@ is done by the gateway's built-in hooks; this plugin adds the data that makes a 
 
 from __future__ import annotations
 
-from picofleet.firmware import uf2
+from picofleet.firmware.formats import uf2
 from picofleet.gateway.hookspecs import hookimpl
 from picofleet.gateway.models import APPLICATION, BOOTLOADER, BoardType, UsbRule
 

@@ -7,7 +7,7 @@ says otherwise, is an ``rp2350``.
 
 from __future__ import annotations
 
-from picofleet.firmware import uf2
+from picofleet.firmware.formats import uf2
 from picofleet.gateway.hookspecs import hookimpl
 from picofleet.gateway.models import APPLICATION, BOOTLOADER, BoardType, UsbRule
 

@@ -31,7 +31,7 @@ def picofleet_discovery_sources(config: GatewayConfig) -> list[DiscoverySource]:
 
     Board types the rack cannot simulate (another plugin's, say) are left out, with one error line.
     """
-    from .identities import BOARD_TYPES
+    from picofleet.plugins.virtual.identities import BOARD_TYPES
 
     unsupported = sorted({board_type for _, board_type in config.simulate if board_type not in BOARD_TYPES})
     if unsupported:
@@ -45,7 +45,7 @@ def picofleet_discovery_sources(config: GatewayConfig) -> list[DiscoverySource]:
     )
     if not any(count > 0 for count, _ in simulate):
         return []
-    from .bus import VirtualBus
+    from picofleet.plugins.virtual.bus import VirtualBus
 
     return [VirtualBus(dataclasses.replace(config, simulate=simulate))]
 
@@ -57,10 +57,9 @@ def picofleet_evaluation_firmware(
     """Virtual boards evaluate ``pulsecount``: the pulse-count app image, as a UF2 of their family."""
     if not board.virtual or kind != "pulsecount":
         return None
-    from picofleet.firmware import image, uf2
+    from picofleet.firmware.formats import image, uf2
     from picofleet.gateway.models import EvaluationFirmware
-
-    from .identities import BOARD_TYPES, factory_family
+    from picofleet.plugins.virtual.identities import BOARD_TYPES, factory_family
 
     if board.board_type not in BOARD_TYPES:
         return None

@@ -7,7 +7,7 @@ flags under the board's lock and a byte on the wake pipe (:meth:`Board.plug`,
 same lock, and only while the pipe is open, so no write can reach a reused file-descriptor number.
 
 Boot: the flash (``flash/<serial>.uf2``, the UF2 blocks last flashed) is read as a flat image;
-its image descriptor (``firmware/image.py``) named ``picofleet-app`` boots the reference firmware
+its image descriptor (``firmware/formats/image.py``) named ``picofleet-app`` boots the reference firmware
 (``firmware/app/main.py``, unchanged) behind a pty; one named ``picofleet-pulsecount`` boots the
 evaluation firmware (``firmware/pico2_ice/pulsecount.py``, unchanged) with a simulated FPGA
 (fpga.py; compiled circuits cached in ``<state>/fpga/``); another or no descriptor boots "unknown
@@ -27,16 +27,15 @@ import tty
 from collections.abc import Callable
 from pathlib import Path
 
-from picofleet.firmware import image as fw_image
-from picofleet.firmware import uf2
+from picofleet.common.atomic import atomic_write_bytes
 from picofleet.firmware.app.main import App
+from picofleet.firmware.formats import image as fw_image
+from picofleet.firmware.formats import uf2
 from picofleet.firmware.pico2_ice import pulsecount
-from picofleet.gateway.atomic import atomic_write_bytes
-
-from . import identities
-from .bootrom import DriveWatcher, ImageAssembler, remove_drive
-from .fpga import CircuitCache, FpgaSimulator
-from .hardware import PtyPort, SimulatedHardware, SimulatedPulseCountHardware
+from picofleet.plugins.virtual import identities
+from picofleet.plugins.virtual.bootrom import DriveWatcher, ImageAssembler, remove_drive
+from picofleet.plugins.virtual.fpga import CircuitCache, FpgaSimulator
+from picofleet.plugins.virtual.hardware import PtyPort, SimulatedHardware, SimulatedPulseCountHardware
 
 log = logging.getLogger("picofleet.rack")
 

@@ -25,9 +25,8 @@ import shutil
 import time
 from pathlib import Path
 
-from picofleet.firmware import uf2
-
-from . import identities
+from picofleet.firmware.formats import uf2
+from picofleet.plugins.virtual import identities
 
 BLOCK_SIZE = 512
 PAYLOAD_SIZE = 256

@@ -27,8 +27,7 @@ from pathlib import Path
 
 from picofleet.gateway.config import GatewayConfig
 from picofleet.gateway.models import DeviceEvent, Emit, UsbDevice
-
-from .control import default_socket_path, socket_address
+from picofleet.plugins.virtual.control import default_socket_path, socket_address
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from .fpga import FpgaSimulator
+from picofleet.plugins.virtual.fpga import FpgaSimulator
 
 MAX_LINE = 4096
 """Longer lines are cut here (the firmware answers them as malformed)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from picofleet.firmware import uf2
+from picofleet.firmware.formats import uf2
 
 BOARD_TYPES = ("rp2040", "rp2350", "pico2-ice")
 """The board types the rack can simulate."""

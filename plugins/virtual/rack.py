@@ -61,13 +61,12 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from picofleet.gateway.atomic import atomic_write_bytes, atomic_write_json, stale_temp_files
+from picofleet.common.atomic import atomic_write_bytes, atomic_write_json, stale_temp_files
 from picofleet.gateway.config import parse_simulate
-
-from . import identities
-from .board import Board, factory_flash
-from .bootrom import remove_drive
-from .control import default_socket_path, socket_address
+from picofleet.plugins.virtual import identities
+from picofleet.plugins.virtual.board import Board, factory_flash
+from picofleet.plugins.virtual.bootrom import remove_drive
+from picofleet.plugins.virtual.control import default_socket_path, socket_address
 
 log = logging.getLogger("picofleet.rack")
 

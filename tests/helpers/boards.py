@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from picofleet.firmware import image, uf2
+from picofleet.firmware.formats import image, uf2
 from picofleet.plugins.virtual.control import rack_request
 
 

@@ -80,7 +80,7 @@ class FleetProcess(ServiceProcess):
 
 
 class FrontWorkerProcess(ServiceProcess):
-    """A ``python -m picofleet.fleet.front_worker`` on its own loopback port, forwarding to the
+    """A ``python -m picofleet.fleet.workers.front_worker`` on its own loopback port, forwarding to the
     primary of a running ``--workers N`` fleet service (whose socket the service printed), so that
     a test can send every request through a front worker; its output goes to DATA/<log_name>."""
 
@@ -98,7 +98,7 @@ class FrontWorkerProcess(ServiceProcess):
         return [
             sys.executable,
             "-m",
-            "picofleet.fleet.front_worker",
+            "picofleet.fleet.workers.front_worker",
             "--primary",
             self.primary,
             "--host",

@@ -13,7 +13,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from picofleet.gateway.store import Store
+from picofleet.common.store import Store
 
 
 async def main(path: Path, padding: int) -> None:

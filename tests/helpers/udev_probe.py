@@ -3,8 +3,8 @@
 Meant to run under umockdev (``umockdev-run -d FILE -- python -m tests.helpers.udev_probe``, or
 with ``LD_PRELOAD=libumockdev-preload.so.0`` and ``UMOCKDEV_DIR`` set), from the repository root.
 
-``--source udev`` enumerates with pyudev (:func:`picofleet.gateway.udev.enumerate_devices`),
-``--source sysfs`` scans sysfs without libudev (:func:`picofleet.gateway.sysfs_poll.scan`). Every
+``--source udev`` enumerates with pyudev (:func:`picofleet.gateway.discovery.udev.enumerate_devices`),
+``--source sysfs`` scans sysfs without libudev (:func:`picofleet.gateway.discovery.sysfs_poll.scan`). Every
 device is classified with the board types of the installed plugins; the output is one JSON list
 of ``{"device": ..., "sighting": ... or null}``.
 
@@ -23,11 +23,11 @@ import sys
 import time
 from typing import Any
 
-from picofleet.gateway.discovery import classify
+from picofleet.gateway.discovery.sightings import classify
+from picofleet.gateway.discovery.sysfs_poll import SysfsPoller, scan
+from picofleet.gateway.discovery.udev import UdevSource, enumerate_devices
 from picofleet.gateway.models import DeviceEvent, UsbDevice
 from picofleet.gateway.plugin_manager import load_plugins
-from picofleet.gateway.sysfs_poll import SysfsPoller, scan
-from picofleet.gateway.udev import UdevSource, enumerate_devices
 
 
 def _record(device: UsbDevice, board_types: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import serial
 
-from picofleet.firmware import uf2
+from picofleet.firmware.formats import uf2
 from picofleet.gateway.hookspecs import hookimpl
 from picofleet.gateway.models import APPLICATION, BOOTLOADER, BoardIdentity, BoardRef, BoardType, UsbRule
 

@@ -1,0 +1,418 @@
+"""The device manager: every board's record and task, pause/run, and the requests of the API.
+
+Boards are keyed by their USB serial (LocalUUID). A sighting of an unknown serial creates a
+board that is identified, provisioned (ResinUUID, Name), stored and only then listed; a known
+serial gets its old record back. The gateway's target status (Running/Paused) is stored; the
+current status turns Paused only once no board task holds a port or is mid-operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
+
+from picofleet.common.store import Store
+from picofleet.firmware.asset_cache import AssetCache, AssetError
+from picofleet.firmware.formats import uf2
+from picofleet.gateway.boards.board import Board, FlashJob
+from picofleet.gateway.boards.names import board_name
+from picofleet.gateway.boards.record import PORT_IDENTITY, loaded_form, new_record, stored_form
+from picofleet.gateway.config import GatewayConfig
+from picofleet.gateway.evaluation.reservations import ReservationBook
+from picofleet.gateway.evaluation.scheduler import EvaluationScheduler
+from picofleet.gateway.models import APPLICATION, BOOTLOADER, BoardError, BoardType, Sighting
+from picofleet.gateway.plugin_manager import Plugins
+
+log = logging.getLogger("picofleet.manager")
+T = TypeVar("T")
+
+HOOK_TIMEOUTS = {
+    "picofleet_open_port": 5.0,
+    "picofleet_close_port": 5.0,
+    "picofleet_identify": 5.0,
+    "picofleet_enter_bootloader": 10.0,
+    "picofleet_write_uf2": 30.0,  # plus the image's size at MIN_WRITE_RATE
+    "picofleet_restart": 10.0,
+    "picofleet_blink": 5.0,
+    "picofleet_update_lock": 10.0,
+    "picofleet_install_files": 60.0,
+}
+"""Time limits of the board hooks: twice what the contract asks of a plugin, for slow boards."""
+MIN_WRITE_RATE = 50_000
+"""Bytes per second a bootloader drive is allowed to be as slow as (USB full speed is ~1 MB/s)."""
+
+RUNNING = "Running"
+PAUSED = "Paused"
+TARGET_STATUS_KEY = "targetStatus"
+DEVICES = "devices"
+
+
+class FlashRefused(BoardError):
+    """A flash the board must not take now: it is reserved (the API answers 409)."""
+
+
+class DeviceManager:
+    """Owns the boards of one gateway."""
+
+    def __init__(self, config: GatewayConfig, store: Store, plugins: Plugins):
+        self.config = config
+        self.store = store
+        self.plugins = plugins
+        self.board_types: dict[str, BoardType] = plugins.board_types
+        self.assets = AssetCache(config.assets_directory, config.assets_max_bytes)
+        self.boards: dict[str, Board] = {}
+        self.target_status = RUNNING
+        self._keys: dict[str, str] = {}  # sighting key -> serial
+        self._executor = ThreadPoolExecutor(max_workers=128, thread_name_prefix="board-io")
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._lock_transition = asyncio.Lock()
+        self._lock_holders = 0
+        self._held_lock: AbstractContextManager[object] | None = None
+        self._names: set[str] = set()
+        self._storing: set[str] = set()  # images stored for flashes being queued right now
+        self._background: set[asyncio.Task[None]] = set()
+        self.reservations = ReservationBook(self)
+        self.events = self.reservations.events  # the clients' events (gateway/evaluation/events.py)
+        self.evaluations = EvaluationScheduler(self)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load the stored boards (all Offline until seen) and the stored target status."""
+        self.target_status = await self.store.get_value(TARGET_STATUS_KEY, RUNNING)
+        for stored in await self.store.all(DEVICES):
+            record = loaded_form(stored)
+            if record["LocalUUID"]:
+                self._names.add(record["Name"])
+                board = Board(self, record, provisioned=True)
+                board.delete_requested = bool(record["DeleteFlag"])  # acknowledged before a crash
+                self._add_board(board)
+                if record["PendingFlash"]:
+                    await self._resume_flash(board)
+        log.info("%d known board(s); gateway target status %s", len(self.boards), self.target_status)
+        await self.reservations.start()
+        await self.collect_assets()
+
+    async def stop(self) -> None:
+        """Stop every board task; each closes its port on the way out."""
+        await self.evaluations.stop()
+        await self.reservations.stop()
+        for timer in self._timers:
+            timer.cancel()
+        tasks = [board.task for board in self.boards.values() if board.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _add_board(self, board: Board) -> None:
+        self.boards[board.serial] = board
+        board.task = asyncio.create_task(board.run(), name=f"board:{board.serial}")
+
+    # -- discovery ------------------------------------------------------------------------------
+    def on_present(self, sighting: Sighting) -> None:
+        """A board node appeared (or was enumerated).
+
+        A node belongs to the board of the same serial. A bootloader drive whose serial names no
+        board — or names none at all, as the RP2040 bootrom's does — belongs to the board being
+        flashed on the same USB port, or else to the one board last seen on that port.
+        """
+        board = self.boards.get(sighting.serial) if sighting.serial else None
+        if board is None and sighting.mode == BOOTLOADER:
+            board = self._on_port(sighting)
+        if board is None:
+            serial = sighting.serial or f"{PORT_IDENTITY}{sighting.usb_port}"
+            board = Board(self, new_record(serial, sighting.board_types[0]), provisioned=False)
+            self._add_board(board)
+        if sighting.mode == APPLICATION:
+            self._forget_port_placeholder(sighting, board)
+        if sighting.usb_port:
+            self._release_port(sighting.usb_port, board)
+        self._keys[sighting.key] = board.serial
+        board.seen(sighting)
+
+    def _on_port(self, sighting: Sighting) -> Board | None:
+        if not sighting.usb_port:
+            return None
+        types = sighting.matching_types or sighting.board_types
+        on_port = [
+            b
+            for b in self.boards.values()
+            if b.usb_port == sighting.usb_port and b.record["BoardType"] in types
+        ]
+        # a board being flashed there (its tty's remove may come after the drive's add)
+        busy = [b for b in on_port if b.busy and BOOTLOADER not in b.sightings]
+        absent = [b for b in on_port if not b.sightings]
+        if len(busy) == 1:
+            board = busy[0]
+        elif not busy and not sighting.serial and len(absent) == 1:
+            board = absent[0]
+        else:
+            return None  # nobody, or more than one candidate: never guess
+        log.info(
+            "%s: bootloader drive %s (serial %r) matched by its USB port %s",
+            board.label,
+            sighting.devname,
+            sighting.serial,
+            sighting.usb_port,
+        )
+        return board
+
+    def _release_port(self, usb_port: str, owner: Board) -> None:
+        """``owner`` is on ``usb_port`` now: no other board may still claim that port."""
+        for other in self.boards.values():
+            if other is not owner and other.usb_port == usb_port and not other.sightings:
+                other.usb_port = ""
+                if other.provisioned:
+                    task = asyncio.get_running_loop().create_task(other.update(UsbPort=None))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+
+    def _forget_port_placeholder(self, sighting: Sighting, board: Board) -> None:
+        """A board known only by its port shows its real serial: the placeholder record goes."""
+        placeholder = self.boards.get(f"{PORT_IDENTITY}{sighting.usb_port}")
+        if placeholder is not None and placeholder is not board and not placeholder.sightings:
+            log.info(
+                "%s is %s: forgetting the record made from its bootloader", placeholder.label, board.label
+            )
+            placeholder.delete_requested = True
+            placeholder.wake.set()
+
+    def on_gone(self, key: str) -> None:
+        """A board node went away."""
+        serial = self._keys.pop(key, None)
+        board = self.boards.get(serial) if serial else None
+        if board is not None:
+            board.gone(key)
+
+    # -- records ------------------------------------------------------------------------------
+    async def persist(self, record: dict[str, Any]) -> None:
+        """Store one board's record durably."""
+        await self.store.upsert(DEVICES, "LocalUUID", stored_form(record))
+
+    async def provision(self, board: Board, board_type: str) -> None:
+        """Give a new board its stable identity and store it; from now on it is listed."""
+        record = {**board.record, "BoardType": board_type}
+        record["Name"] = board_name(record["ResinUUID"], self._names)
+        self._names.add(record["Name"])  # reserved before the write: boards provisioned together differ
+        try:
+            await self.persist(record)
+        except BaseException:
+            self._names.discard(record["Name"])
+            raise
+        board.record, board.provisioned = record, True
+        log.info(
+            "provisioned %s %s as %s (%s)", board_type, board.serial, record["Name"], record["ResinUUID"]
+        )
+
+    async def forget(self, board: Board) -> None:
+        """Delete a board's record (ENM DELETE hook); if it is still plugged in it starts anew."""
+        async with board.update_lock:  # no update of the board in flight can write it back
+            await self.store.remove(DEVICES, "LocalUUID", board.serial)
+            board.forgotten = True
+        self._names.discard(board.record.get("Name"))
+        self.boards.pop(board.serial, None)
+        log.info("deleted %s", board.label)
+        if board.sightings:
+            fresh = Board(self, new_record(board.serial, str(board.record["BoardType"])), provisioned=False)
+            self._add_board(fresh)
+            for sighting in board.sightings.values():
+                fresh.seen(sighting)
+
+    def listed(self) -> list[Board]:
+        """Provisioned boards, in the order they were provisioned."""
+        return [board for board in self.boards.values() if board.provisioned]
+
+    def find(self, uuid: str) -> Board | None:
+        """A provisioned board by LocalUUID or ResinUUID."""
+        board = self.boards.get(uuid)
+        if board is not None and board.provisioned:
+            return board
+        for board in self.listed():
+            if board.record.get("ResinUUID") == uuid:
+                return board
+        return None
+
+    # -- hooks --------------------------------------------------------------------------------
+    async def call_hook(self, name: str, **kwargs: Any) -> Any:
+        """Run a (blocking) plugin hook in the board I/O thread pool, within its time limit.
+
+        A hook past its limit is reported as a BoardError; its thread cannot be stopped and is
+        left to finish on its own, the board is not waited for.
+        """
+        hook = getattr(self.plugins.hook, name)
+        limit = HOOK_TIMEOUTS[name] + len(kwargs.get("uf2", b"")) / MIN_WRITE_RATE
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(limit):
+                return await loop.run_in_executor(self._executor, functools.partial(hook, **kwargs))
+        except BoardError:
+            raise
+        except TimeoutError:
+            raise BoardError(f"{name} did not return within {limit:g} s") from None
+        except Exception as error:
+            board = kwargs.get("board")
+            log.exception("hook %s raised%s", name, f" for board {board.serial}" if board is not None else "")
+            raise BoardError(f"{name} failed in a plugin: {type(error).__name__}: {error}") from None
+
+    async def run_blocking(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a blocking function (board or drive I/O) in the board I/O pool, not the shared one."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(function, *args)
+        )
+
+    def wake_later(self, board: Board, delay: float) -> None:
+        """Wake a board's task after ``delay`` seconds (back-off without blocking it)."""
+
+        def fire() -> None:
+            self._timers.discard(timer)
+            board.wake.set()
+
+        timer = asyncio.get_running_loop().call_later(delay, fire)
+        self._timers.add(timer)
+
+    # -- the update lock ------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def updating(self) -> AsyncIterator[None]:
+        """Hold the platform's update lock (``picofleet_update_lock``) while any board is flashed."""
+        async with self._lock_transition:
+            if self._lock_holders == 0:
+                lock = await self.call_hook("picofleet_update_lock", config=self.config)
+                entering = asyncio.ensure_future(asyncio.to_thread(lock.__enter__))
+                try:
+                    await asyncio.shield(entering)
+                except asyncio.CancelledError:  # taken anyway once the thread returns: give it back
+                    entering.add_done_callback(
+                        lambda done: done.exception() or lock.__exit__(None, None, None)
+                    )
+                    raise
+                self._held_lock = lock
+            self._lock_holders += 1
+        try:
+            yield
+        finally:
+            async with self._lock_transition:
+                self._lock_holders -= 1
+                if self._lock_holders == 0 and self._held_lock is not None:
+                    lock, self._held_lock = self._held_lock, None
+                    await asyncio.to_thread(lock.__exit__, None, None, None)
+
+    # -- pause / run ----------------------------------------------------------------------------
+    @property
+    def paused(self) -> bool:
+        return self.target_status == PAUSED
+
+    @property
+    def current_status(self) -> str:
+        """Paused only when paused was asked for and no board task holds a port or is busy."""
+        if self.paused and not any(board.holding for board in self.boards.values()):
+            return PAUSED
+        return RUNNING
+
+    async def set_target_status(self, status: str) -> None:
+        """Store the new target status, then let every board task act on it."""
+        await self.store.set_value(TARGET_STATUS_KEY, status)
+        self.target_status = status
+        log.info("gateway target status %s", status)
+        self._wake_all(self.boards.values())
+
+    @staticmethod
+    def _wake_all(boards: Iterable[Board]) -> None:
+        for board in boards:
+            board.wake.set()
+
+    # -- requests from the API ------------------------------------------------------------------
+    async def set_target(self, board: Board, commit: Any, environment: Any, config: Any) -> None:
+        """The ENM device hook: record the target commit, environment and config."""
+        await board.update(
+            TargetCommit=commit, TargetEnvironment=environment or {}, TargetConfig=config or {}
+        )
+
+    async def request_restart(self, board: Board) -> None:
+        """Set the restart flag (stored); the board task restarts the board when it can."""
+        await board.update(RestartFlag=True)
+        board.broken = False  # a new request: try again
+        board.wake.set()
+
+    async def request_delete(self, board: Board) -> None:
+        """Set the delete flag (stored); the board task closes the port and forgets the board."""
+        await board.update(DeleteFlag=True)
+        board.delete_requested = True
+        board.wake.set()
+
+    def request_blink(self, board: Board) -> None:
+        """Ask the board task to blink the board's LED."""
+        board.pending_blink = True
+        board.wake.set()
+
+    async def request_flash(self, board: Board, job: FlashJob) -> None:
+        """Queue a flash; a previous job not yet started is replaced.
+
+        A reserved board (or one being reserved) only takes its evaluation firmware: any other
+        job raises :class:`FlashRefused`. From that check on the board counts as being flashed
+        (``flash_requests``), so a reservation cannot take it meanwhile (gateway/evaluation/reservations.py).
+        The image goes into the asset cache and the job into the record first, so a flash cut
+        short by a power loss is done again at the next start (the board waits in its bootloader).
+        """
+        if not job.evaluation:
+            refusal = self.reservations.flash_refusal(board.serial)
+            if refusal is not None:
+                raise FlashRefused(refusal)
+        elif self.reservations.of(board.serial) is None:
+            raise FlashRefused("the reservation ended before its evaluation firmware was flashed")
+        board.flash_requests += 1
+        try:
+            try:
+                await asyncio.to_thread(self.assets.put, job.uf2, job.sha256)
+            except OSError as error:
+                raise BoardError(f"cannot store the image in the asset cache: {error.strerror}") from None
+            self._storing.add(job.sha256)
+            try:
+                async with board.update_lock:
+                    if board.provisioned and not board.forgotten:
+                        await self.persist({**board.record, "PendingFlash": job.stored()})
+                    board.record = {**board.record, "PendingFlash": job.stored()}
+                    board.pending_flash = job
+            finally:
+                self._storing.discard(job.sha256)
+        finally:
+            board.flash_requests -= 1
+        board.wake.set()
+
+    def referenced_assets(self) -> set[str]:
+        """The assets some board still needs (its pending flash, stored or being queued)."""
+        referenced = set(self._storing)
+        for board in self.boards.values():
+            if board.pending_flash is not None:
+                referenced.add(board.pending_flash.sha256)
+            if isinstance(board.record.get("PendingFlash"), dict):
+                referenced.add(str(board.record["PendingFlash"].get("sha256")))
+        return referenced
+
+    async def collect_assets(self) -> None:
+        """Garbage-collect the asset cache (docs/assets.md), in a worker thread."""
+        try:
+            await asyncio.to_thread(self.assets.collect, self.referenced_assets())
+        except OSError as error:
+            log.warning("asset cache collection failed: %s", error)
+
+    async def _resume_flash(self, board: Board) -> None:
+        """At start: requeue the flash a board's record says was pending."""
+        pending = board.record["PendingFlash"]
+        try:
+            image = await asyncio.to_thread(self.assets.get, str(pending.get("sha256", "")))
+            parsed = await asyncio.to_thread(uf2.read_uf2, image)
+        except (AssetError, uf2.UF2Error, AttributeError) as error:
+            log.error("%s: the flash pending before the restart cannot be resumed: %s", board.label, error)
+            await board.update(PendingFlash=None, StatusReason=f"pending flash dropped: {error}")
+            return
+        board.pending_flash = FlashJob(
+            image, parsed.families, pending.get("version"), pending.get("commit"), str(pending["sha256"])
+        )  # assets.get verified the sha256: not hashed again on the event loop
+        log.info("%s: resuming the flash pending before the restart (%s)", board.label, pending.get("sha256"))
+        board.wake.set()
