@@ -1,1 +1,1 @@
-"""The central fleet service (git receiver, releases, target state); arrives with the fleet issue."""
+"""The central fleet service: git receiver, releases, target state, the gateways' API."""

@@ -18,14 +18,15 @@ import secrets
 import sys
 from pathlib import Path
 
+from picofleet.common.errors import ConfigError
 from picofleet.common.http.server import bind_socket, bind_unix_socket, serve_app, stop_on_signals
 from picofleet.common.store import StoreLockedError
 from picofleet.fleet.git.http_backend import FleetRepos
-from picofleet.fleet.http.app import FleetService, create_app
+from picofleet.fleet.http.app import create_app
+from picofleet.fleet.http.context import FleetService
 from picofleet.fleet.manifest import DEFAULT_MAX_ASSET_BYTES
 from picofleet.fleet.store import FleetStore
 from picofleet.fleet.workers.pool import MAX_WORKERS, FrontWorkers
-from picofleet.gateway.config import ConfigError
 
 __all__ = ["load_admin_token", "main", "run_fleet"]
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from picofleet.common.http.errors import bearer_token
+from picofleet.common.http.auth import bearer_token
 from picofleet.fleet.store import key_hash
 from picofleet.fleet.targets import etag_matches
 

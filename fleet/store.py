@@ -78,7 +78,7 @@ class FleetStore:
     async def create_fleet(self, name: str, provisioning_key: str = "") -> dict[str, Any]:
         """Create fleet ``name`` (its provisioning key stored hashed); raise :class:`FleetExistsError`
         if it exists."""
-        record = {
+        record: dict[str, Any] = {
             "name": name,
             "created": now_iso(),
             "target": None,
@@ -214,7 +214,14 @@ class FleetStore:
             record = _find(db, BOARD_SETTINGS, "id", key)
             table = db.table(BOARD_SETTINGS)
             if record is None:
-                fresh = {"id": key, "fleet": fleet, "uuid": uuid, "pin": None, "env": {}, "config": {}}
+                fresh: dict[str, Any] = {
+                    "id": key,
+                    "fleet": fleet,
+                    "uuid": uuid,
+                    "pin": None,
+                    "env": {},
+                    "config": {},
+                }
                 table.insert({**fresh, **change})
             else:
                 table.update(dict(change), doc_ids=[record.doc_id])

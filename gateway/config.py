@@ -24,11 +24,9 @@ from typing import Any
 
 import yaml
 
+from picofleet.common.errors import ConfigError
+
 LOG_LEVELS = ("debug", "info", "warning", "warn", "error", "critical")
-
-
-class ConfigError(ValueError):
-    """A setting has a value the gateway cannot run with; the message is the one line to show."""
 
 
 def _text(value: str) -> str:

@@ -4,6 +4,10 @@ They cover what is the same for every board: pyserial ports, picofleet's own fir
 protocol (firmware/PROTOCOL.md), MicroPython's raw REPL (through mpremote), the 1200-baud
 touch, and writing a UF2 to a bootloader drive that is a directory (a mounted or virtual drive)
 or a raw block device. Board plugins override any of them by answering first.
+
+The firmware clients (firmware/host/) raise their own :class:`FirmwareError`; the hooks here turn
+it into :class:`BoardError` with the same message, as the contract asks (any other exception would
+be logged with a traceback as a plugin bug).
 """
 
 from __future__ import annotations
@@ -14,14 +18,16 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Generator
 from contextlib import AbstractContextManager
 
 import serial
 from mpremote.transport import TransportError
 
+from picofleet.firmware.host.errors import FirmwareError, NoAnswer, PortLost
 from picofleet.firmware.host.mpremote_install import DeadlineTransport
-from picofleet.firmware.host.protocol import FirmwareClient, FirmwareError, NoAnswer, PortLost, random_id
-from picofleet.gateway.boards import bootloader_drive
+from picofleet.firmware.host.protocol import FirmwareClient, random_id
+from picofleet.gateway import bootloader_drive
 from picofleet.gateway.config import GatewayConfig
 from picofleet.gateway.discovery.udev import usb_sources
 from picofleet.gateway.hookspecs import hookimpl
@@ -91,8 +97,8 @@ def picofleet_identify(board: BoardRef, port: serial.Serial) -> BoardIdentity | 
     """Ask picofleet firmware (``identify``); ``None`` when the firmware does not speak it."""
     try:
         answer = _client(board, port).identify(timeout=IDENTIFY_TIMEOUT)
-    except PortLost:
-        raise
+    except PortLost as error:
+        raise BoardError(str(error)) from error
     except FirmwareError as error:
         log.debug("%s: no picofleet firmware answered identify: %s", board.serial, error)
         return None
@@ -199,8 +205,10 @@ def picofleet_enter_bootloader(board: BoardRef, port: serial.Serial) -> bool | N
         return True  # it reset before its answer reached us: the gateway waits for the drive
     except NoAnswer:
         pass  # not picofleet firmware
-    if board.firmware in MICROPYTHON_FIRMWARES:
-        device = board.port or port.port
+    except FirmwareError as error:
+        raise BoardError(str(error)) from error
+    device = board.port or port.port
+    if board.firmware in MICROPYTHON_FIRMWARES and device is not None:
         with contextlib.suppress(serial.SerialException, OSError):
             port.close()  # mpremote opens the device exclusively itself
         if _raw_repl_bootloader(board, device):
@@ -220,14 +228,19 @@ def picofleet_enter_bootloader(board: BoardRef, port: serial.Serial) -> bool | N
     return True
 
 
-@hookimpl(trylast=True)
-def picofleet_update_lock(config: GatewayConfig) -> AbstractContextManager[object] | None:
-    """balena's update lock (supervisor_bridge/update_lock.py): ``/tmp/balena/updates.lock`` and the
-    legacy ``/tmp/resin/resin-updates.lock`` where their directories exist, or the file
-    ENM_LOCK_FILE_LOCATION names; a no-op outside balena when neither directory exists."""
-    from picofleet.supervisor_bridge.update_lock import update_lock_for
+@hookimpl(wrapper=True)
+def picofleet_update_lock(
+    config: GatewayConfig,
+) -> Generator[None, AbstractContextManager[object] | None, AbstractContextManager[object]]:
+    """No update lock when no plugin provides one: a lock that holds nothing.
 
-    return update_lock_for(config)
+    A wrapper rather than a ``trylast`` answer, so that every plugin's implementation, ``trylast``
+    ones included (balena's, supervisor_bridge/lock_plugin.py), is asked before this default.
+    """
+    lock = yield
+    if lock is None:
+        return contextlib.nullcontext()
+    return lock
 
 
 @hookimpl(trylast=True)
@@ -237,6 +250,8 @@ def picofleet_restart(board: BoardRef, port: serial.Serial) -> bool | None:
         _client(board, port).request("reboot", timeout=IDENTIFY_TIMEOUT)
     except NoAnswer:
         return None
+    except FirmwareError as error:
+        raise BoardError(str(error)) from error
     return True
 
 
@@ -247,6 +262,8 @@ def picofleet_blink(board: BoardRef, port: serial.Serial, seconds: float) -> boo
         _client(board, port).request("blink", timeout=IDENTIFY_TIMEOUT, seconds=seconds)
     except NoAnswer:
         return None
+    except FirmwareError as error:
+        raise BoardError(str(error)) from error
     return True
 
 
@@ -348,5 +365,8 @@ def picofleet_install_files(board: BoardRef, port: serial.Serial, files: dict[st
     """Copy ``files`` over MicroPython's raw REPL and reset the board (firmware/host/mpremote_install.py)."""
     from picofleet.firmware.host.mpremote_install import install_files
 
-    install_files(port, files)
+    try:
+        install_files(port, files)
+    except FirmwareError as error:
+        raise BoardError(str(error)) from error
     return True

@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from picofleet.gateway.config import ConfigError
+from picofleet.common.errors import ConfigError
 
 log = logging.getLogger("picofleet.gateway")
 

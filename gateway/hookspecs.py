@@ -14,8 +14,9 @@ Rules every hook follows:
   implementations (``gateway.core_hooks``) answer last.
 * Hooks that take a ``board`` may do blocking I/O: the gateway calls them in a worker thread,
   one call at a time per board, never on the event loop. They must return within the time
-  stated, and raise :class:`~picofleet.gateway.models.BoardError` with an operator-readable
-  reason when the board does not do what was asked.
+  stated (:data:`HOOK_TIME_LIMITS`; the gateway gives up on a call after twice that), and
+  raise :class:`~picofleet.gateway.models.BoardError` with an operator-readable reason when the
+  board does not do what was asked.
 * ``port`` arguments are the :class:`serial.Serial` the gateway opened with
   ``picofleet_open_port``; do not close it (the gateway does, with ``picofleet_close_port``).
 
@@ -49,6 +50,27 @@ PROJECT = "picofleet"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
+HOOK_TIME_LIMITS: dict[str, float] = {
+    "picofleet_open_port": 2.5,
+    "picofleet_close_port": 2.5,
+    "picofleet_identify": 2.5,
+    "picofleet_enter_bootloader": 5.0,
+    "picofleet_write_uf2": 15.0,  # plus 1 s per UF2_WRITE_RATE bytes of the image
+    "picofleet_update_lock": 5.0,
+    "picofleet_restart": 5.0,
+    "picofleet_blink": 2.5,
+    "picofleet_evaluation_firmware": 5.0,
+    "picofleet_install_files": 30.0,
+}
+"""Seconds each board hook must return within: what a plugin must meet, stated once.
+
+Each hook's docstring below and its section of docs/plugins.md say the same number
+(tests/test_plugin_contract.py checks). The gateway enforces twice the limit, for slow boards
+(``gateway/boards/manager.py`` ``HOOK_TIMEOUTS``); a call past that is reported as a BoardError.
+"""
+UF2_WRITE_RATE = 100_000
+"""Bytes per second ``picofleet_write_uf2`` must write: its limit grows by 1 s per this many bytes."""
+
 
 @hookspec
 def picofleet_board_types() -> list[BoardType]:
@@ -74,6 +96,27 @@ def picofleet_discovery_sources(config: GatewayConfig) -> list[DiscoverySource]:
     """
 
 
+@hookspec
+def picofleet_startup(config: GatewayConfig) -> None:
+    """Prepare what the plugin needs for the gateway's run (checks, reports at start).
+
+    Called once (in a worker thread) when the gateway starts, after the ``/data/boot.d`` scripts
+    and before any board is managed or the API serves; not called by ``picofleet plugins``. An
+    exception is logged and the gateway starts anyway. The built-in ``balena_update_lock`` plugin
+    reports stale update locks here.
+    """
+
+
+@hookspec
+def picofleet_shutdown(config: GatewayConfig) -> None:
+    """Release what the plugin still holds when the gateway stops.
+
+    Called once (in a worker thread) at shutdown, after every board task stopped, also when
+    stopping them failed. An exception is logged and the others are still called. The built-in
+    ``balena_update_lock`` plugin releases a lock a flash cut short left held.
+    """
+
+
 @hookspec(firstresult=True)
 def picofleet_open_port(board: BoardRef) -> serial.Serial | None:
     """Open the serial port of a board running application firmware.
@@ -81,7 +124,7 @@ def picofleet_open_port(board: BoardRef) -> serial.Serial | None:
     Called (in a worker thread) when the gateway starts managing a board, after a reboot and
     when it resumes from Paused. ``board.port`` is the device path. Return an open
     :class:`serial.Serial`, or ``None`` to let the next plugin (finally the built-in
-    pyserial default: 115200 baud, 8N1, exclusive) open it. Must return within 2 s.
+    pyserial default: 115200 baud, 8N1, exclusive) open it. Must return within 2.5 s.
     """
 
 
@@ -91,7 +134,7 @@ def picofleet_close_port(board: BoardRef, port: serial.Serial) -> bool | None:
 
     Called when the gateway pauses, before a flash or restart, when the board disappears and
     at shutdown. Return ``True`` once closed, or ``None`` to let the built-in default close it.
-    Must not raise for a port whose device is already gone.
+    Must not raise for a port whose device is already gone. Must return within 2.5 s.
     """
 
 
@@ -101,10 +144,10 @@ def picofleet_identify(board: BoardRef, port: serial.Serial) -> BoardIdentity | 
 
     Called after the port is opened and after every flash or restart. Return a
     :class:`BoardIdentity` (board type, serial, firmware name and version), or ``None`` if this
-    plugin does not speak the board's firmware protocol or the firmware does not answer within
-    2 s. When every plugin returns ``None`` the board keeps the type its USB identity gave it
-    and its firmware version is shown as unknown. This is how board types that USB alone
-    cannot tell apart (same VID:PID) are told apart.
+    plugin does not speak the board's firmware protocol or the firmware does not answer in time.
+    When every plugin returns ``None`` the board keeps the type its USB identity gave it and its
+    firmware version is shown as unknown. This is how board types that USB alone cannot tell
+    apart (same VID:PID) are told apart. Must return within 2.5 s.
     """
 
 
@@ -129,7 +172,8 @@ def picofleet_write_uf2(board: BoardRef, drive: str, uf2: bytes, progress: Progr
     image's families against the board type. ``drive`` is a block device or a directory (a
     mounted or virtual drive). Call ``progress(done, total)`` as bytes are written. Return
     ``True`` when every block is written (the board reboots by itself), or ``None`` to let the
-    built-in default write it. Raise :class:`BoardError` if the drive went away.
+    built-in default write it. Raise :class:`BoardError` if the drive went away. Must return
+    within 15 s plus 1 s per :data:`UF2_WRITE_RATE` (100,000) bytes of the image.
     """
 
 
@@ -141,8 +185,10 @@ def picofleet_update_lock(config: GatewayConfig) -> AbstractContextManager[objec
     returned context manager and exits it when the last flash in progress ends (one lock for
     all boards, also after errors, on pause and at shutdown). Entering may raise BoardError when
     the lock cannot be taken (the flash then fails with that reason). Return ``None`` to let the
-    next plugin answer; the built-in default is balena's update lock
-    (``supervisor_bridge/update_lock.py``), which takes nothing outside balena.
+    next plugin answer; the built-in default answers with a lock that holds nothing. Balena's
+    update lock is the built-in plugin ``balena_update_lock``
+    (``supervisor_bridge/lock_plugin.py``). Must return within 5 s (entering the lock may take
+    longer: it waits for a lock someone else holds).
     """
 
 
@@ -162,7 +208,7 @@ def picofleet_blink(board: BoardRef, port: serial.Serial, seconds: float) -> boo
 
     Called when ``PUT /v1/devices/{uuid}/identify`` is processed. Return ``True`` once the
     board acknowledged, or ``None`` if this plugin cannot blink the board. Must return
-    within 2 s (the blinking itself goes on for ``seconds`` on the board).
+    within 2.5 s (the blinking itself goes on for ``seconds`` on the board).
     """
 
 

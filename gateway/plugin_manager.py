@@ -70,7 +70,9 @@ class Plugins:
         for impl in self.hook.picofleet_discovery_sources.get_hookimpls():
             try:
                 provided = impl.function(config=config) or []
-                if not all(callable(getattr(source, "run", None)) for source in provided):
+                if not isinstance(provided, Iterable) or not all(
+                    callable(getattr(source, "run", None)) for source in provided
+                ):
                     raise TypeError("picofleet_discovery_sources must return objects with run(emit)")
             except Exception as error:
                 reason = f"{type(error).__name__}: {error}"
@@ -82,6 +84,21 @@ class Plugins:
                 continue
             sources.extend(provided)
         return sources
+
+    def startup(self, config: GatewayConfig) -> None:
+        """Call every plugin's ``picofleet_startup`` (blocking); a plugin whose hook fails is logged."""
+        self._call_each("picofleet_startup", config)
+
+    def shutdown(self, config: GatewayConfig) -> None:
+        """Call every plugin's ``picofleet_shutdown`` (blocking); a failing one does not stop the others."""
+        self._call_each("picofleet_shutdown", config)
+
+    def _call_each(self, name: str, config: GatewayConfig) -> None:
+        for impl in getattr(self.hook, name).get_hookimpls():
+            try:
+                impl.function(config=config)
+            except Exception:
+                log.exception("plugin %s: %s failed", impl.plugin_name, name)
 
 
 def _hooks_of(manager: pluggy.PluginManager, plugin: object) -> list[str]:

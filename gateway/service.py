@@ -6,23 +6,61 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from picofleet.common.http import reason_phrase
+from picofleet.common.errors import ConfigError
 from picofleet.common.http.server import bind_socket, serve_app, stop_on_signals
 from picofleet.common.store import Store, StoreLockedError
+from picofleet.gateway.boards.board import Board
 from picofleet.gateway.boards.manager import DeviceManager
 from picofleet.gateway.boot_scripts import run_boot_scripts
-from picofleet.gateway.config import ConfigError, GatewayConfig
+from picofleet.gateway.config import GatewayConfig
 from picofleet.gateway.discovery.sightings import Discovery
+from picofleet.gateway.evaluation.reservations import ReservationBook
+from picofleet.gateway.evaluation.reserved_board import ReservedBoards
+from picofleet.gateway.evaluation.scheduler import EvaluationScheduler
 from picofleet.gateway.features import Features
 from picofleet.gateway.http.app import create_app
 from picofleet.gateway.plugin_manager import Plugins, load_plugins
 from picofleet.gateway.sync import FleetSync
-from picofleet.supervisor_bridge import update_lock
 from picofleet.supervisor_bridge.bridge import SupervisorBridge
 from picofleet.supervisor_bridge.environment import BalenaEnvironment
 
 log = logging.getLogger("picofleet.gateway")
+
+
+@dataclass
+class GatewayBoards:
+    """The boards of a gateway and what serves them, wired together: the device manager
+    (gateway/boards/), the reservation book and the evaluation scheduler (gateway/evaluation/).
+
+    The board layer knows the layers above it only by the Protocols of gateway/boards/owner.py;
+    this is where their implementations are handed in.
+    """
+
+    manager: DeviceManager
+    reservations: ReservationBook
+    evaluations: EvaluationScheduler[Board]
+
+    @classmethod
+    def build(cls, config: GatewayConfig, store: Store, plugins: Plugins) -> GatewayBoards:
+        """The device manager with its reservation book, evaluation scheduler and reserved-board serving."""
+        manager = DeviceManager(config, store, plugins)
+        reservations = ReservationBook(manager)
+        evaluations = EvaluationScheduler(manager, reservations)
+        manager.serve_reservations(reservations, ReservedBoards(manager, reservations, evaluations))
+        return cls(manager, reservations, evaluations)
+
+    async def start(self) -> None:
+        """Load the stored boards, then their reservations (and run the expiry timer)."""
+        await self.manager.start()
+        await self.reservations.start()
+
+    async def stop(self) -> None:
+        """Fail the evaluations still queued, stop the reservations, then every board task."""
+        await self.evaluations.stop()
+        await self.reservations.stop()
+        await self.manager.stop()
 
 
 def setup_logging(config: GatewayConfig) -> None:
@@ -91,22 +129,23 @@ async def run_gateway(config: GatewayConfig) -> None:
     features.announce()
     bridge = SupervisorBridge(BalenaEnvironment.from_environ())
     bridge.announce()
-    await asyncio.to_thread(update_lock.check_at_start, config)
+    await asyncio.to_thread(plugins.startup, config)  # the balena update lock reports stale locks
     bridge_task = asyncio.create_task(bridge.run(), name="supervisor-bridge")
     bridge_task.add_done_callback(_log_if_failed("the supervisor bridge"))
-    manager = DeviceManager(config, store, plugins)
-    await manager.start()
+    boards = GatewayBoards.build(config, store, plugins)
+    manager = boards.manager
+    await boards.start()
     sources = plugins.discovery_sources(config)
     if any(count for count, _ in config.simulate) and not any(source.name == "virtual" for source in sources):
         log.warning("--simulate was given but no plugin provides virtual boards (is 'virtual' disabled?)")
     discovery = Discovery(sources, plugins.board_types, manager.on_present, manager.on_gone)
     discovery.start()
-    sync_task = asyncio.create_task(FleetSync(config, manager, store).run()) if config.fleet_url else None
+    sync = FleetSync(config, manager, store, boards.reservations) if config.fleet_url else None
+    sync_task = asyncio.create_task(sync.run()) if sync is not None else None
     if sync_task is not None:
         sync_task.add_done_callback(_log_if_failed("fleet sync"))
 
     stop = stop_on_signals()
-    reason_phrase.install()
     host, port = sock.getsockname()[:2]
     # printed whatever the log level: users (and tests) need the URL, also with --port 0
     print(
@@ -115,11 +154,17 @@ async def run_gateway(config: GatewayConfig) -> None:
         flush=True,
     )
     try:
-        app = create_app(manager, bridge=bridge, features=features)
+        app = create_app(
+            manager,
+            reservations=boards.reservations,
+            evaluations=boards.evaluations,
+            bridge=bridge,
+            features=features,
+        )
 
         async def shutdown_trigger() -> None:
             await stop.wait()
-            manager.events.close()  # open event websockets end now, not after the graceful timeout
+            boards.reservations.events.close()  # event websockets end now, not after the graceful timeout
 
         await serve_app(app, sock, shutdown_trigger)
     finally:
@@ -130,7 +175,7 @@ async def run_gateway(config: GatewayConfig) -> None:
                 await asyncio.gather(task, return_exceptions=True)
         try:
             await discovery.stop()
-            await manager.stop()
+            await boards.stop()
         finally:  # also when stopping failed: a lock left held would block every update of the device
-            await asyncio.to_thread(update_lock.release_all)  # whatever a cancelled flash left held
+            await asyncio.to_thread(plugins.shutdown, config)  # the update lock a cancelled flash left held
             await store.close()

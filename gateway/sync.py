@@ -41,10 +41,11 @@ import httpx
 from picofleet.common.store import Store
 from picofleet.firmware.asset_cache import AssetError
 from picofleet.firmware.formats import image, uf2
-from picofleet.gateway.boards.board import FlashJob
+from picofleet.gateway.boards.flash_job import FlashJob
 from picofleet.gateway.boards.manager import DeviceManager, FlashRefused
 from picofleet.gateway.boards.record import Status
 from picofleet.gateway.config import GatewayConfig
+from picofleet.gateway.evaluation.reservations import ReservationBook
 from picofleet.gateway.models import BoardError
 
 log = logging.getLogger("picofleet.sync")
@@ -147,10 +148,13 @@ class SyncError(Exception):
 class FleetSync:
     """The gateway's side of the fleet service."""
 
-    def __init__(self, config: GatewayConfig, manager: DeviceManager, store: Store):
+    def __init__(
+        self, config: GatewayConfig, manager: DeviceManager, store: Store, reservations: ReservationBook
+    ):
         assert config.fleet_url is not None
         self.config = config
         self.manager = manager
+        self.reservations = reservations
         self.store = store
         self.failures = 0
         self.last_report: str | None = None
@@ -241,7 +245,7 @@ class FleetSync:
             firmware = board_target.get("firmware")
             if not firmware or commit is None or board.record.get("Commit") == commit:
                 continue
-            if self.manager.reservations.of(board.serial) is not None:
+            if self.reservations.of(board.serial) is not None:
                 continue  # not even fetched: a reserved board is flashed once released (_reapply_on_release)
             pending = board.pending_flash
             if pending is not None and pending.sha256 == firmware.get("sha256") and pending.commit == commit:
@@ -275,7 +279,7 @@ class FleetSync:
 
     async def _reapply_on_release(self, client: httpx.AsyncClient) -> None:
         """When reservations end, apply the stored target again: released boards get their firmware."""
-        released = self.manager.reservations.released
+        released = self.reservations.released
         while True:
             await released.wait()
             released.clear()

@@ -110,7 +110,7 @@ class EvaluationResult:
     label: str | None
     pulses: int | None
     error: str | None = None
-    evaluation: Any = None
+    evaluation: str | None = None  # the id of the evaluation the result belongs to
 
     @property
     def ok(self) -> bool:

@@ -23,8 +23,12 @@ from typing import Any
 
 import httpx
 
-from .client import SupervisorClient, SupervisorError, SupervisorUnreachable
-from .environment import BalenaEnvironment
+from picofleet.supervisor_bridge.environment import BalenaEnvironment
+from picofleet.supervisor_bridge.supervisor_client import (
+    SupervisorClient,
+    SupervisorError,
+    SupervisorUnreachable,
+)
 
 log = logging.getLogger("picofleet.supervisor")
 

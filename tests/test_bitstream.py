@@ -13,16 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from picofleet.firmware.formats import uf2
-from picofleet.firmware.formats.bitstream import (
-    ICEPACK_UP5K_SIZE,
-    PREAMBLE,
-    BitstreamError,
-    inspect_bytes,
-    pack_asc,
-    read_asc,
-    read_bin,
-)
-from tests.helpers.fpga import FpgaBuild, icepack, session_counter
+from picofleet.firmware.formats.bitstream import pack_asc
+from picofleet.firmware.formats.ice40 import ICEPACK_UP5K_SIZE, BitstreamError
+from picofleet.firmware.formats.ice40_asc import read_asc
+from picofleet.firmware.formats.ice40_bin import PREAMBLE, read_bin
+from picofleet.firmware.formats.inspect import inspect_bytes
+from tests.helpers.fpga import FpgaBuild, icepack
 
 FUZZ = settings(
     max_examples=150,
@@ -30,12 +26,6 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 SLOW_CALL = 5.0  # seconds; a reader taking longer on a ~100 KB input counts as a hang
-
-
-@pytest.fixture(scope="session")
-def counter(tmp_path_factory: pytest.TempPathFactory) -> FpgaBuild:
-    """The divide-by-16 counter (CLK pin 35 → ICE_27 pin 27), built once per session."""
-    return session_counter(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

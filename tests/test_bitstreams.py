@@ -19,15 +19,10 @@ import pytest
 from picofleet.firmware.formats import image, uf2
 from picofleet.gateway.evaluation import bitstream_store
 from picofleet.gateway.evaluation.bitstream_store import BitstreamRejected, BitstreamStore
-from tests.helpers.fpga import FpgaBuild, session_counter
-from tests.helpers.gateway import GatewayProcess
+from tests.helpers.fpga import FpgaBuild
+from tests.helpers.gateway import GatewayProcess, running_gateway
 
 MAX_BITSTREAM = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def counter(tmp_path_factory: pytest.TempPathFactory) -> FpgaBuild:
-    return session_counter(tmp_path_factory, 16)
 
 
 def sha256(data: bytes) -> str:
@@ -171,15 +166,10 @@ def test_a_bitstream_uploaded_or_looked_up_again_is_kept_an_hour_from_then(
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    data = tmp_path_factory.mktemp("bitstreams") / "data"
-    process = GatewayProcess(
-        data, "--simulate", "1", env={"PICOFLEET_MAX_BITSTREAM_BYTES": str(MAX_BITSTREAM)}
-    ).start()
-    try:
-        process.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 30, "an idle board")
+    """One gateway with one virtual board (and a small bitstream limit) for the whole module."""
+    env = {"PICOFLEET_MAX_BITSTREAM_BYTES": str(MAX_BITSTREAM)}
+    with running_gateway(tmp_path_factory.mktemp("bitstreams") / "data", 1, env=env) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def put(gateway: GatewayProcess, body: bytes) -> httpx.Response:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from picofleet.common.errors import ConfigError
 from picofleet.gateway.boot_scripts import run_all
-from picofleet.gateway.config import ConfigError, load_config
+from picofleet.gateway.config import load_config
 from picofleet.gateway.features import Features
 from tests.helpers.gateway import GatewayProcess, run_gateway_command, wait_for
 

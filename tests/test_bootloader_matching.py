@@ -10,14 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from picofleet.common.store import Store
-from picofleet.gateway.boards.board import FlashJob
-from picofleet.gateway.boards.manager import DeviceManager
-from picofleet.gateway.config import load_config
+from picofleet.gateway.boards.flash_job import FlashJob
 from picofleet.gateway.hookspecs import hookimpl
 from picofleet.gateway.models import APPLICATION, BOOTLOADER, BoardIdentity, Sighting
-from picofleet.gateway.plugin_manager import load_plugins
 from tests.helpers.boards import app_uf2
+from tests.helpers.manager import device_manager
+from tests.helpers.wait import until
 
 TTY_PATH = "platform-fd500000.pcie-pci-0000:01:00.0-usb-0:1.3:1.0"
 DISK_PATH = "platform-fd500000.pcie-pci-0000:01:00.0-usb-0:1.3:1.0-scsi-0:0:0:0"  # udev's ID_PATH differ
@@ -120,27 +118,24 @@ async def flash_with_bootrom_serial(tmp_path: Path, bootrom_serial: str) -> dict
     holder: dict[str, Any] = {}
     board_script = ScriptedBoard(holder, drive, bootrom_serial)
     board_script.loop = asyncio.get_running_loop()
-    config = load_config({"data": str(tmp_path / "data")}, {"ENM_UPDATE_RETRIES": "0"})
-    store = Store(config.db_path)
-    await store.open()
-    manager = DeviceManager(config, store, load_plugins(extra=[("scripted", board_script.plugin())]))
-    holder["manager"] = manager
-    await manager.start()
-    try:
+    plugins = [("scripted", board_script.plugin())]
+    async with device_manager(tmp_path / "data", {"ENM_UPDATE_RETRIES": "0"}, plugins) as manager:
+        holder["manager"] = manager
         manager.on_present(board_script.app(1))
-        async with asyncio.timeout(10):
-            while (board := manager.find("E6614103E73F9A2B")) is None or board.record["Status"] != "Idle":
-                await asyncio.sleep(0.01)
+        board = await until(
+            lambda: (
+                (b := manager.find("E6614103E73F9A2B")) is not None and b.record["Status"] == "Idle" and b
+            ),
+            10,
+            "the board Idle",
+        )
         image = app_uf2("2.0.0", board="rp2040", family=0xE48BFF56)
         await manager.request_flash(board, FlashJob(image, frozenset({0xE48BFF56}), "2.0.0", "c2"))
-        async with asyncio.timeout(10):
-            while board.record["Commit"] != "c2" and board.record["Status"] != "Broken":
-                await asyncio.sleep(0.01)
+        await until(
+            lambda: board.record["Commit"] == "c2" or board.record["Status"] == "Broken", 10, "the flash"
+        )
         assert (drive / "written.uf2").read_bytes() == image
         return {"record": board.record, "boards": len(manager.listed()), "lock": board_script.lock_events}
-    finally:
-        await manager.stop()
-        await store.close()
 
 
 def test_bootloader_drive_with_the_same_serial_is_the_same_board(tmp_path: Path) -> None:
@@ -161,12 +156,7 @@ def test_a_port_drive_is_never_given_to_a_board_that_left_the_port_or_to_one_of_
     tmp_path: Path,
 ) -> None:
     async def scenario() -> None:
-        config = load_config({"data": str(tmp_path / "data")}, {})
-        store = Store(config.db_path)
-        await store.open()
-        manager = DeviceManager(config, store, load_plugins())
-        await manager.start()
-        try:
+        async with device_manager(tmp_path / "data") as manager:
 
             def app(key: str, serial: str) -> Sighting:
                 return Sighting(
@@ -181,29 +171,10 @@ def test_a_port_drive_is_never_given_to_a_board_that_left_the_port_or_to_one_of_
                     matching_types=("rp2040",),
                 )
 
-            drive = Sighting(
-                "drive",
-                "",
-                BOOTLOADER,
-                ("rp2040",),
-                "bootrom",
-                "/nonexistent",
-                DISK_PATH,
-                usb_port=PORT,
-                matching_types=("rp2040",),
-            )
-            manager.on_present(app("a", "AAAA000000000001"))
-            manager.on_gone("a")
-            manager.on_present(app("b", "BBBB000000000002"))  # another Pico on the same port
-            assert manager.boards["AAAA000000000001"].usb_port == ""  # A no longer claims it
-            manager.on_gone("b")
-            manager.on_present(drive)  # an RP2040 bootrom there: the last board seen on the port
-            assert manager.boards["BBBB000000000002"].sightings.get(BOOTLOADER) is drive
-            manager.on_gone("drive")
-            manager.boards["AAAA000000000001"].usb_port = PORT  # two boards claiming one port...
-            manager.on_present(
-                Sighting(
-                    "drive2",
+            def bootrom(key: str) -> Sighting:
+                """An RP2040 bootrom's drive on the port (a drive has no serial number)."""
+                return Sighting(
+                    key,
                     "",
                     BOOTLOADER,
                     ("rp2040",),
@@ -213,24 +184,29 @@ def test_a_port_drive_is_never_given_to_a_board_that_left_the_port_or_to_one_of_
                     usb_port=PORT,
                     matching_types=("rp2040",),
                 )
-            )
+
+            drive = bootrom("drive")
+            manager.on_present(app("a", "AAAA000000000001"))
+            manager.on_gone("a")
+            manager.on_present(app("b", "BBBB000000000002"))  # another Pico on the same port
+            assert manager.boards["AAAA000000000001"].usb_port == ""  # A no longer claims it
+            manager.on_gone("b")
+            manager.on_present(drive)  # an RP2040 bootrom there: the last board seen on the port
+            assert manager.boards["BBBB000000000002"].sightings.get(BOOTLOADER) is drive
+            manager.on_gone("drive")
+            manager.boards["AAAA000000000001"].usb_port = PORT  # two boards claiming one port...
+            manager.on_present(bootrom("drive2"))
             placeholder = manager.boards[f"usb-port-{PORT}"]  # ... and nobody guesses between them
             assert placeholder.sightings
-        finally:
-            await manager.stop()
-            await store.close()
 
     asyncio.run(scenario())
 
 
 def test_a_wrong_guess_from_an_ambiguous_usb_id_is_corrected_by_the_bootloader(tmp_path: Path) -> None:
     async def scenario() -> None:
-        config = load_config({"data": str(tmp_path / "data")}, {})
-        store = Store(config.db_path)
-        await store.open()
-        manager = DeviceManager(config, store, load_plugins())
-        await manager.start()
-        try:  # MicroPython on an RP2350 that did not answer identify: guessed rp2040
+        async with device_manager(
+            tmp_path / "data"
+        ) as manager:  # MicroPython on an RP2350 that did not answer identify: guessed rp2040
             manager.on_present(
                 Sighting(
                     "tty",
@@ -257,14 +233,15 @@ def test_a_wrong_guess_from_an_ambiguous_usb_id_is_corrected_by_the_bootloader(t
                     matching_types=("rp2350", "pico2-ice"),
                 )
             )
-            async with asyncio.timeout(5):
-                while (board := manager.find("5B8C0E2F7A4D9136")) is None or board.record[
-                    "Status"
-                ] != "Bootloader":
-                    await asyncio.sleep(0.01)
+            board = await until(
+                lambda: (
+                    (b := manager.find("5B8C0E2F7A4D9136")) is not None
+                    and b.record["Status"] == "Bootloader"
+                    and b
+                ),
+                5,
+                "the board in its bootloader",
+            )
             assert board.record["BoardType"] == "rp2350"
-        finally:
-            await manager.stop()
-            await store.close()
 
     asyncio.run(scenario())

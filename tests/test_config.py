@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from picofleet.gateway.config import SETTINGS, ConfigError, load_config
+from picofleet.common.errors import ConfigError
+from picofleet.gateway.config import SETTINGS, load_config
 from tests.helpers.gateway import run_gateway_command
 
 ROOT = Path(__file__).resolve().parents[1]

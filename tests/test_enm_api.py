@@ -13,17 +13,15 @@ import pytest
 
 from picofleet.gateway.boards.record import ENM_FIELDS, EXTRA_FIELDS
 from tests.helpers.boards import rack, rack_boards
-from tests.helpers.gateway import GatewayProcess, wait_for
+from tests.helpers.gateway import GatewayProcess, running_gateway, wait_for
 
 JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    process = GatewayProcess(tmp_path_factory.mktemp("enm") / "data", "--simulate", "2").start()
-    process.wait_devices(lambda d: len(d) == 2 and all(x["Status"] == "Idle" for x in d), 15, "2 idle boards")
-    yield process
-    process.stop()
+    with running_gateway(tmp_path_factory.mktemp("enm") / "data", 2) as process:
+        yield process
 
 
 def test_devices_lists_the_virtual_boards_with_enm_fields(gateway: GatewayProcess) -> None:
@@ -113,6 +111,20 @@ def test_errors_are_4xx_with_a_json_reason(
     assert response.status_code == status
     assert message in response.json()["error"]
     assert (gateway.get("/v1/enm/status").json(), stored_fields(gateway.devices())) == before
+
+
+def test_wrong_method_answers_405_naming_every_method_of_the_path(gateway: GatewayProcess) -> None:
+    uuid = gateway.devices()[0]["LocalUUID"]
+    for method, path, allow in [
+        ("POST", "/v1/devices", "GET, HEAD"),
+        ("POST", f"/v1/devices/{uuid}", "GET, HEAD, PUT, DELETE"),
+        ("PATCH", "/v1/enm/status", "GET, HEAD, PUT"),
+        ("DELETE", "/v1/reservations", "GET, HEAD, POST"),
+    ]:
+        response = httpx.request(method, gateway.url + path, timeout=10)
+        assert response.status_code == 405, (method, path)
+        assert response.json() == {"error": f"method {method} is not allowed on {path}"}
+        assert response.headers["allow"] == allow, (method, path)
 
 
 def stored_fields(devices: list[dict]) -> list[dict]:

@@ -16,6 +16,7 @@ import serial
 from picofleet.gateway import core_hooks
 from picofleet.gateway.models import APPLICATION, BoardError, BoardRef
 from tests.helpers.fake_micropython import FakeMicroPythonBoard
+from tests.helpers.wait import wait_for
 
 CONTRACT_SECONDS = 5.0
 """picofleet_enter_bootloader must return within this (gateway/hookspecs.py)."""
@@ -50,10 +51,7 @@ def enter_bootloader(board: FakeMicroPythonBoard, firmware: str) -> tuple[bool |
 
 def wait_for_touch(board: FakeMicroPythonBoard, timeout: float = 2.0) -> None:
     """Wait until the pty's line speed is 1200 baud (the touch), as the board would see it."""
-    deadline = time.monotonic() + timeout
-    while not (board.speeds and board.speeds[-1] == termios.B1200):
-        assert time.monotonic() < deadline, f"no 1200-baud touch within {timeout} s: speeds {board.speeds}"
-        time.sleep(0.005)
+    wait_for(lambda: board.speeds and board.speeds[-1] == termios.B1200, timeout, "a 1200-baud touch", 0.005)
 
 
 @pytest.mark.parametrize("firmware", ["micropython", "pico-ice"])

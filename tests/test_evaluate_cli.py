@@ -22,15 +22,9 @@ from picofleet.client import EvaluationResult, PulseCountClient
 from picofleet.commands import evaluate as evaluate_command
 from picofleet.commands.evaluate import ResultView
 from tests.helpers.boards import app_uf2
-from tests.helpers.fpga import FpgaBuild, session_counter
+from tests.helpers.fpga import FpgaBuild
 
 CLOSED_PORT_URL = "http://127.0.0.1:9"  # discard port: nothing listens
-
-
-@pytest.fixture(scope="module")
-def counter(tmp_path_factory: pytest.TempPathFactory) -> FpgaBuild:
-    """A real up5k bitstream (the divide-by-16 counter)."""
-    return session_counter(tmp_path_factory)
 
 
 def evaluate_cli(*args: str, tmp_path: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:

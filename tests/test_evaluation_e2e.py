@@ -23,7 +23,7 @@ import pytest
 
 from picofleet.client import EXTEND_MARGIN, PulseCountClient, TokenStore
 from tests.helpers.fpga import FpgaBuild, session_counter, session_loop
-from tests.helpers.gateway import GatewayProcess, wait_for
+from tests.helpers.gateway import GatewayProcess, running_gateway, wait_for
 
 ARGS = {"clock_hz": 1_000_000, "window_ms": 10}
 EXPECTED = {16: 625, 4: 2500}  # divider -> rising edges in 10,000 clocks
@@ -40,16 +40,9 @@ def circuits(tmp_path_factory: pytest.TempPathFactory) -> dict[int, FpgaBuild]:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """One gateway with two virtual pico2-ice boards for the whole module."""
-    data = tmp_path_factory.mktemp("evaluation") / "data"
     env = {"PICOFLEET_SIM_FPGA_DEADLINE": str(SIM_DEADLINE)}
-    process = GatewayProcess(data, "--simulate", "2", env=env).start()
-    try:
-        process.wait_devices(
-            lambda d: len(d) == 2 and all(b["Status"] == "Idle" for b in d), 30, "two idle virtual boards"
-        )
+    with running_gateway(tmp_path_factory.mktemp("evaluation") / "data", 2, env=env) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def reservations(gateway: GatewayProcess, name: str | None = None) -> list[dict[str, Any]]:

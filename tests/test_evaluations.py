@@ -19,27 +19,31 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 from starlette.applications import Starlette
 
 from picofleet.common.http.errors import ApiError, error_response
-from picofleet.firmware.host.protocol import FirmwareError, NoAnswer, PortLost
-from picofleet.gateway.evaluation import scheduler
+from picofleet.firmware.host.errors import FirmwareError, NoAnswer, PortLost
+from picofleet.gateway.config import load_config
+from picofleet.gateway.evaluation import queues
+from picofleet.gateway.evaluation.clients import Clients, token_digest
 from picofleet.gateway.evaluation.events import EventBus
 from picofleet.gateway.evaluation.jobs import DEFAULT_ARGS, Evaluation
 from picofleet.gateway.evaluation.scheduler import EvaluationRefused, EvaluationScheduler
-from picofleet.gateway.http.evaluations import evaluation_routes
+from picofleet.gateway.http import evaluations as evaluation_routes
+from picofleet.gateway.http.context import GatewayApi
 from tests.helpers.boards import rack
 from tests.helpers.fpga import session_counter, session_loop
-from tests.helpers.gateway import GatewayProcess, wait_for
+from tests.helpers.gateway import GatewayProcess, running_gateway, wait_for
+from tests.helpers.wait import until
 
 WINDOW_MS = 100
 ARGS = {"clock_hz": 1_000_000, "window_ms": WINDOW_MS}
 TOKEN = "rt_alices"
+T = TypeVar("T")
 
 
 def expected_pulses(sha: str) -> int:
@@ -170,7 +174,7 @@ class FakeReservation:
 
 
 class FakeBoard:
-    """What the scheduler uses of gateway/boards/board.py's Board."""
+    """What the scheduler uses of gateway/boards/board.py's Board (interfaces.ServedBoard)."""
 
     def __init__(self, serial: str, firmware: FakeFirmware) -> None:
         self.serial = serial
@@ -195,6 +199,8 @@ class FakeBoard:
 
 
 class FakeReservations:
+    """What the scheduler uses of the reservation book (interfaces.ReservationLookup)."""
+
     def __init__(self) -> None:
         self.by_serial: dict[str, FakeReservation] = {}
         self.events = EventBus()
@@ -205,22 +211,17 @@ class FakeReservations:
     def of_client(self, name: str) -> list[FakeReservation]:
         return [r for r in self.by_serial.values() if r.name == name]
 
-    def check_token(self, name: str, token: str | None) -> None:
-        if token != TOKEN:
-            raise ApiError(403, f"the name {name!r} belongs to another client")
-
 
 class FakeManager:
-    """What the scheduler uses of the device manager."""
+    """What the scheduler uses of the device manager (interfaces.BoardKeeper); its reservations too."""
 
     def __init__(self, data: Path) -> None:
-        self.config = SimpleNamespace(data=data, assets_max_bytes=1 << 30)
+        self.config = load_config({"data": str(data)}, {})
         self.boards: dict[str, FakeBoard] = {}
         self.reservations = FakeReservations()
         self.lock_holders = 0
-        self.evaluations: EvaluationScheduler | None = None
 
-    async def run_blocking(self, function: Callable[..., Any], *args: Any) -> Any:
+    async def run_blocking(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(function, *args)
 
     def find(self, uuid: str) -> FakeBoard | None:
@@ -241,7 +242,9 @@ class FakeManager:
         board.wake.set()
 
 
-async def board_task(board: FakeBoard, manager: FakeManager, scheduler: EvaluationScheduler) -> None:
+async def board_task(
+    board: FakeBoard, manager: FakeManager, scheduler: EvaluationScheduler[FakeBoard]
+) -> None:
     """The board task's part in evaluations: restart when asked, reopen the port, serve."""
     while True:
         board.wake.clear()
@@ -263,11 +266,10 @@ class Rig:
 
     def __init__(self, tmp_path: Path, boards: int = 2, slots: int = 2, load_seconds: float = 0.0):
         self.manager = FakeManager(tmp_path)
-        self.scheduler = EvaluationScheduler(self.manager)  # type: ignore[arg-type]
-        self.manager.evaluations = self.scheduler
+        self.scheduler = EvaluationScheduler(self.manager, self.manager.reservations)
         self.scheduler.connect = lambda port, on_log: FakeClient(port.firmware)
         self.scheduler.answer_margin = 1.0
-        self.scheduler.lost_grace = 0.5
+        self.scheduler.queues.lost_grace = 0.5
         self.boards: list[FakeBoard] = []
         for index in range(boards):
             serial = f"SERIAL{index}"
@@ -301,16 +303,6 @@ async def results_of(evaluation: Evaluation, timeout: float = 10.0) -> list[dict
 
 def run(coroutine: Any) -> Any:
     return asyncio.run(coroutine)
-
-
-async def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Wait (on the event loop) until ``condition()`` is truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
-    return result
 
 
 def test_each_runs_every_bitstream_on_every_board_exactly_once(tmp_path: Path) -> None:
@@ -602,7 +594,7 @@ def test_results_are_published_as_events_and_a_late_answer_is_dropped(tmp_path: 
             assert [e["event"] for e in events] == ["evaluation_result"] * 2
             assert [e["sha256"] for e in events] == [r["sha256"] for r in results]
             unit = evaluation.units[0]
-            assert not rig.scheduler._finish(unit, "SERIAL0", pulses=1)  # already done: dropped
+            assert not rig.scheduler.queues.finish(unit, "SERIAL0", pulses=1)  # already done: dropped
             assert len(evaluation.results) == 2
 
     run(main())
@@ -693,16 +685,16 @@ def test_a_board_offline_again_later_gets_its_whole_grace(tmp_path: Path) -> Non
     async def main() -> None:
         async with Rig(tmp_path) as rig:
             away, worker = rig.boards
-            scheduler = rig.scheduler
+            scheduler = rig.scheduler.queues
             passes = 0
-            check_queues = scheduler._check_queues
+            check_queues = scheduler.check_queues
 
             def counted_check() -> None:
                 nonlocal passes
                 passes += 1
                 check_queues()
 
-            scheduler._check_queues = counted_check  # type: ignore[method-assign]
+            scheduler.check_queues = counted_check  # type: ignore[method-assign]
             # `away` is unplugged while the other board gets through 10 windows (the queues are checked)
             away.sightings.clear()
             results = await results_of(scheduler.submit("alice", rig.bitstreams(10), "any", args=ARGS))
@@ -763,9 +755,18 @@ def test_an_evaluation_asked_for_during_a_collection_never_loses_its_bitstream(t
 
         rig.scheduler.submit = noted_submit  # type: ignore[method-assign]
         store.cache.collect = slow_collect  # type: ignore[method-assign]
+        clients = Clients()
+        clients.remember("alice", token_digest(TOKEN))
         app = Starlette(
-            routes=evaluation_routes(rig.manager),  # type: ignore[arg-type]
+            routes=evaluation_routes.ROUTES,
             exception_handlers={ApiError: lambda _, error: error_response(error.status, error.message)},
+        )
+        app.state.gateway = GatewayApi(  # what the evaluation routes read: the scheduler and the clients
+            rig.manager,
+            rig.manager.reservations,
+            rig.scheduler,
+            clients,
+            rig.manager.config.max_bitstream_bytes,
         )
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
             collecting = asyncio.create_task(store.collect())
@@ -788,7 +789,7 @@ def test_an_evaluation_asked_for_during_a_collection_never_loses_its_bitstream(t
 def test_finished_evaluations_are_kept_up_to_a_number_of_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(scheduler, "KEEP_RESULTS", 5)
+    monkeypatch.setattr(queues, "KEEP_RESULTS", 5)
 
     async def main() -> None:
         async with Rig(tmp_path, boards=1) as rig:
@@ -807,15 +808,15 @@ def test_the_queue_check_judges_each_board_once_whatever_its_queue(tmp_path: Pat
     async def main() -> None:
         rig = Rig(tmp_path, boards=1)  # nobody serves: everything stays queued
         judged: list[str] = []
-        unusable = rig.scheduler._unusable
+        unusable = rig.scheduler.queues._unusable
 
         def counted(board: Any, name: str) -> Any:
             judged.append(board.serial)
             return unusable(board, name)
 
-        rig.scheduler._unusable = counted  # type: ignore[method-assign]
+        rig.scheduler.queues._unusable = counted  # type: ignore[method-assign]
         rig.scheduler.submit("alice", rig.bitstreams(300), "each", args=ARGS)
-        rig.scheduler._check_queues()
+        rig.scheduler.queues.check_queues()
         assert judged == ["SERIAL0"]
         await rig.scheduler.stop()
 
@@ -873,23 +874,11 @@ def variant(bitstream: bytes, index: int) -> bytes:
     return b"\xff\x00" + f"variant {index}".encode() + b"\x00" + bitstream[2:]
 
 
-@contextlib.contextmanager
-def two_board_gateway(
-    tmp_path_factory: pytest.TempPathFactory, name: str, env: dict[str, str]
-) -> Iterator[GatewayProcess]:
-    """A gateway with two virtual boards, once both are idle; stopped on the way out."""
-    process = GatewayProcess(tmp_path_factory.mktemp(name) / "data", "--simulate", "2", env=env).start()
-    try:
-        process.wait_devices(lambda d: len(d) == 2 and all(b["Status"] == "Idle" for b in d), 30, "2 boards")
-        yield process
-    finally:
-        process.stop()
-
-
 @pytest.fixture(scope="module")
 def netlist_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """Two virtual pico2-ice boards whose FPGA simulates the bitstream's netlist (3 s to settle)."""
-    with two_board_gateway(tmp_path_factory, "netlist", {"PICOFLEET_SIM_FPGA_DEADLINE": "3"}) as process:
+    data = tmp_path_factory.mktemp("netlist") / "data"
+    with running_gateway(data, 2, env={"PICOFLEET_SIM_FPGA_DEADLINE": "3"}) as process:
         yield process
 
 
@@ -926,7 +915,8 @@ def test_real_circuits_count_exactly_on_every_board(
 @pytest.fixture(scope="module")
 def timing_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """Two virtual boards with the fast FPGA timing model (scheduling tests need no netlist)."""
-    with two_board_gateway(tmp_path_factory, "timing", {"PICOFLEET_SIM_FPGA": "timing"}) as process:
+    data = tmp_path_factory.mktemp("timing") / "data"
+    with running_gateway(data, 2, env={"PICOFLEET_SIM_FPGA": "timing"}) as process:
         yield process
 
 

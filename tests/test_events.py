@@ -12,9 +12,9 @@ from websockets.sync.client import connect
 
 from picofleet.gateway.evaluation.events import EventBus
 from tests.helpers.fpga import session_counter
-from tests.helpers.gateway import GatewayProcess
+from tests.helpers.gateway import GatewayProcess, idle_boards, running_gateway
 from tests.test_evaluations import reserve, stream_evaluation, upload, variant
-from tests.test_reservations import events, idle_boards, next_event, post
+from tests.test_reservations import events, next_event, post
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -71,12 +71,8 @@ def test_closing_the_bus_ends_every_subscription() -> None:
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """Two virtual boards; their FPGA is the fast timing model (a count takes its window, no netlist)."""
-    service = GatewayProcess(
-        tmp_path_factory.mktemp("gw"), "--simulate", "2", env={"PICOFLEET_SIM_FPGA": "timing"}
-    ).start()
-    idle_boards(service, 2)
-    yield service
-    service.stop()
+    with running_gateway(tmp_path_factory.mktemp("gw"), 2, env={"PICOFLEET_SIM_FPGA": "timing"}) as service:
+        yield service
 
 
 def events_url(gateway: GatewayProcess, query: str = "") -> str:

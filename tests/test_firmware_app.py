@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from picofleet.firmware.app import main as app
-from picofleet.firmware.host.protocol import FirmwareClient, FirmwareError
+from picofleet.firmware.host.errors import FirmwareError
+from picofleet.firmware.host.protocol import FirmwareClient
 from tests.helpers.fake_hardware import FakeHardware
 
 APP_DIR = Path(app.__file__).parent

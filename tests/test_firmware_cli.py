@@ -13,14 +13,9 @@ from pathlib import Path
 import pytest
 
 from picofleet.cli import main
-from picofleet.firmware.formats import bitstream, image, uf2
-from tests.helpers.fpga import FpgaBuild, icepack, session_counter
-
-
-@pytest.fixture(scope="session")
-def counter(tmp_path_factory: pytest.TempPathFactory) -> FpgaBuild:
-    """The divide-by-16 counter of tests/test_bitstream.py (the same session build)."""
-    return session_counter(tmp_path_factory)
+from picofleet.firmware.formats import ice40_asc, image, uf2
+from picofleet.firmware.formats import inspect as firmware_inspect
+from tests.helpers.fpga import FpgaBuild, icepack
 
 
 def picofleet(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -163,12 +158,12 @@ def test_inspect_refuses_a_file_over_the_bound_without_reading_it(
 ) -> None:
     path = tmp_path / "huge.bin"
     with path.open("wb") as handle:
-        handle.truncate(bitstream.MAX_INSPECT_SIZE + 1)  # sparse: no disk space, nothing to read
+        handle.truncate(firmware_inspect.MAX_INSPECT_SIZE + 1)  # sparse: no disk space, nothing to read
     started = time.monotonic()
     for extra in ((), ("--json",)):
         line = one_line_failure(capsys, "firmware", "inspect", str(path), *extra)
         assert line == (
-            f"picofleet firmware: {path}: the file is more than {bitstream.MAX_INSPECT_SIZE} bytes"
+            f"picofleet firmware: {path}: the file is more than {firmware_inspect.MAX_INSPECT_SIZE} bytes"
             " (no firmware is)"
         )
     assert time.monotonic() - started < 2
@@ -178,7 +173,7 @@ def test_inspect_reads_a_device_only_up_to_the_bound(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """/dev/zero has no size to stat and no end: read the bound + 1 byte, then refuse it."""
-    monkeypatch.setattr(bitstream, "MAX_INSPECT_SIZE", 1 << 20)  # keep the test light
+    monkeypatch.setattr(firmware_inspect, "MAX_INSPECT_SIZE", 1 << 20)  # keep the test light
     line = one_line_failure(capsys, "firmware", "inspect", "/dev/zero")
     assert line == f"picofleet firmware: /dev/zero: the file is more than {1 << 20} bytes (no firmware is)"
 
@@ -193,9 +188,9 @@ def test_pack_refuses_non_utf8_and_oversized_asc_with_one_line(
     assert "not a valid iCE40 .asc: line 3: byte" in line and "is not UTF-8 text" in line
     huge = tmp_path / "huge.asc"
     with huge.open("wb") as handle:
-        handle.truncate(bitstream.MAX_ASC_SIZE + 1)
+        handle.truncate(ice40_asc.MAX_ASC_SIZE + 1)
     line = one_line_failure(capsys, "firmware", "pack", str(huge), str(out))
-    assert f"not a valid iCE40 .asc: the file is more than {bitstream.MAX_ASC_SIZE} bytes" in line
+    assert f"not a valid iCE40 .asc: the file is more than {ice40_asc.MAX_ASC_SIZE} bytes" in line
     assert not out.exists()
 
 

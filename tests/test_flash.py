@@ -8,9 +8,8 @@ import struct
 import httpx
 
 from picofleet.firmware.formats import image, uf2
-from picofleet.plugins.virtual.control import RackUnavailable
-from tests.helpers.boards import app_uf2, rack, rack_boards
-from tests.helpers.gateway import wait_for
+from tests.helpers.boards import app_uf2, rack, rack_boards, wait_rack_gone
+from tests.helpers.gateway import idle_boards, wait_for
 
 OCTETS = {"Content-Type": "application/octet-stream"}
 
@@ -22,9 +21,7 @@ def idle(gateway, serial: str) -> dict | None:  # type: ignore[no-untyped-def]
 
 def test_flash_through_the_bootloader_sets_version_and_commit(gateway_factory) -> None:  # type: ignore[no-untyped-def]
     gateway = gateway_factory("--simulate", "1")
-    serial = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "a board")[0][
-        "LocalUUID"
-    ]
+    serial = idle_boards(gateway, 1)[0]["LocalUUID"]
     boots = rack_boards(gateway.data)[serial]["boots"]
     image = app_uf2("2.0.0", size=256 * 1024)
 
@@ -52,7 +49,7 @@ def test_flash_through_the_bootloader_sets_version_and_commit(gateway_factory) -
 
 def test_wrong_family_and_invalid_files_are_refused_and_change_nothing(gateway_factory) -> None:  # type: ignore[no-untyped-def]
     gateway = gateway_factory("--simulate", "1", env={"PICOFLEET_MAX_UPLOAD_BYTES": "100000"})
-    device = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "a board")[0]
+    device = idle_boards(gateway, 1)[0]
     serial = device["LocalUUID"]
     boots = rack_boards(gateway.data)[serial]["boots"]
     url = f"{gateway.url}/v1/devices/{serial}/flash"
@@ -84,7 +81,7 @@ def test_wrong_family_and_invalid_files_are_refused_and_change_nothing(gateway_f
 
 def test_board_in_its_bootloader_is_the_same_board_and_can_be_flashed(gateway_factory) -> None:  # type: ignore[no-untyped-def]
     gateway = gateway_factory("--simulate", "1")
-    device = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "a board")[0]
+    device = idle_boards(gateway, 1)[0]
     serial = device["LocalUUID"]
     rack(gateway.data, "bootsel", serial=serial)
     in_bootloader = wait_for(
@@ -106,9 +103,7 @@ def test_board_in_its_bootloader_is_the_same_board_and_can_be_flashed(gateway_fa
 
 def test_a_flash_queued_during_a_flash_is_kept(gateway_factory) -> None:  # type: ignore[no-untyped-def]
     gateway = gateway_factory("--simulate", "1")
-    serial = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "a board")[0][
-        "LocalUUID"
-    ]
+    serial = idle_boards(gateway, 1)[0]["LocalUUID"]
     url = f"{gateway.url}/v1/devices/{serial}/flash"
     assert (
         httpx.post(url + "?commit=one", content=app_uf2("2.0.0", size=256 * 1024), headers=OCTETS).status_code
@@ -137,7 +132,7 @@ def test_a_flash_queued_during_a_flash_is_kept(gateway_factory) -> None:  # type
 
 def test_images_the_bootrom_would_ignore_are_refused(gateway_factory) -> None:  # type: ignore[no-untyped-def]
     gateway = gateway_factory("--simulate", "1")
-    device = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "a board")[0]
+    device = idle_boards(gateway, 1)[0]
     url = f"{gateway.url}/v1/devices/{device['LocalUUID']}/flash"
     small_blocks = uf2.from_binary(
         image.make_app_image("picofleet-app", "4.0.0", "pico2-ice"),
@@ -155,9 +150,7 @@ def test_images_the_bootrom_would_ignore_are_refused(gateway_factory) -> None:  
 
 def test_identify_needs_a_running_firmware(gateway_factory) -> None:  # type: ignore[no-untyped-def]
     gateway = gateway_factory("--simulate", "1")
-    serial = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "a board")[0][
-        "LocalUUID"
-    ]
+    serial = idle_boards(gateway, 1)[0]["LocalUUID"]
     rack(gateway.data, "bootsel", serial=serial)
     wait_for(lambda: gateway.get(f"/v1/devices/{serial}").json()["Status"] == "Bootloader", 5, "Bootloader")
     response = gateway.put(f"/v1/devices/{serial}/identify")
@@ -169,9 +162,7 @@ def test_identify_needs_a_running_firmware(gateway_factory) -> None:  # type: ig
 
 def test_a_failed_flash_leaves_the_board_broken_with_the_reason_until_replugged(gateway_factory) -> None:  # type: ignore[no-untyped-def]
     gateway = gateway_factory("--simulate", "1", env={"ENM_UPDATE_RETRIES": "0"})
-    serial = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "a board")[0][
-        "LocalUUID"
-    ]
+    serial = idle_boards(gateway, 1)[0]["LocalUUID"]
     # an image that claims version 5.0.0 but boots as firmware the gateway cannot identify
     other = uf2.from_binary(
         image.make_app_image("other-app", "5.0.0", "pico2-ice"), image.FLASH_BASE, uf2.RP2350_ARM_S
@@ -200,9 +191,7 @@ def test_a_failed_flash_leaves_the_board_broken_with_the_reason_until_replugged(
 
 def test_a_flash_cut_short_by_a_power_loss_is_done_at_the_next_start(gateway_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
     gateway = gateway_factory("--simulate", "1")
-    serial = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "a board")[0][
-        "LocalUUID"
-    ]
+    serial = idle_boards(gateway, 1)[0]["LocalUUID"]
     JSON = {"Content-Type": "application/json"}
     assert gateway.put("/v1/enm/status", content='{"targetStatus":"Paused"}', headers=JSON).status_code == 200
     image_bytes = app_uf2("2.5.0")
@@ -216,14 +205,7 @@ def test_a_flash_cut_short_by_a_power_loss_is_done_at_the_next_start(gateway_fac
     assert pending == {"sha256": hashlib.sha256(image_bytes).hexdigest(), "commit": "c25", "version": "2.5.0"}
     gateway.kill()  # the power goes
 
-    def rack_gone() -> bool:
-        try:
-            rack_boards(gateway.data)
-        except (RackUnavailable, AssertionError):
-            return True
-        return False
-
-    wait_for(rack_gone, 10, "the rack to go with the gateway")
+    wait_rack_gone(gateway.data)
     (gateway.data / "virtual" / "flash" / f"{serial}.uf2").unlink()  # a half-written flash: no valid image
 
     again = gateway_factory("--simulate", "1")
@@ -246,9 +228,7 @@ def test_a_board_unplugged_mid_flash_is_recovered_by_the_retry(gateway_factory) 
     gateway = gateway_factory(
         "--simulate", "1", env={"PICOFLEET_SIM_REBOOT_DELAY": "1.5", "ENM_UPDATE_RETRIES": "2"}
     )
-    serial = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "a board")[0][
-        "LocalUUID"
-    ]
+    serial = idle_boards(gateway, 1)[0]["LocalUUID"]
     assert (
         httpx.post(
             f"{gateway.url}/v1/devices/{serial}/flash?commit=c3", content=app_uf2("3.0.0"), headers=OCTETS
@@ -274,9 +254,7 @@ def test_a_gateway_stopped_mid_flash_keeps_the_flash_and_finishes_it_after_the_r
 ) -> None:  # type: ignore[no-untyped-def]
     env = {"PICOFLEET_SIM_REBOOT_DELAY": "1.5"}
     gateway = gateway_factory("--simulate", "1", env=env)
-    serial = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "a board")[0][
-        "LocalUUID"
-    ]
+    serial = idle_boards(gateway, 1)[0]["LocalUUID"]
     assert (
         httpx.post(
             f"{gateway.url}/v1/devices/{serial}/flash?commit=c4", content=app_uf2("4.0.0"), headers=OCTETS

@@ -16,7 +16,7 @@ import datetime
 import os
 import re
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,18 +26,19 @@ from pyfatfs.EightDotThree import EightDotThree
 from pyfatfs.FATDirectoryEntry import FATDirectoryEntry
 from pyfatfs.PyFat import PyFat
 
-from picofleet.common.store import Store
+from picofleet.common.http.errors import ApiError
 from picofleet.firmware.formats import uf2
-from picofleet.gateway.boards import bootloader_drive, flashing
-from picofleet.gateway.boards.board import Board, FlashJob
+from picofleet.gateway import bootloader_drive
+from picofleet.gateway.boards import flashing
+from picofleet.gateway.boards.board import Board
+from picofleet.gateway.boards.flash_job import FlashJob
 from picofleet.gateway.boards.manager import DeviceManager
-from picofleet.gateway.config import load_config
-from picofleet.gateway.http.app import ApiError, _read_image
+from picofleet.gateway.http.devices import _read_image
 from picofleet.gateway.models import APPLICATION, BOOTLOADER, BoardError, Sighting
-from picofleet.gateway.plugin_manager import load_plugins
-from picofleet.gateway.service import prepare_directories
 from tests.helpers.boards import app_uf2
 from tests.helpers.fake_micropython import FakeMicroPythonBoard
+from tests.helpers.manager import device_manager
+from tests.helpers.wait import until
 
 SERIAL = "E6614C311B7E3C2A"
 USB_PATH = "platform-xhci-hcd.0-usb-0:1.2:1.0"
@@ -227,27 +228,8 @@ def test_a_raw_write_needs_a_fresh_check_a_plausible_size_and_uf2_blocks(tmp_pat
 @asynccontextmanager
 async def gateway(data: Path) -> AsyncIterator[DeviceManager]:
     """The gateway's device manager with a real store and the installed plugins (no discovery, no API)."""
-    config = load_config({"data": str(data)}, {"ENM_UPDATE_RETRIES": "0"})
-    prepare_directories(config)
-    store = Store(config.db_path)
-    await store.open()
-    manager = DeviceManager(config, store, load_plugins())
-    await manager.start()
-    try:
+    async with device_manager(data, {"ENM_UPDATE_RETRIES": "0"}) as manager:
         yield manager
-    finally:
-        await manager.stop()
-        await store.close()
-
-
-async def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Wait for ``condition()`` to be truthy, checking every 5 ms; fail after ``timeout`` s."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not (result := condition()):
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.005)
-    return result
 
 
 def bootloader_sighting(drive: Path, board_type: str = "rp2040") -> Sighting:

@@ -13,7 +13,7 @@ import pytest
 from picofleet.commands.flash import ProgressView
 from picofleet.firmware.formats import image, uf2
 from tests.helpers.boards import app_uf2
-from tests.helpers.gateway import GatewayProcess, wait_for
+from tests.helpers.gateway import GatewayProcess, idle_boards, running_gateway, wait_for
 
 CLOSED_PORT_URL = "http://127.0.0.1:9"  # discard port: nothing listens, a request would fail loudly
 
@@ -21,12 +21,8 @@ CLOSED_PORT_URL = "http://127.0.0.1:9"  # discard port: nothing listens, a reque
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """One gateway with one virtual pico2-ice board for the whole module."""
-    process = GatewayProcess(tmp_path_factory.mktemp("flash-cli") / "data", "--simulate", "1").start()
-    try:
-        process.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "the virtual board")
+    with running_gateway(tmp_path_factory.mktemp("flash-cli") / "data", 1) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture
@@ -122,9 +118,7 @@ def test_time_limit_while_the_gateway_is_paused(gateway: GatewayProcess, serial:
 def test_broken_board_exits_1_with_the_status_reason(gateway_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Firmware that is not picofleet-app: the board never reports the promised version: Broken."""
     gateway = gateway_factory("--simulate", "1", env={"ENM_UPDATE_RETRIES": "0"})
-    serial = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "a board")[0][
-        "LocalUUID"
-    ]
+    serial = idle_boards(gateway, 1)[0]["LocalUUID"]
     path = tmp_path / "other.uf2"
     other = image.make_app_image("other-firmware", "9.9.9", "pico2-ice")
     path.write_bytes(uf2.from_binary(other, image.FLASH_BASE, uf2.RP2350_ARM_S))

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +23,7 @@ import httpx
 import pytest
 
 from tests.helpers.fleet import FleetProcess, FrontWorkerProcess, git
+from tests.helpers.fleet import fleet_cli as cli
 from tests.test_fleet_git import MANIFEST, app_uf2, commit, write
 
 pytestmark = pytest.mark.timeout(120)
@@ -306,18 +305,6 @@ def test_assets_ranges_and_fleet_isolation(service: FleetProcess, tmp_path: Path
     }
 
 
-def cli(service: FleetProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PICOFLEET_FLEET_URL": service.url, "PICOFLEET_ADMIN_TOKEN": service.token}
-    return subprocess.run(
-        [sys.executable, "-m", "picofleet.cli", "fleet", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
 def test_operator_cli(service: FleetProcess, tmp_path: Path) -> None:
     created = cli(service, "create", "cli", "--json")
     assert created.returncode == 0, created.stderr
@@ -376,3 +363,43 @@ def test_operator_cli(service: FleetProcess, tmp_path: Path) -> None:
         assert failed.returncode == 1, failed
         lines = failed.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("picofleet fleet: ") and reason in lines[0], lines
+
+
+def test_errors_are_json_unknown_routes_wrong_methods_and_bad_bodies(service: FleetProcess) -> None:
+    unknown = service.request("GET", "/v2/nothing")
+    assert unknown.status_code == 404 and unknown.json() == {"error": "no route GET /v2/nothing"}
+
+    for method, path, allow in [
+        ("PATCH", "/v1/fleets", "GET, HEAD, POST"),
+        ("POST", "/v1/fleets/any/pin", "PUT, DELETE"),
+        ("DELETE", "/v1/gateway/state", "GET, HEAD, PUT"),
+        ("POST", "/v1/fleets/any/boards/b/env/KEY", "PUT, DELETE"),
+        ("PUT", "/git/any.git/info/refs", "GET, HEAD, POST"),
+    ]:
+        wrong = service.request(method, path)
+        assert wrong.status_code == 405, (method, path, wrong.text)
+        assert wrong.json() == {"error": f"method {method} is not allowed on {path}"}
+        assert wrong.headers["allow"] == allow, (method, path)
+
+    malformed = service.request(
+        "POST", "/v1/fleets", content=b"{bad", headers={"Content-Type": "application/json"}
+    )
+    assert malformed.status_code == 400 and malformed.json()["error"].startswith("malformed JSON: ")
+    oversize = service.request("POST", "/v1/fleets", content=b" " * (1024 * 1024 + 1))
+    assert oversize.status_code == 413 and "at most 1048576 bytes" in oversize.json()["error"]
+    service.create_fleet("errors")
+    for path, body in [
+        ("/v1/fleets/errors/env/KEY", b'{"value": NaN}'),
+        ("/v1/fleets/errors/pin", b'{"commit":'),
+    ]:
+        refused = service.request("PUT", path, content=body)
+        assert refused.status_code == 400 and refused.json()["error"].startswith("malformed JSON: "), path
+    assert service.fleet("errors")["env"] == {}
+    assert service.request("GET", "/v1/fleets").status_code == 200  # the service is fine
+
+
+def test_status_line_carries_the_reason_phrase(service: FleetProcess) -> None:
+    host, port = service.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as connection:
+        connection.sendall(b"GET /v1/fleets HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        assert connection.recv(4096).startswith(b"HTTP/1.1 401 Unauthorized\r\n")

@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -25,30 +21,11 @@ import serial
 from picofleet.gateway import core_hooks
 from picofleet.gateway.models import BoardRef
 from picofleet.gateway.sync import BoardLogQueue
-from tests.helpers.fleet import FleetProcess
+from tests.helpers.fleet import FleetProcess, fleet_cli
 from tests.helpers.fleet_repo import push_first_release
-from tests.helpers.gateway import GatewayProcess, wait_for
+from tests.helpers.gateway import GatewayProcess, idle_boards, wait_for
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[FleetProcess]:
-    service = FleetProcess(tmp_path / "fleet").start()
-    yield service
-    service.stop()
-
-
-def cli(service: FleetProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PICOFLEET_FLEET_URL": service.url, "PICOFLEET_ADMIN_TOKEN": service.token}
-    return subprocess.run(
-        [sys.executable, "-m", "picofleet.cli", "fleet", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 def logs(fleet: FleetProcess, uuid: str, limit: int = 1000) -> list[dict[str, Any]]:
@@ -63,7 +40,7 @@ def test_board_logs_reach_the_fleet_and_the_cli_prints_them(fleet: FleetProcess,
         tmp_path / "gw", "--simulate", "1", "--fleet", fleet.url, f"--provisioning-key={key}"
     ).start()
     try:
-        gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 20, "1 idle board")
+        idle_boards(gateway, 1)
         uuid = gateway.devices()[0]["LocalUUID"]
 
         first = push_first_release(fleet, tmp_path / "repo")
@@ -94,13 +71,13 @@ def test_board_logs_reach_the_fleet_and_the_cli_prints_them(fleet: FleetProcess,
         assert statuses.index("runs picofleet-app 2.0.0") > statuses.index("Flashing")  # its new firmware
         assert len(logs(fleet, uuid, limit=2)) == 2
 
-        printed = cli(fleet, "logs", "lab", uuid)
+        printed = fleet_cli(fleet, "logs", "lab", uuid)
         assert printed.returncode == 0, printed.stderr
         rows = printed.stdout.splitlines()
         assert any(row.split()[1] == "INFO" and row.endswith(": Flashing") for row in rows), rows
         first_row = rows[0].split(maxsplit=2)
         assert first_row[0].endswith("Z") and first_row[1] in {"DEBUG", "INFO", "WARNING", "ERROR"}
-        as_json = cli(fleet, "logs", "lab", uuid, "--limit", "3", "--json")
+        as_json = fleet_cli(fleet, "logs", "lab", uuid, "--limit", "3", "--json")
         assert as_json.returncode == 0, as_json.stderr
         assert len(json.loads(as_json.stdout)) == 3
 
@@ -108,7 +85,7 @@ def test_board_logs_reach_the_fleet_and_the_cli_prints_them(fleet: FleetProcess,
         assert missing.status_code == 404, missing.text
         assert fleet.request("GET", f"/v1/fleets/nope/boards/{uuid}/logs").status_code == 404
         assert fleet.request("GET", f"/v1/fleets/lab/boards/{uuid}/logs?limit=0").status_code == 400
-        unknown = cli(fleet, "logs", "lab", "no-such-board")
+        unknown = fleet_cli(fleet, "logs", "lab", "no-such-board")
         assert unknown.returncode == 1
         assert unknown.stdout == ""
         assert len(unknown.stderr.strip().splitlines()) == 1

@@ -26,7 +26,7 @@ from picofleet.firmware.asset_cache import sha256_of
 from picofleet.firmware.formats import uf2
 from picofleet.firmware.formats.image import FLASH_BASE, make_app_image
 from tests.helpers.fleet import FleetProcess, git
-from tests.helpers.gateway import GatewayProcess, wait_for
+from tests.helpers.gateway import GatewayProcess, idle_boards, wait_for
 from tests.test_fleet_git import MANIFEST, app_uf2, commit, write
 
 pytestmark = pytest.mark.timeout(240)
@@ -47,7 +47,7 @@ def start_gateways(tmp_path: Path, fleet_url: str, key: str, names: tuple[str, .
         ).start()
         gateways.append(gateway)
     for gateway in gateways:
-        gateway.wait_devices(lambda d: len(d) == 2 and all(x["Status"] == "Idle" for x in d), 20, "2 boards")
+        idle_boards(gateway, 2)
     return gateways
 
 

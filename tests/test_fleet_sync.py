@@ -5,23 +5,16 @@ A real fleet service, two real gateway processes with virtual boards, and the re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.fleet import FleetProcess, git
-from tests.helpers.gateway import GatewayProcess, wait_for
+from tests.helpers.gateway import GatewayProcess, idle_boards, wait_for
 from tests.test_fleet_git import MANIFEST, app_uf2, commit, write
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[FleetProcess]:
-    service = FleetProcess(tmp_path / "fleet").start()
-    yield service
-    service.stop()
 
 
 def converged(gateways: list[GatewayProcess], commit_of: Callable[[dict], str]) -> Callable[[], bool]:
@@ -49,9 +42,7 @@ def test_push_converges_two_gateways_and_a_board_pin_takes_one_back(
     ]
     try:
         for gateway in gateways:
-            gateway.wait_devices(
-                lambda d: len(d) == 2 and all(x["Status"] == "Idle" for x in d), 20, "2 boards"
-            )
+            idle_boards(gateway, 2)
 
         work = tmp_path / "repo"
         work.mkdir()

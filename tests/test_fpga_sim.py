@@ -31,11 +31,12 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> CircuitCache:
 
 def result(simulator: FpgaSimulator, timeout: float = 30.0) -> int:
     """Poll the running count as the firmware does until it answers (its errors propagate)."""
-    deadline = time.monotonic() + timeout
-    while (pulses := simulator.count_result()) is None:
-        assert time.monotonic() < deadline, f"no count within {timeout} s"
-        time.sleep(0.005)
-    return pulses
+
+    def answer() -> tuple[int] | None:
+        pulses = simulator.count_result()
+        return None if pulses is None else (pulses,)  # a count of 0 is an answer too
+
+    return wait_for(answer, timeout, "a count", 0.005, fail_on=Exception)[0]
 
 
 def count(simulator: FpgaSimulator, clock_hz: int, window_ms: int) -> int:

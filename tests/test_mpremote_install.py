@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 import serial
 
+from picofleet.firmware.host.errors import FirmwareError, PortLost
 from picofleet.firmware.host.mpremote_install import install_files
-from picofleet.firmware.host.protocol import FirmwareError, PortLost
 from tests.helpers.fake_micropython import FakeMicroPythonBoard
 from tests.helpers.wait import wait_for
 

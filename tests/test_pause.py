@@ -10,7 +10,7 @@ import serial
 
 from picofleet.firmware.host.protocol import FirmwareClient
 from tests.helpers.boards import app_uf2, rack_boards
-from tests.helpers.gateway import wait_for
+from tests.helpers.gateway import idle_boards, wait_for
 from tests.helpers.slow_plugins import SLOW_CLOSE, write_plugin
 
 JSON = {"Content-Type": "application/json"}
@@ -78,24 +78,24 @@ def test_never_paused_while_a_port_is_still_open(gateway_factory, tmp_path: Path
     gateway.wait_devices(lambda d: len(d) == 2 and all(x["Port"] for x in d), 15, "2 boards with ports")
     set_status(gateway, "Paused")
     observations = 0
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def paused() -> bool:
+        nonlocal observations
         status = gateway.get("/v1/enm/status").json()["currentStatus"]
         still_open = gateway.open_ports()
         if status == "Paused":
             assert still_open == [], "said Paused while a port was still open"
-            break
+            return True
         observations += 1
-    else:
-        raise AssertionError("never Paused")
+        return False
+
+    wait_for(paused, 10, "Paused", interval=0, fail_on=Exception)
     assert observations > 3  # the slow close was seen in progress, so the check above meant something
 
 
 def test_a_flash_in_flight_finishes_before_paused_and_requests_wait_for_running(gateway_factory) -> None:  # type: ignore[no-untyped-def]
     gateway = gateway_factory("--simulate", "1")
-    serial = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "a board")[0][
-        "LocalUUID"
-    ]
+    serial = idle_boards(gateway, 1)[0]["LocalUUID"]
     response = httpx.post(
         f"{gateway.url}/v1/devices/{serial}/flash?commit=before-pause",
         content=app_uf2("2.0.0", size=512 * 1024),

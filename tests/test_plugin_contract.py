@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import logging
+import re
 import subprocess
 import sys
 import types
@@ -11,9 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from picofleet.gateway import hookspecs
-from picofleet.gateway.hookspecs import hookimpl
+from picofleet.firmware.host import mpremote_install
+from picofleet.firmware.host.errors import FirmwareError, PortLost
+from picofleet.gateway import core_hooks, hookspecs
+from picofleet.gateway.boards import manager
+from picofleet.gateway.config import load_config
+from picofleet.gateway.evaluation import evaluation_firmware
+from picofleet.gateway.hookspecs import HOOK_TIME_LIMITS, hookimpl
+from picofleet.gateway.models import APPLICATION, BoardError, BoardRef
 from picofleet.gateway.plugin_manager import load_plugins
+from picofleet.supervisor_bridge.update_lock import BalenaUpdateLock
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = {name: fn for name, fn in vars(hookspecs).items() if name.startswith("picofleet_")}
@@ -34,6 +44,151 @@ def test_every_hook_has_a_docstring_and_a_section_with_its_signature(name: str) 
     )
     returns = inspect.signature(spec).return_annotation
     assert f"### `{name}({parameters}) -> {returns}`" in doc, f"docs/plugins.md lacks the section of {name}"
+
+
+def _section(name: str) -> str:
+    """The section of docs/plugins.md documenting hook ``name`` (up to the next heading)."""
+    doc = (ROOT / "docs" / "plugins.md").read_text()
+    start = doc.index(f"### `{name}(")
+    end = min(index for index in (doc.find("\n#", start + 1), len(doc)) if index >= 0)
+    return doc[start:end]
+
+
+def _limits_stated(text: str) -> set[float]:
+    return {float(number) for number in re.findall(r"[Ww]ithin\s+(\d+(?:\.\d+)?)\s+s\b", text)}
+
+
+@pytest.mark.parametrize("name", sorted(HOOKS))
+def test_a_hooks_time_limit_is_the_same_in_the_table_its_docstring_and_the_docs(name: str) -> None:
+    stated = {
+        "docstring": _limits_stated(HOOKS[name].__doc__ or ""),
+        "docs/plugins.md": _limits_stated(_section(name)),
+    }
+    takes_a_board = "board" in inspect.signature(HOOKS[name]).parameters
+    if name not in HOOK_TIME_LIMITS:
+        assert not takes_a_board, f"{name} talks to a board: HOOK_TIME_LIMITS needs its limit"
+        assert stated == {"docstring": set(), "docs/plugins.md": set()}, (
+            f"{name} states a limit the table lacks"
+        )
+        return
+    for where, limits in stated.items():
+        assert limits == {HOOK_TIME_LIMITS[name]}, f"{where} says {name} must return within {limits} s"
+
+
+def test_the_gateway_enforces_twice_the_contract() -> None:
+    assert set(HOOK_TIME_LIMITS) <= set(HOOKS)
+    assert {name: 2 * limit for name, limit in HOOK_TIME_LIMITS.items()} == manager.HOOK_TIMEOUTS
+    # what it enforced before the table: unchanged
+    assert manager.HOOK_TIMEOUTS["picofleet_open_port"] == manager.HOOK_TIMEOUTS["picofleet_blink"] == 5.0
+    assert manager.HOOK_TIMEOUTS["picofleet_write_uf2"] == 30.0 and manager.MIN_WRITE_RATE == 50_000
+    assert manager.HOOK_TIMEOUTS["picofleet_install_files"] == 60.0
+    assert (
+        2 * HOOK_TIME_LIMITS["picofleet_evaluation_firmware"]
+        == evaluation_firmware.EVALUATION_FIRMWARE_TIMEOUT
+    )
+
+
+def test_balena_update_lock_is_a_builtin_plugin_that_can_be_disabled(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ENM_LOCK_FILE_LOCATION", str(tmp_path / "updates.lock"))
+    config = load_config({})
+    plugins = load_plugins()
+    info = {info.name: info for info in plugins.infos}["balena_update_lock"]
+    assert info.status == "loaded"
+    assert info.hooks == ["picofleet_shutdown", "picofleet_startup", "picofleet_update_lock"]
+    assert isinstance(plugins.hook.picofleet_update_lock(config=config), BalenaUpdateLock)
+
+    plugins = load_plugins(disabled=["balena_update_lock"])
+    assert {info.name: info.status for info in plugins.infos}["balena_update_lock"] == "disabled"
+    assert isinstance(plugins.hook.picofleet_update_lock(config=config), contextlib.nullcontext)
+
+
+def test_another_plugins_update_lock_answers_before_balenas(tmp_path: Path) -> None:
+    mine = contextlib.nullcontext("mine")
+    other = types.ModuleType("other_lock")
+
+    @hookimpl
+    def picofleet_update_lock(config):  # type: ignore[no-untyped-def]
+        """The platform's own lock."""
+        return mine
+
+    other.picofleet_update_lock = picofleet_update_lock  # type: ignore[attr-defined]
+    plugins = load_plugins(extra=[("a_other_lock", other)])
+    assert plugins.hook.picofleet_update_lock(config=load_config({})) is mine
+
+
+def test_a_failing_startup_or_shutdown_hook_is_logged_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
+    broken = types.ModuleType("broken_start")
+    called: list[str] = []
+
+    @hookimpl
+    def picofleet_startup(config):  # type: ignore[no-untyped-def]
+        """Fails."""
+        raise RuntimeError("cannot start")
+
+    @hookimpl
+    def picofleet_shutdown(config):  # type: ignore[no-untyped-def]
+        """Fails, after noting the call."""
+        called.append("shutdown")
+        raise RuntimeError("cannot stop")
+
+    broken.picofleet_startup = picofleet_startup  # type: ignore[attr-defined]
+    broken.picofleet_shutdown = picofleet_shutdown  # type: ignore[attr-defined]
+    plugins = load_plugins(disabled=["balena_update_lock"], extra=[("broken_start", broken)])
+    with caplog.at_level(logging.ERROR, logger="picofleet.plugins"):
+        plugins.startup(load_config({}))
+        plugins.shutdown(load_config({}))
+    assert called == ["shutdown"]
+    assert "plugin broken_start: picofleet_startup failed" in caplog.text
+    assert "plugin broken_start: picofleet_shutdown failed" in caplog.text
+
+
+class _Refusing:
+    """A firmware client whose every request fails with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def request(self, op: str, **kwargs: object) -> dict:
+        raise self.error
+
+    def identify(self, **kwargs: object) -> dict:
+        raise self.error
+
+
+BOARD = BoardRef("E6614103E7", "rp2040", APPLICATION, "picofleet-app", "/dev/ttyACM0", None, "1-1")
+
+
+@pytest.mark.parametrize(
+    ("hook", "error"),
+    [
+        ("picofleet_blink", FirmwareError("board answered: busy")),
+        ("picofleet_restart", FirmwareError("board answered: busy")),
+        ("picofleet_enter_bootloader", FirmwareError("board answered: busy")),
+        ("picofleet_identify", PortLost("serial port /dev/ttyACM0 failed: gone")),
+    ],
+)
+def test_the_builtin_hooks_turn_firmware_errors_into_board_errors(
+    monkeypatch: pytest.MonkeyPatch, hook: str, error: FirmwareError
+) -> None:
+    assert not issubclass(FirmwareError, BoardError)  # firmware/ knows nothing of the gateway
+    monkeypatch.setattr(core_hooks, "_client", lambda board, port: _Refusing(error))
+    kwargs = {"seconds": 1.0} if hook == "picofleet_blink" else {}
+    with pytest.raises(BoardError) as raised:
+        getattr(core_hooks, hook)(board=BOARD, port=None, **kwargs)
+    assert str(raised.value) == str(error) and raised.value.__cause__ is error
+
+
+def test_the_builtin_install_files_turns_firmware_errors_into_board_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(port: object, files: dict[str, bytes]) -> None:
+        raise FirmwareError("the board refused to write main.py: OSError 28")
+
+    monkeypatch.setattr(mpremote_install, "install_files", refuse)
+    with pytest.raises(BoardError, match=r"^the board refused to write main.py: OSError 28$"):
+        core_hooks.picofleet_install_files(board=BOARD, port=None, files={"main.py": b""})
 
 
 def test_builtin_plugins_provide_the_board_types() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.boards import rack_boards
-from tests.helpers.gateway import wait_for
+from tests.helpers.gateway import idle_boards, wait_for
 from tests.helpers.slow_plugins import FAILING_SOURCES, write_plugin
 from tests.test_plugin_contract import install_example_plugin
 
@@ -20,7 +20,7 @@ def test_broken_third_party_plugins_are_skipped_and_the_gateway_serves(
     write_plugin(site, "broken_board", "raise RuntimeError('this plugin is broken on purpose')\n")
     write_plugin(site, "failing_sources", FAILING_SOURCES)
     gateway = gateway_factory("--simulate", "1", env={"PYTHONPATH": str(site)})
-    devices = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "the board")
+    devices = idle_boards(gateway, 1)
     assert devices[0]["BoardType"] == "pico2-ice"
     assert "plugin broken_board skipped: RuntimeError: this plugin is broken on purpose" in gateway.output()
     assert "plugin failing_sources: picofleet_discovery_sources failed (RuntimeError: no sources today)" in (
@@ -38,7 +38,7 @@ def test_disabled_virtual_plugin_means_no_virtual_boards(gateway_factory) -> Non
 @pytest.mark.parametrize("board_type", ["rp2040", "rp2350", "pico2-ice"])
 def test_every_board_type_is_identified_restarted_and_blinked(gateway_factory, board_type: str) -> None:  # type: ignore[no-untyped-def]
     gateway = gateway_factory("--simulate", f"1:{board_type}")
-    device = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "the board")[0]
+    device = idle_boards(gateway, 1)[0]
     serial = device["LocalUUID"]
     assert device["BoardType"] == board_type  # rp2040/rp2350 share MicroPython's USB id: the firmware told
     assert device["FirmwareVersion"] == "picofleet-app 1.0.0"

@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +21,21 @@ from websockets.sync.client import ClientConnection, connect
 
 from picofleet.common.store import Store
 from picofleet.firmware.formats import image, uf2
-from picofleet.gateway.boards.board import FlashJob
-from picofleet.gateway.boards.manager import DeviceManager
+from picofleet.gateway.boards.flash_job import FlashJob
 from picofleet.gateway.config import load_config
 from picofleet.gateway.discovery.sightings import Discovery
 from picofleet.gateway.evaluation.reservations import RESERVATIONS, ReservationError
-from picofleet.gateway.http import app as gateway_app
+from picofleet.gateway.http import devices as device_routes
 from picofleet.gateway.http.app import create_app
 from picofleet.gateway.models import APPLICATION, BoardError, BoardRef
 from picofleet.gateway.plugin_manager import load_plugins
-from picofleet.gateway.service import prepare_directories
+from picofleet.gateway.service import GatewayBoards, prepare_directories
 from picofleet.gateway.sync import FleetSync
 from picofleet.plugins import pico2_ice, virtual
 from tests.helpers.fleet import FleetProcess
 from tests.helpers.fleet_repo import push_first_release
-from tests.helpers.gateway import GatewayProcess, wait_for
+from tests.helpers.gateway import GatewayProcess, idle_boards, running_gateway, wait_for
+from tests.helpers.wait import until
 from tests.test_fleet_git import app_uf2
 
 pytestmark = pytest.mark.timeout(120)
@@ -60,13 +60,6 @@ def reservations(gateway: GatewayProcess, name: str | None = None) -> list[dict[
 def device(gateway: GatewayProcess, serial: str) -> dict[str, Any]:
     """One board's record."""
     return gateway.get(f"/v1/devices/{serial}").json()
-
-
-def idle_boards(gateway: GatewayProcess, count: int) -> list[dict[str, Any]]:
-    """Wait until ``count`` boards are Idle."""
-    return gateway.wait_devices(
-        lambda d: len(d) == count and all(x["Status"] == "Idle" for x in d), 30, f"{count} idle boards"
-    )
 
 
 @contextlib.contextmanager
@@ -117,20 +110,10 @@ def ready(gateway: GatewayProcess, serial: str, timeout: float = 30) -> dict[str
     return wait_for(check, timeout, f"board {serial} ready for evaluations", interval=0.05)
 
 
-async def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Wait (on the event loop) until ``condition()`` is truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
-    return result
-
-
 @contextlib.asynccontextmanager
 async def gateway_in_process(
     data: Path, boards: int
-) -> AsyncIterator[tuple[DeviceManager, httpx.AsyncClient]]:
+) -> AsyncIterator[tuple[GatewayBoards, httpx.AsyncClient]]:
     """A gateway in this process (its API over ASGI) with ``boards`` virtual boards, all Idle.
 
     For tests that make something happen at a given moment inside the gateway.
@@ -140,42 +123,40 @@ async def gateway_in_process(
     store = Store(config.db_path)
     await store.open()
     plugins = load_plugins()
-    manager = DeviceManager(config, store, plugins)
-    await manager.start()
+    wired = GatewayBoards.build(config, store, plugins)
+    manager = wired.manager
+    await wired.start()
     discovery = Discovery(
         plugins.discovery_sources(config), plugins.board_types, manager.on_present, manager.on_gone
     )
     discovery.start()
     try:
-        transport = httpx.ASGITransport(app=create_app(manager))
+        app = create_app(manager, reservations=wired.reservations, evaluations=wired.evaluations)
+        transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as client:
             await until(
                 lambda: [b.record["Status"] for b in manager.listed()] == ["Idle"] * boards,
                 30,
                 f"{boards} idle boards",
             )
-            yield manager, client
+            yield wired, client
     finally:
         await discovery.stop()
-        await manager.stop()
+        await wired.stop()
         await store.close()
 
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
-    service = GatewayProcess(tmp_path / "gw", "--simulate", "2").start()
-    idle_boards(service, 2)
-    yield service
-    service.stop()
+    with running_gateway(tmp_path / "gw", 2) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
 def untouched_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """One gateway for the tests whose requests are all refused (nothing is ever reserved)."""
-    service = GatewayProcess(tmp_path_factory.mktemp("gw"), "--simulate", "2").start()
-    idle_boards(service, 2)
-    yield service
-    service.stop()
+    with running_gateway(tmp_path_factory.mktemp("gw"), 2) as service:
+        yield service
 
 
 def test_a_reserved_board_gets_the_pulse_count_firmware_and_goes_back_when_ended(
@@ -552,29 +533,30 @@ def test_a_board_reserved_while_a_flash_for_it_is_prepared_is_not_flashed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def main() -> None:
-        async with gateway_in_process(tmp_path / "gw", 2) as (manager, client):
+        async with gateway_in_process(tmp_path / "gw", 2) as (wired, client):
+            manager, book = wired.manager, wired.reservations
             by_api, by_fleet = manager.listed()
             loop = asyncio.get_running_loop()
 
             def read_while_reserved(body: bytes, board_type: Any) -> FlashJob:  # a worker thread
-                reserving = manager.reservations.reserve("ivy", None, "pulsecount", serials=[by_api.serial])
+                reserving = book.reserve("ivy", None, "pulsecount", serials=[by_api.serial])
                 asyncio.run_coroutine_threadsafe(reserving, loop).result(30)
                 return read_image(body, board_type)
 
-            read_image = gateway_app._read_image
-            monkeypatch.setattr(gateway_app, "_read_image", read_while_reserved)
+            read_image = device_routes._read_image
+            monkeypatch.setattr(device_routes, "_read_image", read_while_reserved)
             flashed = await client.post(f"/v1/devices/{by_api.serial}/flash", content=app_uf2("9.9.9"))
             assert flashed.status_code == 409, flashed.text
             assert "reserved by 'ivy'" in flashed.json()["error"]
 
             async def fetched_while_reserved(_: Any, firmware: dict[str, Any]) -> FlashJob:
-                await manager.reservations.reserve("jack", None, "pulsecount", serials=[by_fleet.serial])
+                await book.reserve("jack", None, "pulsecount", serials=[by_fleet.serial])
                 data = app_uf2("2.0.0")
                 parsed = uf2.read_uf2(data)
                 return FlashJob(data, parsed.families, image.uf2_version(parsed))
 
             config = dataclasses.replace(manager.config, fleet_url="http://fleet.invalid")
-            sync = FleetSync(config, manager, manager.store)
+            sync = FleetSync(config, manager, manager.store, book)
             sync._job = fetched_while_reserved  # type: ignore[method-assign]
             target = {"commit": "c2", "firmware": {"sha256": "0" * 64, "url": "http://fleet.invalid/a"}}
             async with httpx.AsyncClient() as fleet:
@@ -598,11 +580,11 @@ def test_a_fleet_flash_refused_while_a_failed_reservation_claimed_the_board_is_a
     tmp_path: Path,
 ) -> None:
     async def main() -> None:
-        async with gateway_in_process(tmp_path / "gw", 2) as (manager, _):
+        async with gateway_in_process(tmp_path / "gw", 2) as (wired, _):
+            manager, book = wired.manager, wired.reservations
             first, second = manager.listed()
-            book = manager.reservations
             config = dataclasses.replace(manager.config, fleet_url="http://fleet.invalid")
-            sync = FleetSync(config, manager, manager.store)
+            sync = FleetSync(config, manager, manager.store, book)
 
             async def job(client: Any, firmware: dict[str, Any]) -> FlashJob:
                 data = app_uf2("2.0.0")
@@ -655,10 +637,10 @@ def test_a_board_with_a_flash_queued_is_not_reserved_until_it_is_flashed(gateway
 
 def test_an_ended_reservation_is_not_stored_again_by_its_board(tmp_path: Path) -> None:
     async def main() -> None:
-        async with gateway_in_process(tmp_path / "gw", 1) as (manager, client):
+        async with gateway_in_process(tmp_path / "gw", 1) as (wired, client):
+            manager, book = wired.manager, wired.reservations
             created = (await client.post("/v1/reservations", json={"name": "kim", "count": 1})).json()
             serial = created["reservations"][0]["serial"]
-            book = manager.reservations
             await until(lambda: book.of(serial).state == "ready", 30, "the board ready")
 
             store = manager.store

@@ -5,8 +5,7 @@ from __future__ import annotations
 import httpx
 
 from picofleet.firmware.formats import uf2
-from picofleet.plugins.virtual.control import RackUnavailable
-from tests.helpers.boards import app_uf2, rack, rack_boards
+from tests.helpers.boards import app_uf2, rack, rack_boards, wait_rack_gone
 from tests.helpers.gateway import wait_for
 
 OCTETS = {"Content-Type": "application/octet-stream"}
@@ -53,14 +52,7 @@ def test_two_rp2040_bootloaders_stay_two_boards_and_are_found_after_a_restart(ga
 
     gateway.kill()
 
-    def rack_gone() -> bool:
-        try:
-            rack_boards(gateway.data)
-        except (RackUnavailable, AssertionError):
-            return True
-        return False
-
-    wait_for(rack_gone, 10, "the rack to go")
+    wait_rack_gone(gateway.data)
     (gateway.data / "virtual" / "flash" / f"{first}.uf2").unlink()  # it will boot into its bootloader
     again = gateway_factory("--simulate", "2:rp2040")
     wait_for(

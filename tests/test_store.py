@@ -26,6 +26,7 @@ import picofleet.common.atomic as atomic_module
 import picofleet.common.tinydb_file as storage_module
 from picofleet.common.atomic import atomic_write_bytes, atomic_write_json, fsync_directory
 from picofleet.common.store import AtomicJSONStorage, Store, StoreClosedError, StoreLockedError
+from tests.helpers.wait import until
 
 T = TypeVar("T")
 HELPER = Path(__file__).parent / "helpers" / "store_writer.py"
@@ -36,15 +37,6 @@ PADDING = 32 * 1024  # bytes added to every write in the kill -9 test: a longer 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine on a fresh event loop (no pytest-asyncio here)."""
     return asyncio.run(coro)
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``condition`` without blocking the loop until it holds, or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.001)
 
 
 def on_disk(path: Path) -> dict[str, Any]:
@@ -78,12 +70,12 @@ class Blocker:
 
     async def __aenter__(self) -> Blocker:
         self.task = asyncio.create_task(self.store.read(self._block))
-        await wait_until(self.started.is_set, what="writer thread blocked")
+        await until(self.started.is_set, 10, "writer thread blocked", interval=0.001)
         return self
 
     async def wait_queued(self, count: int) -> None:
         """Wait until ``count`` jobs are queued behind the blocker."""
-        await wait_until(lambda: self.store._queue.qsize() >= count, what=f"{count} jobs queued")
+        await until(lambda: self.store._queue.qsize() >= count, 10, f"{count} jobs queued", interval=0.001)
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.gate.set()
@@ -444,6 +436,17 @@ def test_event_loop_keeps_running_during_a_slow_job(db_path: Path) -> None:
     run(scenario())
 
 
+def write_two_versions(db_path: Path, first: dict[str, Any]) -> None:
+    """Store ``first``, then a second document: the backup is then the version with ``first`` only."""
+
+    async def write() -> None:
+        async with Store(db_path) as store:
+            await store.upsert("devices", "uuid", first)
+            await store.upsert("devices", "uuid", {"uuid": "b", "state": "online"})
+
+    run(write())
+
+
 @pytest.mark.parametrize(
     "tear",
     [
@@ -459,13 +462,7 @@ def test_torn_main_file_is_recovered_from_backup(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     first = {"uuid": "a", "state": "idle"}
-
-    async def write_two_versions() -> None:
-        async with Store(db_path) as store:
-            await store.upsert("devices", "uuid", first)
-            await store.upsert("devices", "uuid", {"uuid": "b", "state": "online"})
-
-    run(write_two_versions())
+    write_two_versions(db_path, first)
     backup = db_path.with_name("enm.db.bak")
     assert disk_docs(backup, "devices") == [first]  # the backup is the previous version
     torn = tear(db_path.read_bytes())
@@ -525,13 +522,7 @@ def test_unreadable_file_and_backup_start_empty_and_keep_the_bytes(
 def test_missing_main_file_is_recovered_from_backup(db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     first = {"uuid": "a", "state": "idle"}
-
-    async def write_two_versions() -> None:
-        async with Store(db_path) as store:
-            await store.upsert("devices", "uuid", first)
-            await store.upsert("devices", "uuid", {"uuid": "b", "state": "online"})
-
-    run(write_two_versions())
+    write_two_versions(db_path, first)
     backup = db_path.with_name("enm.db.bak")
     backup_bytes = backup.read_bytes()
     db_path.unlink()  # deleted by mistake, or a crash left only the backup
@@ -590,13 +581,7 @@ def test_new_database_logs_no_warning(db_path: Path, caplog: pytest.LogCaptureFi
 def test_store_and_recovery_work_without_hard_links(db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     first = {"uuid": "a", "state": "idle"}
-
-    async def write_two_versions() -> None:
-        async with Store(db_path) as store:
-            await store.upsert("devices", "uuid", first)
-            await store.upsert("devices", "uuid", {"uuid": "b", "state": "online"})
-
-    run(write_two_versions())
+    write_two_versions(db_path, first)
     backup = db_path.with_name("enm.db.bak")
     assert disk_docs(backup, "devices") == [first]
     torn = db_path.read_bytes()[:-7]
@@ -653,7 +638,7 @@ def test_writer_failing_while_a_job_is_queued_does_not_hang(
         store = Store(db_path)
         await store.open()
         killer = asyncio.create_task(store.read(die))
-        await wait_until(entered.is_set, what="writer thread in the failing job")
+        await until(entered.is_set, 10, "writer thread in the failing job", interval=0.001)
         assert store._failure is None  # so the job below passes the check before queueing
         real_put = store._queue.put
         thread = store._thread

@@ -16,7 +16,7 @@ import pytest
 from picofleet.supervisor_bridge.environment import BalenaEnvironment
 from tests.helpers.boards import rack_boards
 from tests.helpers.fake_supervisor import DEVICE, FakeSupervisor
-from tests.helpers.gateway import GatewayProcess, wait_for
+from tests.helpers.gateway import GatewayProcess, idle_boards, wait_for
 
 KEY = "test-supervisor-key"
 
@@ -88,7 +88,7 @@ def test_identify_blinks_through_the_supervisor_with_the_api_key(
     supervisor.start()
     gateway = gateway_factory("--simulate", "1", env=balena_env(supervisor))
     wait_ready(gateway)
-    gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "the board")
+    idle_boards(gateway, 1)
 
     response = gateway.put("/v1/enm/identify")
     assert response.status_code == 200, response.text
@@ -168,9 +168,7 @@ def test_identify_boards_feature_flag_blinks_the_boards_too(
     env = balena_env(supervisor, PICOFLEET_FEATURE_IDENTIFY_BOARDS="1")
     gateway = gateway_factory("--simulate", "1", env=env)
     wait_ready(gateway)
-    serial = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "the board")[0][
-        "LocalUUID"
-    ]
+    serial = idle_boards(gateway, 1)[0]["LocalUUID"]
     assert "feature flags on: PICOFLEET_FEATURE_IDENTIFY_BOARDS" in gateway.output()
 
     response = gateway.put("/v1/enm/identify")

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from picofleet.gateway.discovery.sysfs_poll import SysfsPoller, _Node, path_id
 from picofleet.gateway.discovery.udev import UdevSource, usb_sources
 from picofleet.gateway.models import DeviceEvent
 from tests.helpers.gateway import GatewayProcess
+from tests.helpers.wait import until
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "umockdev"
@@ -383,17 +384,17 @@ class FakeMonitor:
             os.close(self.write_end)
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    """Wait on the event loop until ``condition()`` holds; fail with ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 def summary(events: list[DeviceEvent]) -> list[tuple[str, str, str]]:
     return [(event.action, event.device.serial, event.device.devname) for event in events]
+
+
+async def stop(task: asyncio.Task[Any], source: UdevSource, monitors: list[FakeMonitor]) -> None:
+    """End a scenario: cancel the source's run, close it and every monitor it opened."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await source.close()
+    for monitor in monitors:
+        monitor.close()
 
 
 # -- supervision of the monitor thread ------------------------------------------------------------
@@ -425,7 +426,7 @@ def test_monitor_thread_death_restarts_it_and_reports_only_the_difference(
 
             events.clear()  # hotplug through the monitor
             monitors[0].push(FakeDevice(sysfs.plug_tty("1-1.3", "CCCC000000000003", "ttyACM2"), "tty", "add"))
-            await until(lambda: len(events) == 1, "the hotplugged board")
+            await until(lambda: len(events) == 1, 5, "the hotplugged board")
             assert summary(events) == [("add", "CCCC000000000003", "/dev/ttyACM2")]
 
             # while the monitor is dead, B is unplugged and D plugged in; A and C stay
@@ -433,7 +434,7 @@ def test_monitor_thread_death_restarts_it_and_reports_only_the_difference(
             sysfs.unplug("1-1.2")
             sysfs.plug_tty("1-1.4", "DDDD000000000004", "ttyACM3")
             monitors[0].die(OSError(errno.ENOBUFS, "No buffer space available"))
-            await until(lambda: source.restarts == 1 and len(events) == 2, "the monitor restarted")
+            await until(lambda: source.restarts == 1 and len(events) == 2, 5, "the monitor restarted")
             assert summary(events) == [
                 ("add", "DDDD000000000004", "/dev/ttyACM3"),
                 ("remove", "BBBB000000000002", "/dev/ttyACM1"),
@@ -442,14 +443,10 @@ def test_monitor_thread_death_restarts_it_and_reports_only_the_difference(
 
             events.clear()  # the new monitor is followed
             monitors[1].push(FakeDevice(events_key(sysfs, "1-1.3", "ttyACM2"), "tty", "remove"))
-            await until(lambda: len(events) == 1, "the removal seen by the new monitor")
+            await until(lambda: len(events) == 1, 5, "the removal seen by the new monitor")
             assert summary(events) == [("remove", "CCCC000000000003", "/dev/ttyACM2")]
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await source.close()
-            for monitor in monitors:
-                monitor.close()
+            await stop(task, source, monitors)
 
     with caplog.at_level(logging.INFO, logger="picofleet.discovery.usb"):
         asyncio.run(asyncio.wait_for(scenario(), 20))
@@ -491,22 +488,20 @@ def test_reopen_failing_once_reports_no_board_gone_and_recovers(
             if failing == "enumeration":
                 context.failures = 1
             monitors[0].die(OSError(errno.ENOBUFS, "No buffer space available"))
-            await until(lambda: source.restarts == 1 and opened == 3, "the monitor reopened after a failure")
-            await until(lambda: monitors[-1].started and not task.done(), "the new monitor started")
+            await until(
+                lambda: source.restarts == 1 and opened == 3, 5, "the monitor reopened after a failure"
+            )
+            await until(lambda: monitors[-1].started and not task.done(), 5, "the new monitor started")
             await asyncio.sleep(0.05)  # time for the reopened monitor's enumeration to be reported
             assert events == []  # A and B stayed: neither is reported gone, nor added again
             assert not task.done()  # the failure did not escape to the supervisor
 
             new = monitors[-1]  # the new monitor is followed
             new.push(FakeDevice(sysfs.plug_tty("1-1.3", "CCCC000000000003", "ttyACM2"), "tty", "add"))
-            await until(lambda: len(events) == 1, "the board seen by the new monitor")
+            await until(lambda: len(events) == 1, 5, "the board seen by the new monitor")
             assert summary(events) == [("add", "CCCC000000000003", "/dev/ttyACM2")]
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await source.close()
-            for monitor in monitors:
-                monitor.close()
+            await stop(task, source, monitors)
 
     with caplog.at_level(logging.INFO, logger="picofleet.discovery.usb"):
         asyncio.run(asyncio.wait_for(scenario(), 20))
@@ -555,22 +550,18 @@ def test_pollhup_restarts_the_monitor_without_spinning(
             assert len(events) == 1
             events.clear()
             monitors[0].hang_up()
-            await until(lambda: source.restarts == 1 and len(monitors) == 2, "the monitor restarted")
-            await until(lambda: monitors[1].started, "the new monitor started")
+            await until(lambda: source.restarts == 1 and len(monitors) == 2, 5, "the monitor restarted")
+            await until(lambda: monitors[1].started, 5, "the new monitor started")
             await asyncio.sleep(0.3)  # a spinning thread would poll thousands of times meanwhile
             assert polls <= 5, f"{polls} poll() calls: the monitor thread spins"
             assert source.restarts == 1 and len(monitors) == 2
             assert events == []  # the board stayed: not reported gone
 
             monitors[1].push(FakeDevice(events_key(sysfs, "1-1.1", "ttyACM0"), "tty", "remove"))
-            await until(lambda: len(events) == 1, "the removal seen by the new monitor")
+            await until(lambda: len(events) == 1, 5, "the removal seen by the new monitor")
             assert summary(events) == [("remove", "AAAA000000000001", "/dev/ttyACM0")]
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await source.close()
-            for monitor in monitors:
-                monitor.close()
+            await stop(task, source, monitors)
 
     with caplog.at_level(logging.INFO, logger="picofleet.discovery.usb"):
         asyncio.run(asyncio.wait_for(scenario(), 20))
@@ -598,7 +589,7 @@ def test_unchanged_device_event_is_not_reported_again(tmp_path: Path) -> None:
         await asyncio.wait_for(source.ready.wait(), 5)
         monitors[0].push(FakeDevice(key, "tty", "change"))
         monitors[0].push(FakeDevice(key, "tty", "remove"))
-        await until(lambda: len(events) == 2, "the removal")
+        await until(lambda: len(events) == 2, 5, "the removal")
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         for monitor in monitors:
@@ -627,11 +618,11 @@ def test_auto_without_libudev_polls_sysfs_and_says_so_once(
         poller.interval = 0.02
         events: list[DeviceEvent] = []
         task = asyncio.create_task(poller.run(events.append))
-        await until(lambda: len(events) == 1, "the board present at start")
+        await until(lambda: len(events) == 1, 5, "the board present at start")
         sysfs.plug_bootloader("1-1.2", "BBBB000000000002", "sda")
-        await until(lambda: len(events) == 2, "the bootloader plugged in")
+        await until(lambda: len(events) == 2, 5, "the bootloader plugged in")
         sysfs.unplug("1-1.1")
-        await until(lambda: len(events) == 3, "the board unplugged")
+        await until(lambda: len(events) == 3, 5, "the board unplugged")
         await asyncio.sleep(0.1)  # a few more scans: nothing more, and no more warnings
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -28,7 +28,7 @@ from picofleet.supervisor_bridge import update_lock
 from picofleet.supervisor_bridge.update_lock import BalenaUpdateLock, inspect, lock_paths
 from tests.helpers.boards import app_uf2
 from tests.helpers.fpga import session_counter
-from tests.helpers.gateway import GatewayProcess, wait_for
+from tests.helpers.gateway import GatewayProcess, idle_boards, wait_for
 from tests.test_evaluations import reserve, stream_evaluation, upload, variant
 
 OCTETS = {"Content-Type": "application/octet-stream"}
@@ -49,7 +49,7 @@ def device(gateway: GatewayProcess, serial: str) -> dict:
 
 
 def first_board(gateway: GatewayProcess) -> str:
-    devices = gateway.wait_devices(lambda d: len(d) == 1 and d[0]["Status"] == "Idle", 15, "the board")
+    devices = idle_boards(gateway, 1)
     return devices[0]["LocalUUID"]
 
 
@@ -166,6 +166,22 @@ def test_a_lock_the_supervisor_holds_keeps_the_flash_back(gateway_factory, lock:
     flash(gateway, serial, "2.0.0", "free")
     wait_for(lambda: flashed(gateway, serial, "free"), 30, "the flash once the lock is free")
     wait_for(lambda: not lock.exists(), 5, "the lock released")
+
+
+def test_the_lock_is_a_plugin_and_disabling_it_takes_no_lock(gateway_factory, lock: Path) -> None:  # type: ignore[no-untyped-def]
+    env = {"ENM_LOCK_FILE_LOCATION": str(lock), "PICOFLEET_DISABLE_PLUGINS": "balena_update_lock"}
+    gateway = gateway_factory("--simulate", "1", env=env)
+    serial = first_board(gateway)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    assert supervisor_takes(lock)  # the supervisor's lock: a flash would wait for it, were it taken
+
+    flash(gateway, serial, "2.0.0", "unlocked")
+    wait_for(lambda: flashed(gateway, serial, "unlocked"), 30, "the flash without the update lock")
+    assert lock.read_text() == ""  # still the supervisor's, never looked at
+    assert gateway.get("/v1/enm/supervisor").json()["updateLock"]["enabled"] is False
+    output = gateway.output()
+    assert "plugin balena_update_lock is disabled by PICOFLEET_DISABLE_PLUGINS" in output
+    assert "balena update lock" not in output
 
 
 @pytest.mark.timeout(300)

@@ -22,17 +22,19 @@ import serial
 
 from picofleet.firmware.formats import uf2
 from picofleet.firmware.formats.image import FLASH_BASE, make_app_image
-from picofleet.firmware.host.protocol import FirmwareClient, FirmwareError
+from picofleet.firmware.host.errors import FirmwareError
+from picofleet.firmware.host.protocol import FirmwareClient
 from picofleet.gateway.config import load_config, parse_simulate
 from picofleet.gateway.models import DeviceEvent
 from picofleet.plugins import virtual
 from picofleet.plugins.virtual import rack as rack_module
-from picofleet.plugins.virtual.board import Board
+from picofleet.plugins.virtual.board import VirtualBoard
 from picofleet.plugins.virtual.bootrom import ImageAssembler
 from picofleet.plugins.virtual.bus import RackRefused, VirtualBus
 from picofleet.plugins.virtual.control import connect, default_socket_path, read_line, socket_address
 from picofleet.plugins.virtual.identities import accepted_families, factory_family
-from tests.helpers.rack import RackProcess, wait_until
+from tests.helpers.rack import RackProcess
+from tests.helpers.wait import until, wait_for
 
 RP2040_INFO = "UF2 Bootloader v3.0\nModel: Raspberry Pi RP2\nBoard-ID: RPI-RP2\n"
 RP2350_INFO = "UF2 Bootloader v1.0\nModel: Raspberry Pi RP2350\nBoard-ID: RP2350\n"
@@ -148,7 +150,7 @@ def test_touch_drive_and_flash(rack_factory, tmp_path: Path) -> None:
     wrong = app_uf2("3.0.0", "rp2040", family=uf2.RP2040)
     (drive / "WRONG.UF2").write_bytes(wrong)
     blocks = len(wrong) // 512
-    wait_until(
+    wait_for(
         lambda: rack.board(ice["serial"])["blocks_ignored"] == blocks, 5, "the bootrom to read the blocks"
     )
     board = rack.board(ice["serial"])
@@ -293,7 +295,7 @@ def test_kill_9_leaves_a_consistent_state(rack_factory) -> None:
 
     worker = threading.Thread(target=churn)
     worker.start()
-    wait_until(lambda: any(board["boots"] > 1 for board in rack.boards()), 10, "some churn")
+    wait_for(lambda: any(board["boots"] > 1 for board in rack.boards()), 10, "some churn")
     rack.kill()
     stop.set()
     worker.join(10)
@@ -370,21 +372,15 @@ def test_discovery_hook_and_virtual_bus(tmp_path: Path) -> None:
     async def scenario() -> None:
         events: list[DeviceEvent] = []
 
-        async def until(count: int, what: str) -> None:
-            deadline = time.monotonic() + 20
-            while len(events) < count:
-                assert time.monotonic() < deadline, f"timed out waiting for {what}: {events}"
-                await asyncio.sleep(0.02)
-
         task = asyncio.create_task(bus.run(events.append))
         try:
-            await until(2, "the boards' ports")
+            await until(lambda: len(events) >= 2, 20, "the boards' ports")
             assert [(e.action, e.device.subsystem, e.device.model_id) for e in events] == [
                 ("add", "tty", "0005")
             ] * 2
             first = [e.device for e in events]
             os.kill(bus.process.pid, signal.SIGKILL)  # the bus removes the boards, restarts the rack
-            await until(6, "the boards to come back")
+            await until(lambda: len(events) >= 6, 20, "the boards to come back")
             assert {e.device.key for e in events[2:4]} == {d.key for d in first}
             assert [e.action for e in events[2:]] == ["remove", "remove", "add", "add"]
             assert {e.device.serial for e in events[4:]} == {d.serial for d in first}
@@ -460,7 +456,7 @@ def test_concurrent_adds_get_a_slot_each_and_survive_a_restart(rack_factory) -> 
 def test_requests_fail_when_the_board_does_not_get_there(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(rack_module, "TRANSITION_WAIT", 0.1)
     monkeypatch.setattr(
-        Board, "start", lambda self, plugged: setattr(self, "_plugged", plugged)
+        VirtualBoard, "start", lambda self, plugged: setattr(self, "_plugged", plugged)
     )  # never boots
     rack = rack_module.Rack(tmp_path / "virtual", {"rp2040": 1})
     (board,) = rack.setup()
@@ -492,7 +488,7 @@ def test_requests_fail_when_the_board_does_not_get_there(tmp_path: Path, monkeyp
 
 
 def test_a_stopped_board_never_writes_to_its_closed_wake_pipe(tmp_path: Path) -> None:
-    boards = [Board(f"{n:016X}", "rp2040", n, tmp_path, lambda action, device: None) for n in range(2)]
+    boards = [VirtualBoard(f"{n:016X}", "rp2040", n, tmp_path, lambda action, device: None) for n in range(2)]
     boards[0].start(plugged=False)
     for board in boards:
         board.stop()

@@ -1,0 +1,1 @@
+"""The host side of the board protocols, over an open pyserial port."""

@@ -23,7 +23,7 @@ import serial
 from mpremote.transport import TransportError, TransportExecError
 from mpremote.transport_serial import SerialTransport
 
-from picofleet.firmware.host.protocol import FirmwareError, PortLost
+from picofleet.firmware.host.errors import FirmwareError, PortLost
 
 __all__ = ["DeadlineTransport", "install_files"]
 
@@ -91,7 +91,7 @@ def install_files(port: serial.Serial, files: dict[str, bytes], timeout: float =
     deadline = time.monotonic() + timeout
     transport = _PortTransport(port, deadline)
     saved_timeout = port.timeout
-    where = port.port
+    where = port.port or "the serial port"
     try:
         port.timeout = READ_TIMEOUT
         _enter_raw_repl(transport, where)

@@ -22,9 +22,9 @@ from typing import Any
 
 import serial
 
-from picofleet.gateway.models import BoardError
+from picofleet.firmware.host.errors import FirmwareError, NoAnswer, PortLost
 
-__all__ = ["FirmwareClient", "FirmwareError", "NoAnswer", "PortLost", "random_id"]
+__all__ = ["MAX_ID", "FirmwareClient", "brief_reads", "forward_log", "random_id"]
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +34,6 @@ MAX_READ_BLOCK = 0.2
 """A port timeout up to this is used as it is; otherwise READ_SLICE is set for the request."""
 MAX_PENDING = 64 * 1024
 """Bytes without a line end after which the receive buffer is dropped as garbage."""
-
-
-class FirmwareError(BoardError):
-    """The board's firmware did not do what was asked (error answer, no answer, port lost)."""
-
-
-class NoAnswer(FirmwareError):
-    """Nothing that speaks this protocol answered in time (another firmware, or a hung one)."""
-
-
-class PortLost(FirmwareError):
-    """The serial port failed (the board was unplugged or reset under us)."""
 
 
 MAX_ID = 0xFFFFFFFF

@@ -30,15 +30,8 @@ from typing import Any
 
 import serial
 
-from picofleet.firmware.host.protocol import (
-    MAX_ID,
-    FirmwareError,
-    NoAnswer,
-    PortLost,
-    brief_reads,
-    forward_log,
-    random_id,
-)
+from picofleet.firmware.host.errors import FirmwareError, NoAnswer, PortLost
+from picofleet.firmware.host.protocol import MAX_ID, brief_reads, forward_log, random_id
 from picofleet.firmware.pico2_ice import frames
 
 __all__ = ["CHUNK_WINDOW", "FirmwareError", "NoAnswer", "PortLost", "PulseCountBoard"]

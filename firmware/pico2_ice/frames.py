@@ -1,7 +1,7 @@
 """Protocol version 2 framing (../PROTOCOL.md): encoding and an incremental decoder.
 
 Shared by the pulse-count firmware (on the board under MicroPython, and in the simulator under
-CPython) and by the host client (firmware/pulsecount_client.py). It therefore sticks to what both
+CPython) and by the host client (firmware/host/pulsecount.py). It therefore sticks to what both
 interpreters share: no annotations, no dataclasses, only ``json``, ``struct`` and ``binascii``.
 
 A frame is::
@@ -19,7 +19,7 @@ import struct
 try:
     import binascii
 except ImportError:  # a MicroPython build without binascii
-    binascii = None
+    binascii = None  # type: ignore[assignment]  # checked before each use
 
 MAGIC = b"\xa5\x5a"
 KIND_JSON = 0x4A  # "J"
@@ -172,7 +172,7 @@ class Decoder:
 
     def feed(self, data):
         """Process ``data`` (bytes-like); return the list of events it completed."""
-        events = []
+        events = []  # type: list  # (a type comment: MicroPython has no variable annotations)
         data = memoryview(data)
         i = 0
         end = len(data)

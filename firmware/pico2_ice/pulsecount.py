@@ -42,7 +42,7 @@ import time
 try:
     from . import frames  # a module of the picofleet.firmware.pico2_ice package (CPython)
 except (ImportError, ValueError):
-    import frames  # a flat file next to this one (the board)
+    import frames  # type: ignore[no-redef]  # a flat file next to this one (the board)
 
 FIRMWARE = "picofleet-pulsecount"
 """The firmware name reported by ``identify`` (and written in the image descriptor)."""
@@ -308,6 +308,8 @@ class App:
 
     def poll_count(self):
         """Answer the running count/evaluate request once its window has ended."""
+        if self.counting is None:
+            return
         request_id, sha256 = self.counting
         try:
             pulses = self.hw.count_result()

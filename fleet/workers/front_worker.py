@@ -49,11 +49,11 @@ from collections.abc import AsyncIterator
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
+from picofleet.common.errors import ConfigError
 from picofleet.common.http.server import bind_socket, serve_app, stop_on_signals, unix_address
 from picofleet.fleet.service import TOKEN_ENV
 from picofleet.fleet.state_checks import GENERATION_FIELD, plain_check, send_target
 from picofleet.fleet.workers.upstream import Upstream, UpstreamError, UpstreamResponse
-from picofleet.gateway.config import ConfigError
 
 __all__ = ["FrontWorker", "TargetCache", "main"]
 

@@ -10,6 +10,16 @@ Idle connections older than :data:`IDLE_REUSE_S` are closed instead of reused: H
 keep-alive connections idle for 5 s, and a request written into a connection the primary is just
 closing would be lost. A reused connection that fails before the response starts is retried once on
 a fresh one if it is a ``GET`` or ``HEAD``.
+
+**A request body goes out with its head, in one write.** Hypercorn keeps a connection only if it
+had read the whole request by the time its handler answered; a handler that answers without
+reading the body (a 400 for a bad variable name, a 404 for an unknown fleet) before the body
+arrived makes Hypercorn close the connection just after the answer. The worker, having read a
+complete answer, kept that connection, and the next request written into it met a reset: a ``PUT``
+(not sent twice) then failed with 503. A body of at most :data:`ONE_WRITE_BYTES` is therefore
+collected first and written together with the head, so Hypercorn parses the whole request before
+its handler runs; a longer body is streamed, and its connection is not kept afterwards. A connection
+the primary reset while it was idle is never reused (``at_eof()`` stays false after a reset).
 """
 
 from __future__ import annotations
@@ -19,7 +29,6 @@ import collections
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import h11
 
@@ -29,6 +38,10 @@ CONNECT_TIMEOUT_S = 5.0
 IDLE_REUSE_S = 3.0
 """Idle connections older than this are not reused (Hypercorn's keep-alive timeout is 5 s)."""
 READ_SIZE = 65536
+ONE_WRITE_BYTES = 16384
+"""A request whose body is at most this long is written in one piece (the head with the body), well
+under the 64 KiB Hypercorn reads at once and what a Unix socket queues as one buffer: the primary
+reads and parses the whole request before its handler runs."""
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 Headers = list[tuple[bytes, bytes]]
 
@@ -42,25 +55,35 @@ class _Connection:
         self.reader, self.writer = reader, writer
         self.protocol = h11.Connection(h11.CLIENT)
         self.idle_since = time.monotonic()
+        self.keep = True
+        """False once a request body was streamed on it: the primary may have answered before reading
+        all of it, and then it closes the connection (see the module docstring)."""
 
-    async def send(self, event: Any) -> None:
-        data = self.protocol.send(event)
+    async def send(self, *events: h11.Event) -> None:
+        """Write ``events`` in one piece."""
+        data = b"".join(self.protocol.send(event) or b"" for event in events)
         if data:
             self.writer.write(data)
             await self.writer.drain()
 
-    async def next_event(self) -> Any:
+    async def next_event(self) -> h11.Event | type[h11.PAUSED]:
+        """The next event from the primary, reading from the socket while h11 needs data."""
         while True:
             event = self.protocol.next_event()
-            if event is not h11.NEED_DATA:
+            if isinstance(event, h11.Event):
                 return event
-            self.protocol.receive_data(await self.reader.read(READ_SIZE))
+            if event is h11.PAUSED:
+                return h11.PAUSED
+            self.protocol.receive_data(await self.reader.read(READ_SIZE))  # h11.NEED_DATA
 
     def reusable(self) -> bool:
         return (
-            self.protocol.our_state is h11.IDLE
+            self.keep
+            and self.protocol.our_state is h11.IDLE
             and self.protocol.their_state is h11.IDLE
             and not self.reader.at_eof()
+            and self.reader.exception() is None  # reset by the primary (then at_eof() stays false)
+            and not self.writer.is_closing()
             and time.monotonic() - self.idle_since < IDLE_REUSE_S
         )
 
@@ -137,7 +160,8 @@ class Upstream:
     ) -> AsyncIterator[UpstreamResponse]:
         """Send a request (``target`` is the path and query; ``body`` streamed, chunked unless the
         headers give a ``content-length``) and yield the response once its head arrived. The
-        connection is kept for reuse only if the body was read to the end."""
+        connection is kept for reuse only if the body was read to the end and the request went out
+        in one piece (see the module docstring)."""
         if body is not None and not any(name == b"content-length" for name, _ in headers):
             headers = [*headers, (b"transfer-encoding", b"chunked")]
         connection, head = await self._send(method, target, headers, body)
@@ -149,7 +173,7 @@ class Upstream:
         # Both sides DONE: the answer was read to its end. Not so after "Connection: close" (h11
         # then says MUST_CLOSE; Hypercorn sends it on a connection's 1,000th answer).
         protocol = connection.protocol
-        if protocol.our_state is h11.DONE and protocol.their_state is h11.DONE:
+        if connection.keep and protocol.our_state is h11.DONE and protocol.their_state is h11.DONE:
             protocol.start_next_cycle()
             connection.idle_since = time.monotonic()
             self._idle.append(connection)
@@ -185,17 +209,38 @@ class Upstream:
         headers: Headers,
         body: AsyncIterator[bytes] | None,
     ) -> h11.Response:
-        await connection.send(h11.Request(method=method, target=target, headers=headers))
-        if body is not None:
-            async for chunk in body:
-                await connection.send(h11.Data(data=chunk))
-        await connection.send(h11.EndOfMessage())
+        head = h11.Request(method=method, target=target, headers=headers)
+        if body is None:
+            await connection.send(head, h11.EndOfMessage())
+        else:
+            await Upstream._send_body(connection, head, body)
         while True:
             event = await connection.next_event()
             if isinstance(event, h11.Response):
                 return event
             if not isinstance(event, h11.InformationalResponse):
                 raise UpstreamError(f"unexpected {type(event).__name__} instead of an answer")
+
+    @staticmethod
+    async def _send_body(connection: _Connection, head: h11.Request, body: AsyncIterator[bytes]) -> None:
+        """The head with the whole body in one write if it is at most :data:`ONE_WRITE_BYTES`; else
+        the head with what came so far, then the rest as it comes (and the connection is not kept)."""
+        collected: list[bytes] = []
+        size = 0
+        async for chunk in body:
+            collected.append(chunk)
+            size += len(chunk)
+            if size > ONE_WRITE_BYTES:
+                break
+        else:
+            await connection.send(head, *(h11.Data(data=c) for c in collected if c), h11.EndOfMessage())
+            return
+        connection.keep = False
+        await connection.send(head, *(h11.Data(data=c) for c in collected if c))
+        async for chunk in body:
+            if chunk:
+                await connection.send(h11.Data(data=chunk))
+        await connection.send(h11.EndOfMessage())
 
     def close(self) -> None:
         """Close the idle connections."""

@@ -12,19 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import serial
 
-from picofleet.firmware.asset_cache import sha256_of
-from picofleet.firmware.formats import image, uf2
+from picofleet.gateway.boards.flash_job import FlashJob
+from picofleet.gateway.boards.flashing import flash_board
+from picofleet.gateway.boards.owner import BoardOwner
 from picofleet.gateway.boards.record import LIVE_FIELDS, Status, public_form
-from picofleet.gateway.evaluation.reservations import Reservation, evaluation_firmware
 from picofleet.gateway.models import APPLICATION, BOOTLOADER, BoardError, BoardIdentity, BoardRef, Sighting
-
-if TYPE_CHECKING:
-    from picofleet.gateway.boards.manager import DeviceManager
 
 log = logging.getLogger("picofleet.board")
 
@@ -36,33 +32,10 @@ RESET_GRACE = 1.0
 """Seconds a board's port has to go away after a reset before it counts as a soft reset."""
 
 
-@dataclass
-class FlashJob:
-    """A UF2 image to put on a board; ``commit`` is recorded as the board's Commit on success.
-
-    ``evaluation``: the evaluation firmware of the board's reservation, the one flash a reserved
-    board takes (``manager.request_flash`` refuses others).
-    """
-
-    uf2: bytes
-    families: frozenset[int]
-    version: str | None
-    commit: str | None = None
-    sha256: str = ""
-    evaluation: bool = False
-
-    def __post_init__(self) -> None:
-        self.sha256 = self.sha256 or sha256_of(self.uf2)
-
-    def stored(self) -> dict[str, Any]:
-        """The record's ``PendingFlash``: what to flash again after a power cut (the UF2 is an asset)."""
-        return {"sha256": self.sha256, "commit": self.commit, "version": self.version}
-
-
 class Board:
     """A board known to the gateway (provisioned or being provisioned)."""
 
-    def __init__(self, manager: DeviceManager, record: dict[str, Any], *, provisioned: bool):
+    def __init__(self, manager: BoardOwner[Board], record: dict[str, Any], *, provisioned: bool):
         self.manager = manager
         self.record = record
         self.provisioned = provisioned
@@ -83,13 +56,12 @@ class Board:
         self.forgotten = False
         self.open_failures = 0
         self.task: asyncio.Task[None] | None = None
-        self.reservation: Reservation | None = None  # set by reconcile while the board is reserved
         self.evaluation_ready = False  # reserved, running the evaluation firmware, port open
-        self._prepared: tuple[tuple[str, float], str] | None = None  # (reservation, stage done)
 
     # -- identity -------------------------------------------------------------------------
     @property
     def serial(self) -> str:
+        """The board's USB serial, its LocalUUID."""
         return str(self.record["LocalUUID"])
 
     @property
@@ -98,6 +70,7 @@ class Board:
         return f"{self.record.get('Name') or 'new board'} ({self.serial})"
 
     def public(self) -> dict[str, Any]:
+        """The record as the API shows it."""
         return public_form(self.record)
 
     def ref(self, sighting: Sighting | None = None) -> BoardRef:
@@ -122,11 +95,13 @@ class Board:
 
     # -- what discovery tells us ------------------------------------------------------------
     def seen(self, sighting: Sighting) -> None:
+        """Discovery sees a node of the board (its application port or its bootloader drive)."""
         self.sightings[sighting.mode] = sighting
         self.usb_port = sighting.usb_port or self.usb_port
         self._presence_changed()
 
     def gone(self, key: str) -> bool:
+        """The node ``key`` went away; whether it was one of this board's."""
         for mode, sighting in list(self.sightings.items()):
             if sighting.key == key:
                 del self.sightings[mode]
@@ -222,19 +197,20 @@ class Board:
     async def reconcile(self) -> None:
         """Bring the board one step closer to what it should be (docs/states.md).
 
-        A reserved board that is ready serves its evaluations from here (until the scheduler has
-        no work for it or ``wake`` is set); the reservation book learns whether it is ready.
+        A reserved board that is ready serves its evaluations from here (``manager.reserved_boards``,
+        until there is no work for it or ``wake`` is set); the reservation book learns whether it is
+        ready.
         """
         self.evaluation_ready = False
-        self.reservation = self.manager.reservations.of(self.serial)
         await self.reconcile_step()
         if not self.evaluation_ready:
             await self.manager.reservations.set_ready(self.serial, False)
 
     async def reconcile_step(self) -> None:
         """One step of :meth:`reconcile`."""
+        reserved = self.manager.reservations.of(self.serial) is not None
         if self.delete_requested:
-            if self.reservation is not None:
+            if reserved:
                 await self.manager.reservations.board_deleted(self.serial)
             await self.close_port()
             await self.manager.forget(self)
@@ -280,86 +256,10 @@ class Board:
             return
         if self.pending_blink:
             await self.blink()
-        if self.reservation is not None:
-            await self.serve_reservation(self.reservation)
+        if reserved:
+            await self.manager.reserved_boards.serve(self)
         elif self.record["Status"] != Status.IDLE.value:
             await self.update(Status=Status.IDLE.value)
-
-    # -- reservations (gateway/evaluation/reservations.py) ---------------------------------------------
-    async def serve_reservation(self, reservation: Reservation) -> None:
-        """A reserved board with its port open: prepare it, or serve its client's evaluations."""
-        running = str(self.record.get("FirmwareVersion") or "")
-        if running != reservation.firmware and not running.startswith(f"{reservation.firmware} "):
-            await self.prepare_evaluation(reservation, running)
-            return
-        await self.show_reserved(reservation)
-        self.evaluation_ready = True
-        await self.manager.reservations.set_ready(self.serial, True)
-        await self.manager.evaluations.serve(self)
-        if self.manager.reservations.of(self.serial) is reservation:
-            await self.show_reserved(reservation)  # the scheduler may have shown Evaluating
-
-    async def show_reserved(self, reservation: Reservation) -> None:
-        """Status Reserved, naming the client."""
-        reason = f"reserved by {reservation.name} for {reservation.kind} evaluations"
-        if self.record["Status"] != Status.RESERVED.value or self.record.get("StatusReason") != reason:
-            await self.update(Status=Status.RESERVED.value, StatusReason=reason)
-
-    async def prepare_evaluation(self, reservation: Reservation, running: str) -> None:
-        """Install the evaluation firmware: flash its UF2, then copy its files (each makes Commit null).
-
-        Each stage is done once per reservation; a board that still does not run the firmware
-        afterwards fails (and its reservation ends with the reason).
-        """
-        key = (reservation.name, reservation.created_at)
-        done = self._prepared[1] if self._prepared is not None and self._prepared[0] == key else None
-        firmware = await evaluation_firmware(self.manager, self.ref(self.port_sighting), reservation.kind)
-        if firmware is None:
-            raise BoardError(
-                f"no plugin provides {reservation.kind} evaluation firmware for a {self.record['BoardType']}"
-            )
-        reserved = f"reserved by {reservation.name} for {reservation.kind} evaluations"
-        if firmware.uf2 is not None and done is None:
-            job = await asyncio.to_thread(evaluation_job, firmware.uf2)
-            if self.manager.reservations.of(self.serial) is not reservation:
-                return  # it ended meanwhile: the board keeps its fleet firmware
-            self._prepared = (key, "flashed")
-            log.info("%s: %s: flashing the UF2 of %s", self.label, reserved, firmware.name)
-            # the fleet's firmware is gone: a null Commit makes the sync re-apply the target later
-            await self.update(Commit=None, StatusReason=f"{reserved}: installing {firmware.name}")
-            from picofleet.gateway.boards.manager import FlashRefused
-
-            try:
-                await self.manager.request_flash(self, job)
-            except FlashRefused:  # the reservation ended meanwhile: Commit is null, so the sync
-                self.manager.reservations.released.set()  # re-applies the fleet's target to it
-            return
-        if firmware.files and done != "installed":
-            if self.manager.reservations.of(self.serial) is not reservation:
-                return  # it ended meanwhile: the board keeps its fleet firmware
-            self._prepared = (key, "installed")
-            log.info("%s: %s: copying the files of %s", self.label, reserved, firmware.name)
-            # they replace the fleet's firmware too: a null Commit makes the sync re-apply the target
-            await self.update(
-                Commit=None,
-                Status=Status.INSTALLING.value,
-                StatusReason=f"{reserved}: copying {', '.join(firmware.files)}",
-            )
-            copied = await self.call(
-                "picofleet_install_files",
-                board=self.ref(),
-                port=self.port,
-                files=firmware.files,
-            )
-            if copied is None:
-                raise BoardError("no plugin can copy files onto this board (picofleet_install_files)")
-            await self.wait_for_reset()
-            self.wake.set()  # reopened and identified again
-            return
-        raise BoardError(
-            f"the evaluation firmware did not start: the board runs "
-            f"{running or 'a firmware that does not say'}, not {reservation.firmware}"
-        )
 
     async def wait_for_reset(self) -> None:
         """Close the port of a board that was just reset, and wait until it is back.
@@ -493,8 +393,6 @@ class Board:
 
     async def flash(self) -> None:
         """Flash the pending image (gateway/boards/flashing.py); a job queued meanwhile stays pending."""
-        from picofleet.gateway.boards.flashing import flash_board
-
         job = self.pending_flash
         assert job is not None
         self.busy = True
@@ -522,13 +420,3 @@ class Board:
                 await self.manager.persist({**self.record, "PendingFlash": None})
             self.record = {**self.record, "PendingFlash": None}
         await self.manager.collect_assets()
-
-
-def evaluation_job(data: bytes) -> FlashJob:
-    """The flash job of an evaluation firmware's UF2 (CPU work: run it in a thread); no commit."""
-    try:
-        parsed = uf2.read_uf2(data)
-        version = image.uf2_version(parsed)
-    except uf2.UF2Error as error:
-        raise BoardError(f"the evaluation firmware is not a valid UF2 file: {error}") from None
-    return FlashJob(data, parsed.families, version, evaluation=True)

@@ -14,23 +14,104 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol, TypeVar
 
 from picofleet.firmware.formats import uf2
-from picofleet.gateway.boards import bootloader_drive
+from picofleet.gateway import bootloader_drive
+from picofleet.gateway.boards.flash_job import FlashJob
 from picofleet.gateway.boards.record import Status
-from picofleet.gateway.models import APPLICATION, BOOTLOADER, BoardError, BoardType
-
-if TYPE_CHECKING:
-    from picofleet.gateway.boards.board import Board, FlashJob
+from picofleet.gateway.config import GatewayConfig
+from picofleet.gateway.models import APPLICATION, BOOTLOADER, BoardError, BoardRef, BoardType, Sighting
 
 log = logging.getLogger("picofleet.board")
+T = TypeVar("T")
 
 PRESENCE_TIMEOUT = 10.0
 BOOTLOADER_TIMEOUT = 10.0
 BOOT_TIMEOUT = 15.0
 INFO_TIMEOUT = 10.0
 RETRY_BASE_DELAY = 0.5
+
+
+class FlashingHost(Protocol):
+    """What flashing asks of the owner of the boards (gateway/boards/manager.py's DeviceManager)."""
+
+    @property
+    def config(self) -> GatewayConfig:
+        """The gateway's settings (``update_retries``)."""
+        ...
+
+    @property
+    def board_types(self) -> Mapping[str, BoardType]:
+        """The known board types, by name."""
+        ...
+
+    def updating(self) -> AbstractAsyncContextManager[None]:
+        """Hold the platform's update lock while the board is flashed."""
+        ...
+
+    async def run_blocking(self, function: Callable[..., T], *args: Any) -> T:
+        """Run blocking drive I/O in the board I/O thread pool."""
+        ...
+
+
+class FlashTarget(Protocol):
+    """What flashing asks of the board it flashes (gateway/boards/board.py's Board, the caller)."""
+
+    @property
+    def manager(self) -> FlashingHost:
+        """The board's owner."""
+        ...
+
+    @property
+    def label(self) -> str:
+        """How log lines name the board."""
+        ...
+
+    @property
+    def record(self) -> Mapping[str, Any]:
+        """The board's record (``BoardType``, ``FirmwareVersion``, ``Commit``)."""
+        ...
+
+    @property
+    def sightings(self) -> Mapping[str, Sighting]:
+        """What discovery sees of the board now, by mode."""
+        ...
+
+    @property
+    def port(self) -> Any:
+        """The board's open serial port, or ``None``."""
+        ...
+
+    def ref(self, sighting: Sighting | None = None) -> BoardRef:
+        """The :class:`BoardRef` hooks receive."""
+        ...
+
+    async def update(self, **fields: Any) -> None:
+        """Change record fields."""
+        ...
+
+    def set_progress(self, done: int, total: int) -> None:
+        """Show the flash's live progress."""
+        ...
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` holds after presence changes; ``False`` on timeout."""
+        ...
+
+    async def call(self, hook: str, **kwargs: Any) -> Any:
+        """Call a blocking plugin hook for the board."""
+        ...
+
+    async def open_and_identify(self, app: Sighting) -> bool:
+        """Open the application port and identify the firmware; ``False`` if it cannot be opened."""
+        ...
+
+    async def close_port(self) -> None:
+        """Close the board's port if it is open."""
+        ...
 
 
 def check_families(families: frozenset[int], board_type: BoardType) -> None:
@@ -46,7 +127,7 @@ def check_bootloader_info(drive: str, board_type: BoardType) -> None:
     """Check the drive's INFO_UF2.TXT names the chip we expect; blocking I/O, run it in a thread.
 
     ``drive`` is a directory (a mounted or virtual drive) or a block device (or an image file
-    standing in for one), whose FAT is read without mounting it (gateway/boards/bootloader_drive.py).
+    standing in for one), whose FAT is read without mounting it (gateway/bootloader_drive.py).
     A raw drive that passes is marked as checked: the built-in ``picofleet_write_uf2`` writes a
     block device only after such a check, and checks again right before writing.
     """
@@ -60,13 +141,13 @@ def check_bootloader_info(drive: str, board_type: BoardType) -> None:
         bootloader_drive.mark_checked(drive, expected)
 
 
-async def flash_board(board: Board, job: FlashJob) -> None:
+async def flash_board(board: FlashTarget, job: FlashJob) -> None:
     """Flash ``job`` onto ``board`` with retries; raise BoardError after the last failed attempt."""
     async with board.manager.updating():
         await _flash_with_retries(board, job)
 
 
-async def _flash_with_retries(board: Board, job: FlashJob) -> None:
+async def _flash_with_retries(board: FlashTarget, job: FlashJob) -> None:
     attempts = 1 + board.manager.config.update_retries
     for attempt in range(1, attempts + 1):
         try:
@@ -88,7 +169,7 @@ async def _flash_with_retries(board: Board, job: FlashJob) -> None:
             await asyncio.sleep(delay)
 
 
-async def _flash_once(board: Board, job: FlashJob) -> None:
+async def _flash_once(board: FlashTarget, job: FlashJob) -> None:
     board_type = board.manager.board_types[str(board.record["BoardType"])]
     check_families(job.families, board_type)
     if not board.sightings and not await board.wait_for(lambda: bool(board.sightings), PRESENCE_TIMEOUT):
@@ -140,7 +221,7 @@ async def _flash_once(board: Board, job: FlashJob) -> None:
     await board.update(Status=Status.IDLE.value, Commit=commit)
 
 
-async def _open_when_back(board: Board) -> bool:
+async def _open_when_back(board: FlashTarget) -> bool:
     """Open the port of the board back from its bootloader, retrying a passing failure (a
     ModemManager probing the new port, udev still applying permissions) until BOOT_TIMEOUT."""
     deadline = asyncio.get_running_loop().time() + BOOT_TIMEOUT

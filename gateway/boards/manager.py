@@ -9,42 +9,34 @@ current status turns Paused only once no board task holds a port or is mid-opera
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 from picofleet.common.store import Store
 from picofleet.firmware.asset_cache import AssetCache, AssetError
 from picofleet.firmware.formats import uf2
-from picofleet.gateway.boards.board import Board, FlashJob
+from picofleet.gateway.boards.board import Board
+from picofleet.gateway.boards.flash_job import FlashJob
 from picofleet.gateway.boards.names import board_name
+from picofleet.gateway.boards.owner import NoReservations, Reservations, ReservedBoardServer
 from picofleet.gateway.boards.record import PORT_IDENTITY, loaded_form, new_record, stored_form
+from picofleet.gateway.boards.shared_lock import SharedUpdateLock
 from picofleet.gateway.config import GatewayConfig
-from picofleet.gateway.evaluation.reservations import ReservationBook
-from picofleet.gateway.evaluation.scheduler import EvaluationScheduler
+from picofleet.gateway.hookspecs import HOOK_TIME_LIMITS, UF2_WRITE_RATE
 from picofleet.gateway.models import APPLICATION, BOOTLOADER, BoardError, BoardType, Sighting
 from picofleet.gateway.plugin_manager import Plugins
 
 log = logging.getLogger("picofleet.manager")
 T = TypeVar("T")
 
-HOOK_TIMEOUTS = {
-    "picofleet_open_port": 5.0,
-    "picofleet_close_port": 5.0,
-    "picofleet_identify": 5.0,
-    "picofleet_enter_bootloader": 10.0,
-    "picofleet_write_uf2": 30.0,  # plus the image's size at MIN_WRITE_RATE
-    "picofleet_restart": 10.0,
-    "picofleet_blink": 5.0,
-    "picofleet_update_lock": 10.0,
-    "picofleet_install_files": 60.0,
-}
-"""Time limits of the board hooks: twice what the contract asks of a plugin, for slow boards."""
-MIN_WRITE_RATE = 50_000
+HOOK_TIMEOUTS = {name: 2 * limit for name, limit in HOOK_TIME_LIMITS.items()}
+"""Time limits of the board hooks: twice what the contract (hookspecs.HOOK_TIME_LIMITS) asks, for slow
+boards; picofleet_write_uf2 has the image's size at MIN_WRITE_RATE on top."""
+MIN_WRITE_RATE = UF2_WRITE_RATE // 2
 """Bytes per second a bootloader drive is allowed to be as slow as (USB full speed is ~1 MB/s)."""
 
 RUNNING = "Running"
@@ -71,15 +63,22 @@ class DeviceManager:
         self._keys: dict[str, str] = {}  # sighting key -> serial
         self._executor = ThreadPoolExecutor(max_workers=128, thread_name_prefix="board-io")
         self._timers: set[asyncio.TimerHandle] = set()
-        self._lock_transition = asyncio.Lock()
-        self._lock_holders = 0
-        self._held_lock: AbstractContextManager[object] | None = None
+        self._update_lock = SharedUpdateLock(self.call_hook, config)
         self._names: set[str] = set()
         self._storing: set[str] = set()  # images stored for flashes being queued right now
         self._background: set[asyncio.Task[None]] = set()
-        self.reservations = ReservationBook(self)
-        self.events = self.reservations.events  # the clients' events (gateway/evaluation/events.py)
-        self.evaluations = EvaluationScheduler(self)
+        self.reservations: Reservations = NoReservations()
+        """The reservation book (gateway/evaluation/reservations.py), once :meth:`serve_reservations`."""
+        self.reserved_boards: ReservedBoardServer[Board] = NoReservations()
+        """What serves reserved boards (gateway/evaluation/reserved_board.py)."""
+
+    def serve_reservations(
+        self, reservations: Reservations, reserved_boards: ReservedBoardServer[Board]
+    ) -> None:
+        """Hand in the reservation book and what serves reserved boards (gateway/service.py wires
+        them before :meth:`start`; without them no board is ever reserved)."""
+        self.reservations = reservations
+        self.reserved_boards = reserved_boards
 
     # -- lifecycle --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -95,13 +94,10 @@ class DeviceManager:
                 if record["PendingFlash"]:
                     await self._resume_flash(board)
         log.info("%d known board(s); gateway target status %s", len(self.boards), self.target_status)
-        await self.reservations.start()
         await self.collect_assets()
 
     async def stop(self) -> None:
-        """Stop every board task; each closes its port on the way out."""
-        await self.evaluations.stop()
-        await self.reservations.stop()
+        """Stop every board task; each closes its port on the way out (after the reservations stopped)."""
         for timer in self._timers:
             timer.cancel()
         tasks = [board.task for board in self.boards.values() if board.task is not None]
@@ -277,34 +273,14 @@ class DeviceManager:
         self._timers.add(timer)
 
     # -- the update lock ------------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def updating(self) -> AsyncIterator[None]:
+    def updating(self) -> AbstractAsyncContextManager[None]:
         """Hold the platform's update lock (``picofleet_update_lock``) while any board is flashed."""
-        async with self._lock_transition:
-            if self._lock_holders == 0:
-                lock = await self.call_hook("picofleet_update_lock", config=self.config)
-                entering = asyncio.ensure_future(asyncio.to_thread(lock.__enter__))
-                try:
-                    await asyncio.shield(entering)
-                except asyncio.CancelledError:  # taken anyway once the thread returns: give it back
-                    entering.add_done_callback(
-                        lambda done: done.exception() or lock.__exit__(None, None, None)
-                    )
-                    raise
-                self._held_lock = lock
-            self._lock_holders += 1
-        try:
-            yield
-        finally:
-            async with self._lock_transition:
-                self._lock_holders -= 1
-                if self._lock_holders == 0 and self._held_lock is not None:
-                    lock, self._held_lock = self._held_lock, None
-                    await asyncio.to_thread(lock.__exit__, None, None, None)
+        return self._update_lock.holding()
 
     # -- pause / run ----------------------------------------------------------------------------
     @property
     def paused(self) -> bool:
+        """Whether the gateway's target status is Paused."""
         return self.target_status == PAUSED
 
     @property

@@ -1,0 +1,1 @@
+"""Finding boards on USB: udev, sysfs polling, and classifying devices into sightings."""

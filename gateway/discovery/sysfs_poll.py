@@ -43,6 +43,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Literal, TypeGuard
 
 from picofleet.gateway.models import DeviceEvent, Emit, UsbDevice
 
@@ -51,7 +52,8 @@ log = logging.getLogger("picofleet.discovery.usb")
 SYSFS_ROOT = "/sys"
 POLL_INTERVAL = 1.0
 """Seconds between two scans of sysfs by :class:`SysfsPoller`."""
-SUBSYSTEMS = ("tty", "block")
+Subsystem = Literal["tty", "block"]
+SUBSYSTEMS: tuple[Subsystem, ...] = ("tty", "block")
 USB_PORT = "PICOFLEET_USB_PORT"
 """The property naming a device's physical USB port (its usb_device's sysfs name, ``1-1.2``)."""
 
@@ -160,6 +162,11 @@ def _block_reported(sys_path: str, properties: Mapping[str, str]) -> bool:
     return bool(properties.get("ID_FS_TYPE")) and not properties.get("ID_PART_TABLE_TYPE")
 
 
+def _reported(subsystem: str) -> TypeGuard[Subsystem]:
+    """Whether devices of ``subsystem`` are reported (tty and block)."""
+    return subsystem in SUBSYSTEMS
+
+
 def describe(
     sys_path: str, subsystem: str, udev_properties: Mapping[str, str] | None = None
 ) -> UsbDevice | None:
@@ -168,7 +175,7 @@ def describe(
     ``udev_properties`` are udev's (from pyudev); what they lack is filled from sysfs. Returns
     ``None`` too when the device vanished while it was read.
     """
-    if subsystem not in SUBSYSTEMS or not through_usb(sys_path):
+    if not _reported(subsystem) or not through_usb(sys_path):
         return None
     try:
         properties = read_uevent(sys_path)
@@ -219,7 +226,7 @@ def describe(
         properties[key] = properties.get(key, "").lower()
     properties[USB_PORT] = usb_device.sysname
     properties["SUBSYSTEM"] = subsystem
-    return UsbDevice(key=sys_path, subsystem=subsystem, devname=devname, properties=properties)  # type: ignore[arg-type]
+    return UsbDevice(key=sys_path, subsystem=subsystem, devname=devname, properties=properties)
 
 
 def scan(sysfs_root: str = SYSFS_ROOT) -> dict[str, UsbDevice]:

@@ -33,8 +33,8 @@ import os
 import select
 import socket
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 import pyudev
 
@@ -70,7 +70,57 @@ Change = tuple[str, str, UsbDevice | None]
 """``("add", key, device)`` or ``("remove", key, None)``, as the monitor thread hands them over."""
 
 
-def enumerate_devices(context: Any) -> dict[str, UsbDevice]:
+class UdevDevice(Protocol):
+    """What the source reads of a :class:`pyudev.Device` (tests pass fakes)."""
+
+    @property
+    def sys_path(self) -> str:
+        """The device's sysfs path."""
+
+    @property
+    def subsystem(self) -> str | None:
+        """``tty``, ``block``, ..."""
+
+    @property
+    def action(self) -> str | None:
+        """The monitor event's action (``add``, ``remove``, ``change``, ``move``); ``None`` when listed."""
+
+    @property
+    def device_path(self) -> str:
+        """The sysfs path without the sysfs mount point (``/devices/...``)."""
+
+    @property
+    def properties(self) -> Mapping[str, str]:
+        """udev's properties of the device."""
+
+
+class UdevContext(Protocol):
+    """What the source uses of a :class:`pyudev.Context`."""
+
+    def list_devices(self, subsystem: str) -> Iterable[UdevDevice]:
+        """The devices of ``subsystem`` present now."""
+
+
+class UdevMonitor(Protocol):
+    """What the source uses of a :class:`pyudev.Monitor` (opened by :meth:`pyudev.Monitor.from_netlink`)."""
+
+    def filter_by(self, subsystem: str) -> None:
+        """Receive only the events of ``subsystem``."""
+
+    def set_receive_buffer_size(self, size: int) -> None:
+        """Enlarge the netlink socket's receive buffer (``SO_RCVBUFFORCE``)."""
+
+    def start(self) -> None:
+        """Start receiving events."""
+
+    def fileno(self) -> int:
+        """The netlink socket, to poll."""
+
+    def poll(self, timeout: float | None = None) -> UdevDevice | None:
+        """The next event's device, ``None`` when there is none within ``timeout``."""
+
+
+def enumerate_devices(context: UdevContext) -> dict[str, UsbDevice]:
     """The reported tty and block devices present now (``context`` is a :class:`pyudev.Context`), by key.
 
     Blocking (libudev and sysfs reads): run it in a thread.
@@ -84,7 +134,7 @@ def enumerate_devices(context: Any) -> dict[str, UsbDevice]:
     return found
 
 
-def _describe(device: Any, subsystem: str | None = None) -> UsbDevice | None:
+def _describe(device: UdevDevice, subsystem: str | None = None) -> UsbDevice | None:
     sys_path = str(device.sys_path)
     subsystem = subsystem or device.subsystem or ""
     if subsystem not in SUBSYSTEMS or not through_usb(sys_path):
@@ -92,8 +142,9 @@ def _describe(device: Any, subsystem: str | None = None) -> UsbDevice | None:
     return describe(sys_path, subsystem, {str(k): str(v) for k, v in device.properties.items()})
 
 
-def _open_netlink_monitor(context: Any) -> Any:
-    return pyudev.Monitor.from_netlink(context)
+def _open_netlink_monitor(context: UdevContext) -> UdevMonitor:
+    monitor: UdevMonitor = pyudev.Monitor.from_netlink(context)
+    return monitor
 
 
 class UdevSource:
@@ -108,8 +159,8 @@ class UdevSource:
 
     def __init__(
         self,
-        context_factory: Callable[[], Any] | None = None,
-        monitor_factory: Callable[[Any], Any] | None = None,
+        context_factory: Callable[[], UdevContext] | None = None,
+        monitor_factory: Callable[[UdevContext], UdevMonitor] | None = None,
     ) -> None:
         self._context_factory = context_factory or pyudev.Context
         self._monitor_factory = monitor_factory or _open_netlink_monitor
@@ -117,7 +168,7 @@ class UdevSource:
         self.restarts = 0
         self._stopping: list[Callable[[], None]] = []
 
-    def _open_monitor(self, context: Any) -> Any:
+    def _open_monitor(self, context: UdevContext) -> UdevMonitor:
         monitor = self._monitor_factory(context)
         for subsystem in SUBSYSTEMS:
             monitor.filter_by(subsystem)
@@ -180,7 +231,7 @@ class UdevSource:
             await asyncio.sleep(RESTART_DELAYS[min(failures, len(RESTART_DELAYS) - 1)])
             failures += 1
 
-    async def _follow(self, monitor: Any, reported: DeviceSet) -> str:
+    async def _follow(self, monitor: UdevMonitor, reported: DeviceSet) -> str:
         """Read ``monitor`` in a thread until it dies; return why."""
         loop = asyncio.get_running_loop()
         finished: asyncio.Future[str] = loop.create_future()
@@ -225,7 +276,7 @@ class UdevSource:
 
     def _receive(
         self,
-        monitor: Any,
+        monitor: UdevMonitor,
         wake: int,
         loop: asyncio.AbstractEventLoop,
         apply: Callable[[list[Change]], None],
@@ -259,7 +310,7 @@ class UdevSource:
                 loop.call_soon_threadsafe(done, reason)
 
     @staticmethod
-    def _changes(device: Any) -> list[Change]:
+    def _changes(device: UdevDevice) -> list[Change]:
         """What one udev event means for the reported set (runs in the monitor thread)."""
         key = str(device.sys_path)
         action = device.action
@@ -301,7 +352,7 @@ def _death(fd: int, flags: int) -> OSError:
     return OSError(f"the netlink socket reported {names}")
 
 
-def _udev_properties_readable(context: Any) -> bool:
+def _udev_properties_readable(context: UdevContext) -> bool:
     """Does any USB tty or block device carry a property only udev sets?"""
     for subsystem in SUBSYSTEMS:
         for device in context.list_devices(subsystem=subsystem):

@@ -85,7 +85,7 @@ class Subscription:
 
 
 class EventBus:
-    """Publish events to a client's subscribers (``manager.events``); use on the event loop only."""
+    """Publish events to a client's subscribers (the reservation book's ``events``); event loop only."""
 
     def __init__(self, capacity: int = SUBSCRIBER_QUEUE) -> None:
         self.capacity = capacity

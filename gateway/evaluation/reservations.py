@@ -1,14 +1,14 @@
 """Reservations of boards by researchers (clients), with tokens and expiry (docs/api.md, "Reservations").
 
-A *client* is a name plus a secret token (``rt_...``): the first reservation under a new name
-mints the token and hands it out once; the store keeps only its SHA-256, and every later request
-for that name must present it (a name alone never acts for another client: 403). One
+A *client* is a name plus a secret token (gateway/evaluation/clients.py). One
 :class:`Reservation` holds one board until it is ended or expires. Reservations and clients are
-stored (TinyDB tables ``reservations`` and ``reservationClients``), so they survive a restart of
+stored (gateway/evaluation/reservation_store.py), so they survive a restart of
 the gateway, also a ``kill -9`` (store writes are atomic).
 
 The book only decides who holds which board and until when; the board's task (gateway/boards/board.py)
-acts on it: it installs the evaluation firmware, shows ``Reserved`` and serves the evaluations.
+acts on it through gateway/evaluation/reserved_board.py: it installs the evaluation firmware, shows
+``Reserved`` and serves the evaluations. The board layer sees the book as the ``Reservations``
+Protocol of gateway/boards/owner.py.
 Every change is published to the client's events (gateway/evaluation/events.py): ``reservation_ready``,
 ``reservation_ending`` (:data:`ENDING_NOTICE` before the end, or at once for a shorter
 reservation) and ``reservation_ended`` (``reason``: ``ended``, ``expired``, ``failed`` with the
@@ -18,153 +18,40 @@ reservation) and ``reservation_ended`` (``reason``: ``ended``, ``expired``, ``fa
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
-import hmac
 import logging
-import re
-import secrets
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from tinydb import TinyDB
-
-from picofleet.common.http.errors import ApiError
-from picofleet.firmware.pico2_ice import pulsecount
+from picofleet.gateway.boards.board import Board
+from picofleet.gateway.boards.manager import DeviceManager
 from picofleet.gateway.boards.record import Status
+from picofleet.gateway.evaluation.clients import (
+    Clients,
+    ReservationError,
+    check_name,
+    mint_token,
+    token_digest,
+)
+from picofleet.gateway.evaluation.evaluation_firmware import evaluation_firmware
 from picofleet.gateway.evaluation.events import EventBus
-from picofleet.gateway.evaluation.jobs import check_args
-from picofleet.gateway.models import APPLICATION, BoardError, BoardRef, EvaluationFirmware
+from picofleet.gateway.evaluation.reservation import KINDS, PREPARING, READY, Reservation, check_kind_args
+from picofleet.gateway.evaluation.reservation_store import RESERVATIONS, ReservationStore
+from picofleet.gateway.models import APPLICATION, BoardError
 
-if TYPE_CHECKING:
-    from picofleet.gateway.boards.board import Board
-    from picofleet.gateway.boards.manager import DeviceManager
+__all__ = ["KINDS", "RESERVATIONS", "Reservation", "ReservationBook", "ReservationError", "check_name"]
 
 log = logging.getLogger("picofleet.reservations")
 
-KINDS = {"pulsecount": pulsecount.FIRMWARE}
-"""Evaluation kinds, and the firmware (as ``identify`` names it) a board runs for each."""
 ENDING_NOTICE = 300.0
 """Seconds before its end that a reservation announces ``reservation_ending``."""
-EVALUATION_FIRMWARE_TIMEOUT = 10.0
-"""Time limit of ``picofleet_evaluation_firmware`` (twice what the contract asks)."""
-TOKEN_PREFIX = "rt_"
-RESERVATIONS = "reservations"
-CLIENTS = "reservationClients"
-PREPARING, READY = "preparing", "ready"
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 MAX_TIMER_SLEEP = 60.0
 """The expiry timer looks again at least this often (the wall clock may jump)."""
 
 
-class ReservationError(ApiError):
-    """A reservation request that cannot be done; ``status`` is the HTTP status to answer."""
-
-
-@dataclass
-class Reservation:
-    """One board held by one client until ``expires_at`` (epoch seconds)."""
-
-    serial: str
-    name: str
-    kind: str
-    args: dict[str, Any]
-    created_at: float
-    expires_at: float
-    state: str = PREPARING
-    warned: bool = field(default=False, compare=False)  # reservation_ending was published
-
-    @property
-    def firmware(self) -> str:
-        """The firmware name the board must report to serve this reservation."""
-        return KINDS[self.kind]
-
-    def public(self) -> dict[str, Any]:
-        """The reservation as the API shows and the store keeps it."""
-        return {
-            "serial": self.serial,
-            "name": self.name,
-            "kind": self.kind,
-            "args": dict(self.args),
-            "created_at": self.created_at,
-            "expires_at": self.expires_at,
-            "state": self.state,
-        }
-
-    @classmethod
-    def from_stored(cls, doc: dict[str, Any]) -> Reservation:
-        """A reservation read back from the store (its board is not ready before it is seen)."""
-        return cls(
-            serial=str(doc["serial"]),
-            name=str(doc["name"]),
-            kind=str(doc["kind"]),
-            args=dict(doc.get("args") or {}),
-            created_at=float(doc["created_at"]),
-            expires_at=float(doc["expires_at"]),
-        )
-
-
-def token_digest(token: str) -> str:
-    """What the store keeps of a token (tokens are random: a plain SHA-256 suffices)."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def check_name(name: Any) -> str:
-    """A client name, or a 400 saying what a name may be."""
-    if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise ReservationError(
-            400,
-            "name must be 1 to 64 letters, digits or . _ @ + -, starting with a letter or digit, "
-            f"not {name!r}",
-        )
-    return name
-
-
-def check_kind_args(args: Any) -> dict[str, Any]:
-    """The arguments of the (one) evaluation kind, ``pulsecount``'s (evaluation_jobs.check_args), or a 400."""
-    try:
-        return check_args(args, "args")
-    except ValueError as error:
-        raise ReservationError(400, str(error)) from None
-
-
-async def evaluation_firmware(
-    manager: DeviceManager, board: BoardRef, kind: str
-) -> EvaluationFirmware | None:
-    """Ask the plugins which firmware ``board`` needs for ``kind`` (``None``: it cannot run it).
-
-    Raises BoardError when a plugin fails or is slower than EVALUATION_FIRMWARE_TIMEOUT.
-    """
-    hook = functools.partial(
-        manager.plugins.hook.picofleet_evaluation_firmware,
-        board=board,
-        kind=kind,
-        config=manager.config,
-    )
-    try:
-        async with asyncio.timeout(EVALUATION_FIRMWARE_TIMEOUT):
-            firmware = await manager.run_blocking(hook)
-    except BoardError:
-        raise
-    except TimeoutError:
-        raise BoardError(
-            f"picofleet_evaluation_firmware did not return within {EVALUATION_FIRMWARE_TIMEOUT:g} s"
-        ) from None
-    except Exception as error:
-        log.exception("hook picofleet_evaluation_firmware raised")
-        raise BoardError(
-            f"picofleet_evaluation_firmware failed in a plugin: {type(error).__name__}: {error}"
-        ) from None
-    if firmware is not None and not isinstance(firmware, EvaluationFirmware):
-        raise BoardError(f"a plugin's picofleet_evaluation_firmware returned {firmware!r}")
-    return firmware
-
-
 class ReservationBook:
-    """Every reservation of this gateway's boards (``manager.reservations``).
+    """Every reservation of this gateway's boards (``manager.reservations``, gateway/service.py wires it).
 
     Changes are serialised by one lock and stored before they show; the event loop only.
     """
@@ -176,8 +63,8 @@ class ReservationBook:
         """Set whenever a board was released (the fleet sync then re-applies its target)."""
         self._reservations: dict[str, Reservation] = {}
         self._claimed: set[str] = set()  # boards the reserve under way took (not stored yet)
-        self._clients: dict[str, str] = {}  # name -> token digest
-        self._names_by_digest: dict[str, str] = {}
+        self.clients = Clients()
+        self.stored = ReservationStore(manager.store)
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
@@ -185,18 +72,17 @@ class ReservationBook:
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
         """Load the stored clients and reservations (after the boards), then run the expiry timer."""
-        for client in await self.manager.store.all(CLIENTS):
-            self._remember_client(str(client["name"]), str(client["token_sha256"]))
+        for name, digest in await self.stored.clients():
+            self.clients.remember(name, digest)
         gone = []
-        for doc in await self.manager.store.all(RESERVATIONS):
-            reservation = Reservation.from_stored(doc)
+        for reservation in await self.stored.reservations():
             if reservation.serial in self.manager.boards and reservation.kind in KINDS:
                 self._reservations[reservation.serial] = reservation
             else:
                 gone.append(reservation)
         if gone:
-            await self._remove_stored([reservation.serial for reservation in gone])
-        log.info("%d reservation(s) of %d client(s)", len(self._reservations), len(self._clients))
+            await self.stored.remove([reservation.serial for reservation in gone])
+        log.info("%d reservation(s) of %d client(s)", len(self._reservations), len(self.clients))
         self._timer = asyncio.create_task(self._expire_forever(), name="reservation-expiry")
 
     async def stop(self) -> None:
@@ -232,17 +118,11 @@ class ReservationBook:
 
     def client_of(self, token: str | None) -> str | None:
         """The name of the client whose token this is, or ``None``."""
-        if not token:
-            return None
-        return self._names_by_digest.get(token_digest(token))
+        return self.clients.client_of(token)
 
     def check_token(self, name: str, token: str | None) -> None:
         """Raise a 403 unless ``token`` is client ``name``'s."""
-        digest = self._clients.get(name)
-        if digest is None:
-            raise ReservationError(403, f"no client is named {name!r}: reserve boards first")
-        if not token or not hmac.compare_digest(digest, token_digest(token)):
-            raise ReservationError(403, f"the name {name!r} belongs to another client")
+        self.clients.check_token(name, token)
 
     # -- changes --------------------------------------------------------------------------------
     async def reserve(
@@ -270,10 +150,10 @@ class ReservationBook:
         duration = self._duration(seconds)
         async with self._lock:
             minted = None
-            if name in self._clients:
+            if name in self.clients:
                 self.check_token(name, token)
             else:
-                minted = TOKEN_PREFIX + secrets.token_urlsafe(32)
+                minted = mint_token()
             try:
                 if serials is not None:
                     boards = await self._named_boards(serials, kind, name)
@@ -286,9 +166,9 @@ class ReservationBook:
                     if minted
                     else None
                 )
-                await self._store(made, client)
+                await self.stored.write(made, client)
                 if minted:
-                    self._remember_client(name, token_digest(minted))
+                    self.clients.remember(name, token_digest(minted))
                 for reservation in made:
                     self._reservations[reservation.serial] = reservation
                     log.info(
@@ -320,7 +200,7 @@ class ReservationBook:
             for reservation in changed:
                 reservation.expires_at = expires_at
                 reservation.warned = False
-            await self._store(changed)
+            await self.stored.write(changed)
             self._changed.set()
         return targets
 
@@ -363,7 +243,7 @@ class ReservationBook:
                 return
             reservation.state = state
             try:
-                await self._store([reservation])
+                await self.stored.write([reservation])
             except Exception as error:  # the state is live information: a failed write costs nothing
                 log.warning("%s: could not store its reservation's state: %s", self._label(serial), error)
         if ready:
@@ -490,7 +370,7 @@ class ReservationBook:
         """End reservations (the lock is held): stored first, then released and announced."""
         if not reservations:
             return
-        await self._remove_stored([reservation.serial for reservation in reservations])
+        await self.stored.remove([reservation.serial for reservation in reservations])
         for reservation in reservations:
             if self._reservations.get(reservation.serial) is reservation:
                 del self._reservations[reservation.serial]
@@ -518,34 +398,6 @@ class ReservationBook:
     def _label(self, serial: str) -> str:
         board = self.manager.boards.get(serial)
         return board.label if board is not None else serial
-
-    def _remember_client(self, name: str, digest: str) -> None:
-        self._clients[name] = digest
-        self._names_by_digest[digest] = name
-
-    async def _store(self, reservations: list[Reservation], client: dict[str, Any] | None = None) -> None:
-        """Write reservations (and a new client) in one atomic store transaction."""
-        docs = [reservation.public() for reservation in reservations]
-        if not docs and client is None:
-            return
-
-        def job(db: TinyDB) -> None:
-            table = db.table(RESERVATIONS)
-            for doc in docs:
-                table.remove(lambda stored, serial=doc["serial"]: stored.get("serial") == serial)
-                table.insert(doc)
-            if client is not None:
-                db.table(CLIENTS).insert(client)
-
-        await self.manager.store.transact(job)
-
-    async def _remove_stored(self, serials: list[str]) -> None:
-        wanted = set(serials)
-
-        def job(db: TinyDB) -> None:
-            db.table(RESERVATIONS).remove(lambda stored: stored.get("serial") in wanted)
-
-        await self.manager.store.transact(job)
 
     # -- expiry ---------------------------------------------------------------------------------
     async def _expire_forever(self) -> None:

@@ -1,0 +1,1 @@
+"""The gateway's HTTP API: edge-node-manager's routes, reservations, evaluations, OpenAPI."""

@@ -1,112 +1,33 @@
-"""The OpenAPI 3.1 document served at ``/openapi.json`` (kept in step with the routes by a test)."""
+"""The OpenAPI 3.1 document served at ``/openapi.json``: the paths of every route, their parameters
+and answers (the schemas they name are in :mod:`.openapi_schemas`; kept in step with the routes by
+tests/test_enm_api.py, test_reservations.py and test_supervisor_bridge.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
 from picofleet import __version__
-from picofleet.gateway.boards.record import ENM_FIELDS, Status
-
-
-def _object(properties: dict[str, Any], *, nullable: bool = False, **keywords: Any) -> dict[str, Any]:
-    """An object schema with ``properties``; ``keywords`` (``required``, ``description``) go before them."""
-    return {"type": ["object", "null"] if nullable else "object", **keywords, "properties": properties}
-
-
-_ERROR = _object({"error": {"type": "string"}}, required=["error"])
-_NULLABLE_OBJECT = {"type": ["object", "null"], "additionalProperties": {"type": "string"}}
-
-_DEVICE = _object(
-    {
-        "ApplicationUUID": {"type": ["integer", "string", "null"]},
-        "BoardType": {"type": "string", "examples": ["pico2-ice", "rp2040", "rp2350"]},
-        "Name": {"type": "string", "examples": ["holy-sunset"]},
-        "LocalUUID": {"type": "string", "description": "the board's USB serial number"},
-        "ResinUUID": {"type": "string", "description": "stable random UUID given at provisioning"},
-        "Commit": {"type": ["string", "null"]},
-        "TargetCommit": {"type": ["string", "null"]},
-        "Status": {"type": "string", "enum": [status.value for status in Status]},
-        "Config": _NULLABLE_OBJECT,
-        "TargetConfig": _NULLABLE_OBJECT,
-        "Environment": _NULLABLE_OBJECT,
-        "TargetEnvironment": _NULLABLE_OBJECT,
-        "RestartFlag": {"type": "boolean"},
-        "DeleteFlag": {"type": "boolean"},
-        "Port": {"type": ["string", "null"], "description": "serial device path, null when not held"},
-        "UsbPort": {"type": ["string", "null"], "description": "the USB port the board was last seen on"},
-        "FirmwareVersion": {"type": ["string", "null"], "description": "what the firmware said it is"},
-        "StatusReason": {"type": ["string", "null"], "description": "why the board is Broken or waiting"},
-        "Progress": _object(
-            {"done": {"type": "integer"}, "total": {"type": "integer"}, "percent": {"type": "number"}},
-            nullable=True,
-        ),
-        "PendingFlash": _object(
-            {
-                "sha256": {"type": "string"},
-                "commit": {"type": ["string", "null"]},
-                "version": {"type": ["string", "null"]},
-            },
-            nullable=True,
-            description="the flash queued or under way; resumed after a power cut",
-        ),
-    },
-    required=[*ENM_FIELDS, "Port"],
-)
-_STATUS = _object(
-    {
-        "currentStatus": {"type": "string", "enum": ["Running", "Paused"]},
-        "targetStatus": {"type": "string", "enum": ["Running", "Paused"]},
-    }
+from picofleet.gateway.http.openapi_schemas import (
+    BITSTREAM,
+    DEVICE,
+    EVALUATION_RESULT,
+    IDENTIFY,
+    NULLABLE_OBJECT,
+    RESERVATIONS,
+    SERIALS,
+    SHA256,
+    STATUS,
+    SUPERVISOR,
+    error_responses,
+    json_content,
+    object_schema,
 )
 
-
-_IDENTIFY = _object(
-    {
-        "blinking": {"type": "boolean"},
-        "seconds": {"type": "integer", "description": "how long the supervisor blinks the LED"},
-        "boards": {
-            "type": "array",
-            "items": {"type": "string"},
-            "description": "boards asked to blink too (feature flag IDENTIFY_BOARDS), by LocalUUID",
-        },
-    }
-)
-_SUPERVISOR = _object(
-    {
-        "enabled": {"type": "boolean", "description": "false outside balena"},
-        "state": {"type": "string", "enum": ["off", "waiting", "ready"]},
-        "address": {"type": ["string", "null"]},
-        "reason": {"type": ["string", "null"], "description": "why it is off or waiting"},
-        "attempts": {"type": "integer"},
-        "device": {"type": "object", "description": "uuid, name, appId, deviceType from balena"},
-        "supervisor": {"type": ["object", "null"], "description": "the supervisor's GET /v1/device"},
-        "applications": {"type": ["object", "null"], "description": "GET /v2/applications/state"},
-        "updateLock": _object(
-            {
-                "enabled": {"type": "boolean"},
-                "files": {
-                    "type": "array",
-                    "items": _object(
-                        {
-                            "path": {"type": "string"},
-                            "state": {"type": "string", "enum": ["free", "ours", "held", "stale"]},
-                            "pid": {"type": ["integer", "null"]},
-                        }
-                    ),
-                },
-            }
-        ),
-    }
-)
-
-
-def _json(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"content": {"application/json": {"schema": schema}}}
-
-
-def _errors(*codes: int) -> dict[str, Any]:
-    return {str(code): {"description": "error", **_json(_ERROR)} for code in codes}
-
+__all__ = ["ROUTES", "openapi", "openapi_document"]
 
 _UUID = [
     {
@@ -118,20 +39,6 @@ _UUID = [
     }
 ]
 
-
-_RESERVATION = _object(
-    {
-        "serial": {"type": "string", "description": "the board's LocalUUID"},
-        "name": {"type": "string", "description": "the client holding it"},
-        "kind": {"type": "string", "enum": ["pulsecount"]},
-        "args": {"type": "object", "description": "default evaluation arguments (clock_hz, window_ms)"},
-        "created_at": {"type": "number", "description": "epoch seconds"},
-        "expires_at": {"type": "number", "description": "epoch seconds"},
-        "state": {"type": "string", "enum": ["preparing", "ready"]},
-    }
-)
-_RESERVATIONS = {"type": "array", "items": _RESERVATION}
-_SERIALS = {"type": "array", "items": {"type": "string"}, "minItems": 1}
 _BEARER = "Authorization: Bearer <token> of the client name (403 otherwise)"
 
 
@@ -147,7 +54,7 @@ def _reservation_paths() -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "reservations",
-                        **_json(_object({"reservations": _RESERVATIONS})),
+                        **json_content(object_schema({"reservations": RESERVATIONS})),
                     }
                 },
             },
@@ -156,13 +63,13 @@ def _reservation_paths() -> dict[str, Any]:
                 "description": _BEARER + " for a name that has a token already",
                 "requestBody": {
                     "required": True,
-                    **_json(
-                        _object(
+                    **json_content(
+                        object_schema(
                             {
                                 "name": {"type": "string"},
                                 "kind": {"type": "string", "enum": ["pulsecount"]},
                                 "count": {"type": "integer", "minimum": 1},
-                                "serials": _SERIALS,
+                                "serials": SERIALS,
                                 "args": {"type": "object"},
                                 "seconds": {"type": "number", "exclusiveMinimum": 0},
                             },
@@ -173,17 +80,17 @@ def _reservation_paths() -> dict[str, Any]:
                 "responses": {
                     "201": {
                         "description": "reserved",
-                        **_json(
-                            _object(
+                        **json_content(
+                            object_schema(
                                 {
                                     "name": {"type": "string"},
                                     "token": {"type": "string"},
-                                    "reservations": _RESERVATIONS,
+                                    "reservations": RESERVATIONS,
                                 }
                             )
                         ),
                     },
-                    **_errors(400, 403, 404, 409),
+                    **error_responses(400, 403, 404, 409),
                 },
             },
         },
@@ -193,11 +100,11 @@ def _reservation_paths() -> dict[str, Any]:
                 "description": _BEARER,
                 "requestBody": {
                     "required": True,
-                    **_json(
-                        _object(
+                    **json_content(
+                        object_schema(
                             {
                                 "name": {"type": "string"},
-                                "serials": _SERIALS,
+                                "serials": SERIALS,
                                 "seconds": {"type": "number", "exclusiveMinimum": 0},
                             },
                             required=["name"],
@@ -207,9 +114,9 @@ def _reservation_paths() -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "extended",
-                        **_json(_object({"reservations": _RESERVATIONS})),
+                        **json_content(object_schema({"reservations": RESERVATIONS})),
                     },
-                    **_errors(400, 403, 404),
+                    **error_responses(400, 403, 404),
                 },
             },
         },
@@ -219,14 +126,18 @@ def _reservation_paths() -> dict[str, Any]:
                 "description": _BEARER,
                 "requestBody": {
                     "required": True,
-                    **_json(_object({"name": {"type": "string"}, "serials": _SERIALS}, required=["name"])),
+                    **json_content(
+                        object_schema({"name": {"type": "string"}, "serials": SERIALS}, required=["name"])
+                    ),
                 },
                 "responses": {
                     "200": {
                         "description": "ended",
-                        **_json(_object({"ended": {"type": "array", "items": {"type": "string"}}})),
+                        **json_content(
+                            object_schema({"ended": {"type": "array", "items": {"type": "string"}}})
+                        ),
                     },
-                    **_errors(400, 403, 404),
+                    **error_responses(400, 403, 404),
                 },
             },
         },
@@ -238,42 +149,23 @@ def _reservation_paths() -> dict[str, Any]:
                 "parameters": [
                     {"name": "token", "in": "query", "required": False, "schema": {"type": "string"}}
                 ],
-                "responses": {"101": {"description": "switching to the WebSocket protocol"}, **_errors(403)},
+                "responses": {
+                    "101": {"description": "switching to the WebSocket protocol"},
+                    **error_responses(403),
+                },
             },
         },
     }
 
 
-_SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
-_BITSTREAM = _object(
-    {
-        "sha256": {**_SHA256, "description": "of the .bin the boards run"},
-        "size": {"type": "integer"},
-        "source": {"type": "string", "enum": ["asc", "bin"], "description": "what was uploaded"},
-    }
-)
-_EVALUATION_RESULT = _object(
-    {
-        "evaluation": {"type": "string"},
-        "serial": {"type": ["string", "null"]},
-        "sha256": _SHA256,
-        "label": {"type": ["string", "null"]},
-        "pulses": {"type": "integer"},
-        "error": {"type": "string"},
-        "done": {"type": "boolean"},
-        "results": {"type": "integer"},
-        "failed": {"type": "integer"},
-    },
-    description="one line per evaluation as it completes (pulses or error), then "
-    '{"evaluation", "done": true, "results", "failed"}',
-)
-
-
 def _evaluation_paths() -> dict[str, Any]:
     """The bitstream and evaluation routes (docs/api.md, "Bitstreams", "Evaluations")."""
     binary = {"schema": {"type": "string", "format": "binary"}}
-    sha_parameter = [{"name": "sha256", "in": "path", "required": True, "schema": _SHA256}]
-    found = {"200": {"description": "the gateway has it", **_json(_BITSTREAM)}, **_errors(400, 404)}
+    sha_parameter = [{"name": "sha256", "in": "path", "required": True, "schema": SHA256}]
+    found = {
+        "200": {"description": "the gateway has it", **json_content(BITSTREAM)},
+        **error_responses(400, 404),
+    }
     return {
         "/v1/bitstreams": {
             "put": {
@@ -283,8 +175,8 @@ def _evaluation_paths() -> dict[str, Any]:
                     "content": {"application/octet-stream": binary, "text/plain": binary},
                 },
                 "responses": {
-                    "201": {"description": "stored", **_json(_BITSTREAM)},
-                    **_errors(400, 413, 422, 507),
+                    "201": {"description": "stored", **json_content(BITSTREAM)},
+                    **error_responses(400, 413, 422, 507),
                 },
             },
         },
@@ -302,20 +194,20 @@ def _evaluation_paths() -> dict[str, Any]:
                 "description": _BEARER,
                 "requestBody": {
                     "required": True,
-                    **_json(
-                        _object(
+                    **json_content(
+                        object_schema(
                             {
                                 "name": {"type": "string"},
                                 "bitstreams": {
                                     "type": "array",
                                     "minItems": 1,
-                                    "items": _object(
-                                        {"sha256": _SHA256, "label": {"type": "string"}}, required=["sha256"]
+                                    "items": object_schema(
+                                        {"sha256": SHA256, "label": {"type": "string"}}, required=["sha256"]
                                     ),
                                 },
-                                "serials": _SERIALS,
+                                "serials": SERIALS,
                                 "mode": {"type": "string", "enum": ["each", "any"]},
-                                "args": _object(
+                                "args": object_schema(
                                     {
                                         "clock_hz": {"type": "integer", "minimum": 1, "maximum": 50_000_000},
                                         "window_ms": {"type": "integer", "minimum": 1, "maximum": 60_000},
@@ -329,9 +221,9 @@ def _evaluation_paths() -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "the results, one JSON object per line",
-                        "content": {"application/x-ndjson": {"schema": _EVALUATION_RESULT}},
+                        "content": {"application/x-ndjson": {"schema": EVALUATION_RESULT}},
                     },
-                    **_errors(400, 403, 404, 409, 413, 422),
+                    **error_responses(400, 403, 404, 409, 413, 422),
                 },
             },
         },
@@ -343,8 +235,8 @@ def _evaluation_paths() -> dict[str, Any]:
                 "responses": {
                     "200": {
                         "description": "the evaluation",
-                        **_json(
-                            _object(
+                        **json_content(
+                            object_schema(
                                 {
                                     "evaluation": {"type": "string"},
                                     "name": {"type": "string"},
@@ -352,12 +244,12 @@ def _evaluation_paths() -> dict[str, Any]:
                                     "done": {"type": "boolean"},
                                     "units": {"type": "integer"},
                                     "failed": {"type": "integer"},
-                                    "results": {"type": "array", "items": _EVALUATION_RESULT},
+                                    "results": {"type": "array", "items": EVALUATION_RESULT},
                                 }
                             )
                         ),
                     },
-                    **_errors(403, 404),
+                    **error_responses(403, 404),
                 },
             },
         },
@@ -378,42 +270,42 @@ def openapi_document() -> dict[str, Any]:
             "/v1/enm/status": {
                 "get": {
                     "summary": "Gateway status",
-                    "responses": {"200": {"description": "status", **_json(_STATUS)}},
+                    "responses": {"200": {"description": "status", **json_content(STATUS)}},
                 },
                 "put": {
                     "summary": "Pause or run the gateway; Paused frees every serial port",
                     "requestBody": {
                         "required": True,
-                        **_json(
-                            _object(
+                        **json_content(
+                            object_schema(
                                 {"targetStatus": {"type": "string", "enum": ["Paused", "Running"]}},
                                 required=["targetStatus"],
                             )
                         ),
                     },
-                    "responses": {**ok, **_errors(400)},
+                    "responses": {**ok, **error_responses(400)},
                 },
             },
             "/v1/enm/identify": {
                 "put": {
                     "summary": "Blink the Pi's LED through the balena supervisor, to find the gateway",
                     "responses": {
-                        "200": {"description": "blinking", **_json(_IDENTIFY)},
-                        **_errors(409, 502, 503),
+                        "200": {"description": "blinking", **json_content(IDENTIFY)},
+                        **error_responses(409, 502, 503),
                     },
                 },
             },
             "/v1/enm/supervisor": {
                 "get": {
                     "summary": "The balena supervisor bridge and the update lock",
-                    "responses": {"200": {"description": "state", **_json(_SUPERVISOR)}},
+                    "responses": {"200": {"description": "state", **json_content(SUPERVISOR)}},
                 },
             },
             "/v1/devices": {
                 "get": {
                     "summary": "All devices",
                     "responses": {
-                        "200": {"description": "devices", **_json({"type": "array", "items": _DEVICE})}
+                        "200": {"description": "devices", **json_content({"type": "array", "items": DEVICE})}
                     },
                 },
             },
@@ -421,40 +313,46 @@ def openapi_document() -> dict[str, Any]:
                 "parameters": _UUID,
                 "get": {
                     "summary": "One device",
-                    "responses": {"200": {"description": "device", **_json(_DEVICE)}, **_errors(404)},
+                    "responses": {
+                        "200": {"description": "device", **json_content(DEVICE)},
+                        **error_responses(404),
+                    },
                 },
                 "put": {
                     "summary": "Supervisor hook: target commit, environment and config",
                     "requestBody": {
                         "required": True,
-                        **_json(
-                            _object(
+                        **json_content(
+                            object_schema(
                                 {
                                     "appId": {},
                                     "commit": {"type": ["string", "null"]},
-                                    "environment": _NULLABLE_OBJECT,
-                                    "config": _NULLABLE_OBJECT,
+                                    "environment": NULLABLE_OBJECT,
+                                    "config": NULLABLE_OBJECT,
                                 }
                             )
                         ),
                     },
-                    "responses": {**ok, **_errors(400, 404)},
+                    "responses": {**ok, **error_responses(400, 404)},
                 },
                 "delete": {
                     "summary": "Supervisor hook: forget the device",
-                    "responses": {**ok, **_errors(404)},
+                    "responses": {**ok, **error_responses(404)},
                 },
             },
             "/v1/devices/{uuid}/restart": {
                 "parameters": _UUID,
                 "put": {
                     "summary": "Supervisor hook: restart the device",
-                    "responses": {**ok, **_errors(404)},
+                    "responses": {**ok, **error_responses(404)},
                 },
             },
             "/v1/devices/{uuid}/identify": {
                 "parameters": _UUID,
-                "put": {"summary": "Blink the device's LED", "responses": {**ok, **_errors(404, 409)}},
+                "put": {
+                    "summary": "Blink the device's LED",
+                    "responses": {**ok, **error_responses(404, 409)},
+                },
             },
             "/v1/devices/{uuid}/flash": {
                 "parameters": [
@@ -469,7 +367,10 @@ def openapi_document() -> dict[str, Any]:
                             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
                         },
                     },
-                    "responses": {"202": {"description": "queued"}, **_errors(400, 404, 409, 413, 422)},
+                    "responses": {
+                        "202": {"description": "queued"},
+                        **error_responses(400, 404, 409, 413, 422),
+                    },
                 },
             },
             **_reservation_paths(),
@@ -479,3 +380,12 @@ def openapi_document() -> dict[str, Any]:
             },
         },
     }
+
+
+async def openapi(request: Request) -> Response:
+    """The OpenAPI 3.1 document of this API."""
+    return JSONResponse(openapi_document())
+
+
+ROUTES: list[BaseRoute] = [Route("/openapi.json", openapi, methods=["GET"])]
+"""The route of the document itself, for ``create_app``."""

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from picofleet.common.http.errors import ApiError, bearer_token, json_body, json_object, serials_field
-from picofleet.gateway.evaluation.reservations import KINDS, Reservation, ReservationBook, check_name
+from picofleet.common.http.auth import bearer_token
+from picofleet.common.http.errors import ApiError
+from picofleet.common.http.reading import json_body, json_object
+from picofleet.gateway.evaluation.reservations import KINDS, Reservation, check_name
+from picofleet.gateway.http.context import gateway_of
+from picofleet.gateway.http.fields import serials_field
 
-if TYPE_CHECKING:
-    from picofleet.gateway.boards.manager import DeviceManager
+__all__ = ["ROUTES", "end", "events", "extend", "list_reservations", "reserve"]
 
 MAX_COUNT = 1024
 """The most boards one request may reserve."""
@@ -41,100 +44,96 @@ def _listing(reservations: list[Reservation]) -> list[dict[str, Any]]:
     return [reservation.public() for reservation in reservations]
 
 
-def reservation_routes(manager: DeviceManager) -> list[BaseRoute]:
-    """The routes of reservations and the event websocket."""
-    book: ReservationBook = manager.reservations
+async def _body_of(request: Request) -> dict[str, Any]:
+    """The request's JSON object, with a valid client ``name`` (else a 400)."""
+    body = json_object(await json_body(request), "the request body")
+    check_name(body.get("name"))
+    return body
 
-    async def body_of(request: Request) -> dict[str, Any]:
-        body = json_object(await json_body(request), "the request body")
-        check_name(body.get("name"))
-        return body
 
-    async def reserve(request: Request) -> Response:
-        """Reserve boards: ``{"name", "kind"?, "count"? | "serials"?, "args"?, "seconds"?}``."""
-        body = await body_of(request)
-        kind = body.get("kind", "pulsecount")
-        if not isinstance(kind, str):
-            raise ApiError(400, f"kind must be a string (known: {', '.join(KINDS)})")
-        serials = serials_field(body.get("serials"))
-        if serials is not None and body.get("count") is not None:
-            raise ApiError(400, "give either count or serials, not both")
-        count = _count(body["count"]) if body.get("count") is not None else None
-        token, made = await book.reserve(
-            body["name"],
-            bearer_token(request.headers),
-            kind,
-            count=count,
-            serials=serials,
-            args=body.get("args"),
-            seconds=body.get("seconds"),
+async def reserve(request: Request) -> Response:
+    """Reserve boards: ``{"name", "kind"?, "count"? | "serials"?, "args"?, "seconds"?}``."""
+    body = await _body_of(request)
+    kind = body.get("kind", "pulsecount")
+    if not isinstance(kind, str):
+        raise ApiError(400, f"kind must be a string (known: {', '.join(KINDS)})")
+    serials = serials_field(body.get("serials"))
+    if serials is not None and body.get("count") is not None:
+        raise ApiError(400, "give either count or serials, not both")
+    count = _count(body["count"]) if body.get("count") is not None else None
+    token, made = await gateway_of(request).reservations.reserve(
+        body["name"],
+        bearer_token(request.headers),
+        kind,
+        count=count,
+        serials=serials,
+        args=body.get("args"),
+        seconds=body.get("seconds"),
+    )
+    return JSONResponse(
+        {"name": body["name"], "token": token, "reservations": _listing(made)}, status_code=201
+    )
+
+
+async def list_reservations(request: Request) -> Response:
+    """Every reservation, or ``?name=`` one client's (tokens are never shown)."""
+    book = gateway_of(request).reservations
+    name = request.query_params.get("name")
+    reservations = book.of_client(name) if name is not None else book.all()
+    return JSONResponse({"reservations": _listing(reservations)})
+
+
+async def extend(request: Request) -> Response:
+    """Extend reservations: ``{"name", "serials"?, "seconds"?}`` (Bearer token of the name)."""
+    body = await _body_of(request)
+    extended = await gateway_of(request).reservations.extend(
+        body["name"],
+        bearer_token(request.headers),
+        serials_field(body.get("serials")),
+        body.get("seconds"),
+    )
+    return JSONResponse({"name": body["name"], "reservations": _listing(extended)})
+
+
+async def end(request: Request) -> Response:
+    """End reservations: ``{"name", "serials"?}``, without serials all of the name's."""
+    body = await _body_of(request)
+    ended = await gateway_of(request).reservations.end(
+        body["name"], bearer_token(request.headers), serials_field(body.get("serials"))
+    )
+    return JSONResponse({"name": body["name"], "ended": [reservation.serial for reservation in ended]})
+
+
+async def events(websocket: WebSocket) -> None:
+    """The client's events, one JSON text message each, starting with ``subscribed``."""
+    book = gateway_of(websocket).reservations
+    token = bearer_token(websocket.headers) or websocket.query_params.get("token")
+    name = book.client_of(token)
+    if name is None:
+        await _refuse(websocket, "a valid client token is needed (Authorization: Bearer or ?token=)")
+        return
+    async with book.events.subscribe(name) as subscription:
+        await websocket.accept()
+        await websocket.send_json(
+            {"event": "subscribed", "name": name, "reservations": _listing(book.of_client(name))}
         )
-        return JSONResponse(
-            {"name": body["name"], "token": token, "reservations": _listing(made)}, status_code=201
-        )
-
-    async def list_reservations(request: Request) -> Response:
-        """Every reservation, or ``?name=`` one client's (tokens are never shown)."""
-        name = request.query_params.get("name")
-        reservations = book.of_client(name) if name is not None else book.all()
-        return JSONResponse({"reservations": _listing(reservations)})
-
-    async def extend(request: Request) -> Response:
-        """Extend reservations: ``{"name", "serials"?, "seconds"?}`` (Bearer token of the name)."""
-        body = await body_of(request)
-        extended = await book.extend(
-            body["name"],
-            bearer_token(request.headers),
-            serials_field(body.get("serials")),
-            body.get("seconds"),
-        )
-        return JSONResponse({"name": body["name"], "reservations": _listing(extended)})
-
-    async def end(request: Request) -> Response:
-        """End reservations: ``{"name", "serials"?}``, without serials all of the name's."""
-        body = await body_of(request)
-        ended = await book.end(
-            body["name"], bearer_token(request.headers), serials_field(body.get("serials"))
-        )
-        return JSONResponse({"name": body["name"], "ended": [reservation.serial for reservation in ended]})
-
-    async def events(websocket: WebSocket) -> None:
-        """The client's events, one JSON text message each, starting with ``subscribed``."""
-        token = bearer_token(websocket.headers) or websocket.query_params.get("token")
-        name = book.client_of(token)
-        if name is None:
-            await _refuse(websocket, "a valid client token is needed (Authorization: Bearer or ?token=)")
+        closed = asyncio.ensure_future(_until_disconnect(websocket))
+        try:
+            while True:
+                upcoming = asyncio.ensure_future(subscription.get())
+                await asyncio.wait({upcoming, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if closed.done():
+                    upcoming.cancel()
+                    return
+                event = upcoming.result()
+                if event is None:  # the gateway stops
+                    await websocket.close(code=GOING_AWAY)
+                    return
+                await websocket.send_json(event)
+        except WebSocketDisconnect:
             return
-        async with book.events.subscribe(name) as subscription:
-            await websocket.accept()
-            await websocket.send_json(
-                {"event": "subscribed", "name": name, "reservations": _listing(book.of_client(name))}
-            )
-            closed = asyncio.ensure_future(_until_disconnect(websocket))
-            try:
-                while True:
-                    upcoming = asyncio.ensure_future(subscription.get())
-                    await asyncio.wait({upcoming, closed}, return_when=asyncio.FIRST_COMPLETED)
-                    if closed.done():
-                        upcoming.cancel()
-                        return
-                    event = upcoming.result()
-                    if event is None:  # the gateway stops
-                        await websocket.close(code=GOING_AWAY)
-                        return
-                    await websocket.send_json(event)
-            except WebSocketDisconnect:
-                return
-            finally:
-                closed.cancel()
-
-    return [
-        Route("/v1/reservations", reserve, methods=["POST"]),
-        Route("/v1/reservations", list_reservations, methods=["GET"]),
-        Route("/v1/reservations/extend", extend, methods=["POST"]),
-        Route("/v1/reservations/end", end, methods=["POST"]),
-        WebSocketRoute("/v1/events", events),
-    ]
+        finally:
+            closed.cancel()
 
 
 async def _refuse(websocket: WebSocket, reason: str) -> None:
@@ -152,3 +151,13 @@ async def _until_disconnect(websocket: WebSocket) -> None:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
+
+
+ROUTES: list[BaseRoute] = [
+    Route("/v1/reservations", reserve, methods=["POST"]),
+    Route("/v1/reservations", list_reservations, methods=["GET"]),
+    Route("/v1/reservations/extend", extend, methods=["POST"]),
+    Route("/v1/reservations/end", end, methods=["POST"]),
+    WebSocketRoute("/v1/events", events),
+]
+"""The reservation routes and the event websocket, for ``create_app``."""

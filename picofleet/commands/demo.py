@@ -15,9 +15,9 @@ import httpx
 
 from picofleet.commands.fleet import with_credentials
 from picofleet.commands.gateway import add_gateway_flags, config_from_args, serve
+from picofleet.common.errors import ConfigError
 from picofleet.firmware import circuits
 from picofleet.firmware.formats import image, uf2
-from picofleet.gateway.config import ConfigError
 
 DEMO_DATA = "demo-data"
 FLEET = "demo"

@@ -19,7 +19,8 @@ from stat import S_ISREG
 from typing import Any
 
 from picofleet.common.atomic import atomic_write_bytes
-from picofleet.firmware.formats import bitstream, uf2
+from picofleet.firmware.formats import bitstream, ice40_asc, uf2
+from picofleet.firmware.formats import inspect as firmware_inspect
 
 KIND_NAMES = {"uf2": "UF2", "ice40-asc": "iCE40 bitstream (.asc text)", "ice40-bin": "iCE40 bitstream (.bin)"}
 
@@ -40,7 +41,7 @@ def _invalid(path: Path, data: bytes, error: ValueError) -> str:
 
 
 def _text_summary(info: dict[str, Any]) -> list[str]:
-    """The lines `inspect` prints for ``info`` (from :func:`bitstream.inspect_file`)."""
+    """The lines `inspect` prints for ``info`` (from :func:`firmware_inspect.inspect_file`)."""
     kind = info["kind"]
     if kind == "uf2":
         chip = info["chip"] or "unknown chip"
@@ -100,7 +101,7 @@ def _read_bounded(path: Path, bound: int) -> bytes | None:
 def run_inspect(args: argparse.Namespace) -> int:
     """Print what FILE is: kind, chip/family, size, blocks, address range, sha256 (or why it is invalid)."""
     path = Path(args.file)
-    bound = bitstream.MAX_INSPECT_SIZE  # inspect_file's bound; a device or pipe has no size to stat
+    bound = firmware_inspect.MAX_INSPECT_SIZE  # inspect_file's bound; a device or pipe has no size to stat
     try:
         data = _read_bounded(path, bound)
     except OSError as error:
@@ -108,7 +109,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     if data is None:
         return _fail(f"{path}: the file is more than {bound} bytes (no firmware is)")
     try:
-        info = {"path": str(path), **bitstream.inspect_bytes(data)}
+        info = {"path": str(path), **firmware_inspect.inspect_bytes(data)}
     except ValueError as error:  # UF2Error or BitstreamError
         return _fail(_invalid(path, data, error))
     if args.json:
@@ -121,7 +122,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 def run_pack(args: argparse.Namespace) -> int:
     """Pack an up5k .asc into a .bin with icepack (validated before and after), written atomically."""
     source, target = Path(args.asc), Path(args.bin)
-    bound = bitstream.MAX_ASC_SIZE
+    bound = ice40_asc.MAX_ASC_SIZE
     try:
         raw = _read_bounded(source, bound)
     except OSError as error:

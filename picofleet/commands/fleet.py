@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -256,7 +257,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def _operator(sub: argparse._SubParsersAction, name: str, fn: Any, help_: str) -> argparse.ArgumentParser:
+def _operator(
+    sub: argparse._SubParsersAction, name: str, fn: Callable[[argparse.Namespace], int], help_: str
+) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=help_, description=fn.__doc__)
     parser.add_argument(
         "--url", default=None, help=f"fleet service URL (env {URL_ENV}; default {DEFAULT_URL})"

@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import sys
 
-from picofleet.gateway.config import SETTINGS_BY_NAME, ConfigError, GatewayConfig, load_config
+from picofleet.common.errors import ConfigError
+from picofleet.gateway.config import SETTINGS_BY_NAME, GatewayConfig, load_config
 
 FLAG_SETTINGS = ("host", "port", "data", "simulate", "fleet_url", "provisioning_key", "log_level")
 
@@ -15,6 +16,7 @@ def add_gateway_flags(parser: argparse.ArgumentParser) -> None:
     """The flags shared by `gateway` and `demo`; each is a setting of gateway/config.py."""
     for name in FLAG_SETTINGS:
         setting = SETTINGS_BY_NAME[name]
+        assert setting.flag is not None, f"setting {name} has no flag"
         parser.add_argument(
             setting.flag,
             dest=name,

@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from picofleet.gateway.config import ConfigError, load_config
+from picofleet.common.errors import ConfigError
+from picofleet.gateway.config import load_config
 from picofleet.gateway.plugin_manager import load_plugins
 
 

@@ -28,7 +28,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -85,8 +85,8 @@ class FieldEquals:
     def __init__(self, field: str, value: Any) -> None:
         self.field, self.value = field, value
 
-    def __call__(self, doc: dict[str, Any]) -> bool:
-        return self.field in doc and doc[self.field] == self.value
+    def __call__(self, value: Mapping[str, Any]) -> bool:  # named as in TinyDB's QueryLike protocol
+        return self.field in value and value[self.field] == self.value
 
     def __hash__(self) -> int:
         return id(self)
@@ -254,7 +254,7 @@ class Store:
                 docs.remove(doc_ids=[d.doc_id for d in found[1:]])
             if dict(found[0]) != record:
 
-                def replace(current: dict[str, Any]) -> None:
+                def replace(current: MutableMapping[str, Any]) -> None:
                     current.clear()
                     current.update(record)
 
@@ -334,8 +334,10 @@ class Store:
             ) from None
         self._lock_fd = fd
         db = _TinyDB(self.path, storage=AtomicJSONStorage)
-        self._db, self._storage = db, db.storage
-        self._storage.read()  # load and recover now, not at the first job
+        storage = db.storage  # TinyDB types it as its base class Storage
+        assert isinstance(storage, AtomicJSONStorage)
+        self._db, self._storage = db, storage
+        storage.read()  # load and recover now, not at the first job
 
     def _release(self) -> None:
         if self._db is not None:

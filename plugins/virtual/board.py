@@ -2,9 +2,10 @@
 
 A board thread owns every file descriptor of its board (the pty master of the application
 firmware, the wake pipe) and closes them itself when it ends. Other threads talk to it through
-flags under the board's lock and a byte on the wake pipe (:meth:`Board.plug`,
-:meth:`Board.unplug`, :meth:`Board.bootsel`, :meth:`Board.stop`); that byte is written under the
-same lock, and only while the pipe is open, so no write can reach a reused file-descriptor number.
+flags under the board's lock and a byte on the wake pipe (:meth:`VirtualBoard.plug`,
+:meth:`VirtualBoard.unplug`, :meth:`VirtualBoard.bootsel`, :meth:`VirtualBoard.stop`); that byte is
+written under the same lock, and only while the pipe is open, so no write can reach a reused
+file-descriptor number.
 
 Boot: the flash (``flash/<serial>.uf2``, the UF2 blocks last flashed) is read as a flat image;
 its image descriptor (``firmware/formats/image.py``) named ``picofleet-app`` boots the reference firmware
@@ -99,7 +100,7 @@ def read_flash(path: Path) -> tuple[str, dict[str, str] | None]:
     return "unknown", descriptor
 
 
-class Board:
+class VirtualBoard:
     """A virtual RP2040/RP2350/pico2-ice board in one slot of the rack."""
 
     def __init__(self, serial: str, board_type: str, slot: int, state_dir: Path, emit: Emit) -> None:

@@ -395,6 +395,7 @@ class CircuitCache:
     def _build(self, bitstream: bytes, sha256: str, entry: Path) -> Circuit:
         self._remove_stale_builds()
         build = Path(tempfile.mkdtemp(prefix=f".build-{sha256[:16]}-", dir=self.directory))
+        moved = False  # the build directory became the cache entry
         try:
             started = time.monotonic()
             try:
@@ -415,15 +416,16 @@ class CircuitCache:
                     shutil.rmtree(entry, ignore_errors=True)
                     with contextlib.suppress(OSError):
                         build.rename(entry)
-                        build = None
+                        moved = True
             else:
-                build = None
+                moved = True
         finally:
-            if build is not None:
+            if not moved:
                 shutil.rmtree(build, ignore_errors=True)
         self._evict(keep=entry)
         if failure is not None:
             raise failure
+        assert circuit is not None  # built: no failure
         return self._load(entry) or circuit
 
     def _remove_stale_builds(self) -> None:
@@ -489,7 +491,9 @@ class NetlistCount:
                 os.killpg(self._process.pid, signal.SIGKILL)
 
     def _watch(self) -> None:
-        fd = self._process.stdout.fileno()
+        stdout = self._process.stdout
+        assert stdout is not None  # started with stdout=PIPE
+        fd = stdout.fileno()
         buffer = b""
         tail: list[str] = []
         last_progress = self.started
@@ -515,7 +519,7 @@ class NetlistCount:
                     self.done_cycles, last_progress = int(match.group(2)), time.monotonic()
                 else:
                     self._pulses = int(match.group(2))
-        self._process.stdout.close()
+        stdout.close()
         self._process.wait()
         with self._lock:
             if self._pulses is None and self._error is None:

@@ -58,13 +58,13 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from picofleet.common.atomic import atomic_write_bytes, atomic_write_json, stale_temp_files
 from picofleet.gateway.config import parse_simulate
 from picofleet.plugins.virtual import identities
-from picofleet.plugins.virtual.board import Board, factory_flash
+from picofleet.plugins.virtual.board import VirtualBoard, factory_flash
 from picofleet.plugins.virtual.bootrom import remove_drive
 from picofleet.plugins.virtual.control import default_socket_path, socket_address
 
@@ -164,7 +164,7 @@ class Rack:
         self.socket_path = Path(socket_path) if socket_path else default_socket_path(self.state_dir)
         self.address = socket_address(self.socket_path)
         self.records_path = self.state_dir / "rack.json"
-        self.boards: dict[str, Board] = {}
+        self.boards: dict[str, VirtualBoard] = {}
         self._boards_lock = threading.Lock()  # slot and serial allocation, snapshots of self.boards
         self._save_lock = threading.Lock()
         self._generation = 0  # of the records snapshots: an older one never overwrites a newer one
@@ -226,30 +226,32 @@ class Rack:
         """Write the current records from a worker thread."""
         await asyncio.to_thread(self._write_records, self._snapshot())
 
-    def _new_board(self, board_type: str) -> Board:
+    def _new_board(self, board_type: str) -> VirtualBoard:
         """A new board with a fresh serial in the next slot, added to :attr:`boards` (flash not written)."""
         with self._boards_lock:
             serial = new_serial(self.boards)
             slot = max((b.slot for b in self.boards.values()), default=-1) + 1
-            board = Board(serial, board_type, slot, self.state_dir, self.emit)
+            board = VirtualBoard(serial, board_type, slot, self.state_dir, self.emit)
             self.boards[serial] = board
         log.info("new %s board %s in slot %d", board_type, serial, slot)
         return board
 
     @staticmethod
-    def _write_factory_flash(board: Board) -> None:
+    def _write_factory_flash(board: VirtualBoard) -> None:
         atomic_write_bytes(board.flash_path, factory_flash(board.board_type))
 
-    def setup(self) -> list[Board]:
+    def setup(self) -> list[VirtualBoard]:
         """Lock and clean the state directory, load and create the boards; return those to plug."""
         (self.state_dir / "flash").mkdir(parents=True, exist_ok=True)
         (self.state_dir / "drives").mkdir(parents=True, exist_ok=True)
         self._take_lock()
         self._clean()
         for record in load_records(self.records_path):
-            board = Board(record["serial"], record["board_type"], record["slot"], self.state_dir, self.emit)
+            board = VirtualBoard(
+                record["serial"], record["board_type"], record["slot"], self.state_dir, self.emit
+            )
             self.boards[board.serial] = board
-        to_plug: list[Board] = []
+        to_plug: list[VirtualBoard] = []
         for board_type, count in self.counts.items():
             stored = sorted(
                 (b for b in self.boards.values() if b.board_type == board_type), key=lambda b: b.slot
@@ -335,7 +337,7 @@ class Rack:
         while await reader.read(4096):
             pass
 
-    def _board(self, request: dict) -> Board | str:
+    def _board(self, request: dict) -> VirtualBoard | str:
         serial = request.get("serial")
         if not isinstance(serial, str) or not serial:
             return f"'{request.get('op')}' needs a serial"
@@ -402,7 +404,7 @@ class Rack:
         return {"ok": True, "serial": board.serial, "board": board.info()}
 
     @staticmethod
-    async def _until(condition, timeout: float | None = None) -> bool:
+    async def _until(condition: Callable[[], object], timeout: float | None = None) -> bool:
         deadline = time.monotonic() + (TRANSITION_WAIT if timeout is None else timeout)
         while not condition():
             if time.monotonic() >= deadline:

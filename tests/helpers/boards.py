@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from picofleet.firmware.formats import image, uf2
-from picofleet.plugins.virtual.control import rack_request
+from picofleet.plugins.virtual.control import RackUnavailable, rack_request
+from tests.helpers.wait import wait_for
 
 
 def rack(data: Path, op: str, **fields: Any) -> dict[str, Any]:
@@ -19,6 +20,20 @@ def rack(data: Path, op: str, **fields: Any) -> dict[str, Any]:
 def rack_boards(data: Path) -> dict[str, dict[str, Any]]:
     """The rack's boards by serial."""
     return {board["serial"]: board for board in rack(data, "list")["boards"]}
+
+
+def wait_rack_gone(data: Path, timeout: float = 10.0) -> None:
+    """Wait until the virtual rack of the gateway on ``data`` no longer answers (it went with its
+    gateway, e.g. one killed with ``kill -9``)."""
+
+    def gone() -> bool:
+        try:
+            rack_boards(data)
+        except (RackUnavailable, AssertionError):
+            return True
+        return False
+
+    wait_for(gone, timeout, "the rack to go with its gateway")
 
 
 def app_uf2(

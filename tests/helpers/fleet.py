@@ -108,6 +108,20 @@ class FrontWorkerProcess(ServiceProcess):
         ]
 
 
+def fleet_cli(service: FleetProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    """``picofleet fleet ARGS`` against ``service`` (URL and admin token from the environment), run to
+    its end (30 s at most), its output captured."""
+    env = {**os.environ, "PICOFLEET_FLEET_URL": service.url, "PICOFLEET_ADMIN_TOKEN": service.token}
+    return subprocess.run(
+        [sys.executable, "-m", "picofleet.cli", "fleet", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 def git(
     cwd: Path, *args: str, check: bool = True, timeout: float = 60.0, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

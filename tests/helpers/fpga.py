@@ -1,8 +1,9 @@
-"""Build real iCE40UP5K bitstreams for the tests with yosys, nextpnr-ice40 and icepack.
+"""Real iCE40UP5K bitstreams for the tests and benchmarks, built by the product's
+:mod:`picofleet.firmware.circuits` (yosys, nextpnr-ice40, icepack): the one way a circuit is built.
 
-The design is the pulse-count circuit of docs/hardware.md: a divide-by-N counter clocked by the
+The counter is the pulse-count circuit of docs/hardware.md: a divide-by-N counter clocked by the
 FPGA clock pin 35 (CLK) driving pin 27 (ICE_27), with the same constraint file as iCEFARM.
-Builds are cached per process: each (directory, divider) is built once per test session.
+Builds are cached per process: each directory is built once per test session.
 """
 
 from __future__ import annotations
@@ -14,28 +15,47 @@ import pytest
 
 from picofleet.firmware.circuits import PCF, TOOLS, Circuit, build, counter_verilog, missing_tools
 
-__all__ = ["PCF", "TOOLS", "FpgaBuild", "build_counter", "counter_verilog", "missing_tools"]
+__all__ = [
+    "PCF",
+    "TOOLS",
+    "FpgaBuild",
+    "build_counter",
+    "counter_verilog",
+    "icepack",
+    "missing_tools",
+    "session_counter",
+    "session_loop",
+]
 
 BUILD_TIMEOUT = 120.0
 
 FpgaBuild = Circuit
 """The files of one build (the product's :class:`~picofleet.firmware.circuits.Circuit`)."""
 
-_built: dict[tuple[Path, int], FpgaBuild] = {}
+_built: dict[Path, FpgaBuild] = {}
 
 
-def _run(command: list[str], cwd: Path) -> None:
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+def _build_once(directory: Path, verilog: str, *, ignore_loops: bool = False) -> FpgaBuild:
+    """:func:`~picofleet.firmware.circuits.build` in ``directory``, once per process."""
+    key = directory.resolve()
+    if key not in _built:
+        _built[key] = build(directory, verilog, ignore_loops=ignore_loops)
+    return _built[key]
+
+
+def _skip_without_tools() -> None:
+    """Skip the calling test, naming the missing tools (``./dev setup`` installs them)."""
+    missing = missing_tools()
+    if missing:
+        pytest.skip(
+            f"{', '.join(missing)} not installed (Debian packages yosys, nextpnr-ice40, fpga-icestorm; "
+            "./dev setup installs them)"
+        )
 
 
 def build_counter(directory: Path, divide_by: int = 16) -> FpgaBuild:
     """Synthesise, place and route and pack the counter in ``directory`` (once per process)."""
-    key = (directory.resolve(), divide_by)
-    if key not in _built:
-        _built[key] = build(directory, counter_verilog(divide_by))
-    return _built[key]
+    return _build_once(directory, counter_verilog(divide_by))
 
 
 def loop_verilog() -> str:
@@ -56,20 +76,21 @@ def loop_verilog() -> str:
     )
 
 
-def build_loop(directory: Path) -> FpgaBuild:
-    """Build :func:`loop_verilog` in ``directory`` (nextpnr told to ignore the loop in its timing)."""
-    key = (directory.resolve(), 0)
-    if key not in _built:
-        _built[key] = build(directory, loop_verilog(), ignore_loops=True)
-    return _built[key]
+def session_counter(tmp_path_factory: pytest.TempPathFactory, divide_by: int = 16) -> FpgaBuild:
+    """The counter built once per test session (under the session's base temporary directory).
+
+    Skips the calling test, saying which tools are missing, when yosys, nextpnr-ice40 or icepack
+    is not installed (``./dev setup`` installs them).
+    """
+    _skip_without_tools()
+    return build_counter(tmp_path_factory.getbasetemp() / f"fpga-counter-{divide_by}", divide_by)
 
 
 def session_loop(tmp_path_factory: pytest.TempPathFactory) -> FpgaBuild:
-    """The never-settling loop circuit, built once per test session (skips without the tools)."""
-    missing = missing_tools()
-    if missing:
-        pytest.skip(f"{', '.join(missing)} not installed (./dev setup installs them)")
-    return build_loop(tmp_path_factory.getbasetemp() / "fpga-loop")
+    """The never-settling loop circuit, built once per test session (skips without the tools;
+    nextpnr is told to ignore the loop in its timing)."""
+    _skip_without_tools()
+    return _build_once(tmp_path_factory.getbasetemp() / "fpga-loop", loop_verilog(), ignore_loops=True)
 
 
 def icepack(asc: bytes, directory: Path) -> bytes:
@@ -77,20 +98,9 @@ def icepack(asc: bytes, directory: Path) -> bytes:
     source, target = directory / "reference.asc", directory / "reference.bin"
     source.write_bytes(asc)
     target.unlink(missing_ok=True)
-    _run(["icepack", str(source), str(target)], directory)
+    done = subprocess.run(
+        ["icepack", str(source), str(target)], capture_output=True, text=True, timeout=BUILD_TIMEOUT
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"icepack failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return target.read_bytes()
-
-
-def session_counter(tmp_path_factory: pytest.TempPathFactory, divide_by: int = 16) -> FpgaBuild:
-    """The counter built once per test session (under the session's base temporary directory).
-
-    Skips the calling test, saying which tools are missing, when yosys, nextpnr-ice40 or icepack
-    is not installed (``./dev setup`` installs them).
-    """
-    missing = missing_tools()
-    if missing:
-        pytest.skip(
-            f"{', '.join(missing)} not installed (Debian packages yosys, nextpnr-ice40, fpga-icestorm; "
-            "./dev setup installs them)"
-        )
-    return build_counter(tmp_path_factory.getbasetemp() / f"fpga-counter-{divide_by}", divide_by)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import httpx
 from tests.helpers.process import LISTENING, ServiceProcess
 from tests.helpers.wait import wait_for
 
-__all__ = ["LISTENING", "GatewayProcess", "run_gateway_command", "wait_for"]
+__all__ = ["LISTENING", "GatewayProcess", "idle_boards", "run_gateway_command", "running_gateway", "wait_for"]
 
 
 class GatewayProcess(ServiceProcess):
@@ -83,6 +84,27 @@ class GatewayProcess(ServiceProcess):
             if target.startswith(("/dev/pts/", "/dev/tty")):
                 targets.append(target)
         return targets
+
+
+def idle_boards(gateway: GatewayProcess, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Wait until the gateway lists ``count`` boards, all Idle; their records."""
+    return gateway.wait_devices(
+        lambda d: len(d) == count and all(x["Status"] == "Idle" for x in d), timeout, f"{count} idle boards"
+    )
+
+
+@contextlib.contextmanager
+def running_gateway(
+    data: Path, boards: int, *args: str, env: dict[str, str] | None = None
+) -> Iterator[GatewayProcess]:
+    """``picofleet gateway --simulate BOARDS ARGS`` on ``data``, yielded once its ``boards`` virtual
+    boards are all Idle, and stopped on the way out (the body of a test module's gateway fixture)."""
+    process = GatewayProcess(data, "--simulate", str(boards), *args, env=env).start()
+    try:
+        idle_boards(process, boards)
+        yield process
+    finally:
+        process.stop()
 
 
 def run_gateway_command(

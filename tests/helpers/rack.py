@@ -9,25 +9,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from picofleet.plugins.virtual.control import RackUnavailable, connect, rack_request, read_line
-
-T = TypeVar("T")
-
-
-def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+from tests.helpers.wait import wait_for
 
 
 class Subscription:
@@ -118,7 +104,7 @@ class RackProcess:
             except RackUnavailable:
                 return False
 
-        wait_until(ready, timeout, "the rack to answer")
+        wait_for(ready, timeout, "the rack to answer", fail_on=AssertionError)
         return self
 
     def log(self) -> str:

@@ -1,0 +1,1 @@
+"""HTTP plumbing of both services: serving with Hypercorn, JSON errors, bounded request reading."""

@@ -31,5 +31,5 @@ def install() -> None:
                 reason = b""
         original(self, *args, reason=reason, **kwargs)
 
-    h11.Response.__init__ = init_with_reason  # type: ignore[method-assign]
+    h11.Response.__init__ = init_with_reason  # type: ignore[method-assign, assignment]
     _installed = True

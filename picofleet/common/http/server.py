@@ -1,7 +1,8 @@
 """Serving an ASGI app with Hypercorn on a socket we bound: the gateway, the fleet service, the benchmarks.
 
 Binding the socket ourselves gives a known free port with ``--port 0``; Hypercorn then serves it
-(``fd://``), with no access log and a short graceful shutdown, until ``shutdown_trigger`` returns.
+(``fd://``), with no access log and a short graceful shutdown, until ``shutdown_trigger`` returns;
+status lines carry their reason phrase (:mod:`.reason_phrase`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
-from picofleet.gateway.config import ConfigError
+from picofleet.common.errors import ConfigError
+from picofleet.common.http import reason_phrase
 
 GRACEFUL_TIMEOUT = 2.0
 """Seconds open connections get to finish at shutdown."""
@@ -80,13 +82,14 @@ def stop_on_signals() -> asyncio.Event:
 
 
 async def serve_app(
-    app: Any, socks: socket.socket | list[socket.socket], shutdown_trigger: Callable[[], Awaitable[None]]
+    app: Any, socks: socket.socket | list[socket.socket], shutdown_trigger: Callable[[], Awaitable[object]]
 ) -> None:
     """Serve ``app`` on ``socks`` until ``shutdown_trigger()`` returns; Hypercorn closes them."""
+    reason_phrase.install()
     config = HypercornConfig()
     # Hypercorn wraps an fd:// bind without duplicating it and closes it at shutdown: hand it over.
     config.bind = [f"fd://{sock.detach()}" for sock in (socks if isinstance(socks, list) else [socks])]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = GRACEFUL_TIMEOUT
-    await serve(app, config, shutdown_trigger=shutdown_trigger)  # type: ignore[arg-type]
+    await serve(app, config, shutdown_trigger=shutdown_trigger)

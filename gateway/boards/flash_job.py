@@ -1,0 +1,31 @@
+"""A flash job: a UF2 image queued for a board, and what its record keeps of it (``PendingFlash``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from picofleet.firmware.asset_cache import sha256_of
+
+
+@dataclass
+class FlashJob:
+    """A UF2 image to put on a board; ``commit`` is recorded as the board's Commit on success.
+
+    ``evaluation``: the evaluation firmware of the board's reservation, the one flash a reserved
+    board takes (``manager.request_flash`` refuses others).
+    """
+
+    uf2: bytes
+    families: frozenset[int]
+    version: str | None
+    commit: str | None = None
+    sha256: str = ""
+    evaluation: bool = False
+
+    def __post_init__(self) -> None:
+        self.sha256 = self.sha256 or sha256_of(self.uf2)
+
+    def stored(self) -> dict[str, Any]:
+        """The record's ``PendingFlash``: what to flash again after a power cut (the UF2 is an asset)."""
+        return {"sha256": self.sha256, "commit": self.commit, "version": self.version}

@@ -1,0 +1,148 @@
+"""The dependent devices (the boards) of the gateway's API (docs/api.md).
+
+ENM's routes, byte-compatible: ``GET /v1/devices``, ``GET/PUT/DELETE /v1/devices/{uuid}``,
+``PUT /v1/devices/{uuid}/restart`` (the supervisor's hooks); picofleet's:
+``PUT /v1/devices/{uuid}/identify`` (blink the board) and ``POST /v1/devices/{uuid}/flash`` (a
+one-off UF2). A device is named by its LocalUUID (USB serial) or its ResinUUID; 404 otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from picofleet.common.http.errors import ApiError
+from picofleet.common.http.reading import json_body, json_object, read_upload
+from picofleet.firmware.formats import image, uf2
+from picofleet.gateway.boards.board import Board
+from picofleet.gateway.boards.flash_job import FlashJob
+from picofleet.gateway.boards.flashing import check_families
+from picofleet.gateway.boards.manager import FlashRefused
+from picofleet.gateway.http.context import gateway_of
+from picofleet.gateway.models import APPLICATION, BoardError, BoardType
+
+__all__ = [
+    "ROUTES",
+    "delete_device",
+    "flash_device",
+    "get_device",
+    "identify_device",
+    "list_devices",
+    "put_device",
+    "restart_device",
+]
+
+
+def _board_or_404(request: Request) -> Board:
+    """The board the request's ``{uuid}`` names, else a 404."""
+    uuid = request.path_params["uuid"]
+    board = gateway_of(request).manager.find(uuid)
+    if board is None:
+        raise ApiError(404, f"no device with LocalUUID or ResinUUID {uuid!r}")
+    return board
+
+
+def _string_map(value: Any, what: str) -> dict[str, str] | None:
+    """An environment or config object: ``null`` or string keys to string values (as balena's)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(item, str) for item in value.values()):
+        raise ApiError(400, f"{what} must be a JSON object of string values, or null")
+    return value
+
+
+def _read_image(body: bytes, board_type: BoardType) -> FlashJob:
+    """Parse and check an uploaded UF2 against the board type (in a worker thread: it is CPU work)."""
+    try:
+        parsed = uf2.read_uf2(body)
+        check_families(parsed.families, board_type)
+        if not parsed.all_payloads_256:
+            raise BoardError("the RP2 bootroms only accept UF2 blocks with 256-byte payloads")
+        version = image.uf2_version(parsed, board_type.uf2_families)
+    except uf2.UF2Error as error:
+        raise ApiError(400, f"not a valid UF2 file: {error}") from None
+    except BoardError as error:
+        raise ApiError(422, str(error)) from None
+    return FlashJob(body, parsed.families, version)
+
+
+async def list_devices(request: Request) -> Response:
+    """Every dependent device (ENM)."""
+    return JSONResponse([board.public() for board in gateway_of(request).manager.listed()])
+
+
+async def get_device(request: Request) -> Response:
+    """One dependent device by LocalUUID or ResinUUID (ENM)."""
+    return JSONResponse(_board_or_404(request).public())
+
+
+async def put_device(request: Request) -> Response:
+    """Supervisor hook: set TargetCommit, TargetEnvironment, TargetConfig (ENM)."""
+    board = _board_or_404(request)
+    body = json_object(await json_body(request), "the request body")
+    commit = body.get("commit")
+    if commit is not None and not isinstance(commit, str):
+        raise ApiError(400, "commit must be a string or null")
+    environment = _string_map(body.get("environment"), "environment")
+    config = _string_map(body.get("config"), "config")
+    await gateway_of(request).manager.set_target(board, commit, environment, config)
+    return Response(status_code=200)
+
+
+async def delete_device(request: Request) -> Response:
+    """Supervisor hook: forget a device (ENM). Still plugged in, it is provisioned anew."""
+    await gateway_of(request).manager.request_delete(_board_or_404(request))
+    return Response(status_code=200)
+
+
+async def restart_device(request: Request) -> Response:
+    """Supervisor hook: restart a device (ENM). Done when the board is online and the gateway runs."""
+    await gateway_of(request).manager.request_restart(_board_or_404(request))
+    return Response(status_code=200)
+
+
+async def identify_device(request: Request) -> Response:
+    """Blink a device's LED so that a person can find it (picofleet)."""
+    manager = gateway_of(request).manager
+    board = _board_or_404(request)
+    if manager.paused:
+        raise ApiError(409, "the gateway is paused: it does not touch the boards")
+    if APPLICATION not in board.sightings:
+        raise ApiError(409, f"device {board.serial} is not running its firmware ({board.record['Status']})")
+    manager.request_blink(board)
+    return Response(status_code=200)
+
+
+async def flash_device(request: Request) -> Response:
+    """Flash a UF2 image (the request body) onto a device (picofleet). 202 once queued."""
+    manager = gateway_of(request).manager
+    board = _board_or_404(request)
+    body = await read_upload(request, manager.config.max_upload_bytes, "the upload")
+    board_type = manager.board_types.get(str(board.record["BoardType"]))
+    if board_type is None:
+        raise ApiError(409, f"board type {board.record['BoardType']!r} has no plugin loaded")
+    job = await asyncio.to_thread(_read_image, body, board_type)
+    job.commit = request.query_params.get("commit")
+    try:
+        await manager.request_flash(board, job)
+    except FlashRefused as error:  # reserved (also while the upload was being read)
+        raise ApiError(409, str(error)) from None
+    except BoardError as error:  # the asset cache could not store it (disk full, read-only)
+        raise ApiError(507, str(error)) from None
+    return JSONResponse({"queued": True, "device": board.serial, "bytes": len(body)}, status_code=202)
+
+
+ROUTES: list[BaseRoute] = [
+    Route("/v1/devices", list_devices, methods=["GET"]),
+    Route("/v1/devices/{uuid}", get_device, methods=["GET"]),
+    Route("/v1/devices/{uuid}", put_device, methods=["PUT"]),
+    Route("/v1/devices/{uuid}", delete_device, methods=["DELETE"]),
+    Route("/v1/devices/{uuid}/restart", restart_device, methods=["PUT"]),
+    Route("/v1/devices/{uuid}/identify", identify_device, methods=["PUT"]),
+    Route("/v1/devices/{uuid}/flash", flash_device, methods=["POST"]),
+]
+"""The device routes, for ``create_app``."""

@@ -1,0 +1,146 @@
+"""The schemas of the gateway's OpenAPI document (:mod:`.openapi`): its bodies (a device, the status,
+a reservation, a bitstream, an evaluation result, an error...) and the helpers that write them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from picofleet.gateway.boards.record import ENM_FIELDS, Status
+
+
+def object_schema(properties: dict[str, Any], *, nullable: bool = False, **keywords: Any) -> dict[str, Any]:
+    """An object schema with ``properties``; ``keywords`` (``required``, ``description``) go before them."""
+    return {"type": ["object", "null"] if nullable else "object", **keywords, "properties": properties}
+
+
+ERROR = object_schema({"error": {"type": "string"}}, required=["error"])
+NULLABLE_OBJECT = {"type": ["object", "null"], "additionalProperties": {"type": "string"}}
+
+DEVICE = object_schema(
+    {
+        "ApplicationUUID": {"type": ["integer", "string", "null"]},
+        "BoardType": {"type": "string", "examples": ["pico2-ice", "rp2040", "rp2350"]},
+        "Name": {"type": "string", "examples": ["holy-sunset"]},
+        "LocalUUID": {"type": "string", "description": "the board's USB serial number"},
+        "ResinUUID": {"type": "string", "description": "stable random UUID given at provisioning"},
+        "Commit": {"type": ["string", "null"]},
+        "TargetCommit": {"type": ["string", "null"]},
+        "Status": {"type": "string", "enum": [status.value for status in Status]},
+        "Config": NULLABLE_OBJECT,
+        "TargetConfig": NULLABLE_OBJECT,
+        "Environment": NULLABLE_OBJECT,
+        "TargetEnvironment": NULLABLE_OBJECT,
+        "RestartFlag": {"type": "boolean"},
+        "DeleteFlag": {"type": "boolean"},
+        "Port": {"type": ["string", "null"], "description": "serial device path, null when not held"},
+        "UsbPort": {"type": ["string", "null"], "description": "the USB port the board was last seen on"},
+        "FirmwareVersion": {"type": ["string", "null"], "description": "what the firmware said it is"},
+        "StatusReason": {"type": ["string", "null"], "description": "why the board is Broken or waiting"},
+        "Progress": object_schema(
+            {"done": {"type": "integer"}, "total": {"type": "integer"}, "percent": {"type": "number"}},
+            nullable=True,
+        ),
+        "PendingFlash": object_schema(
+            {
+                "sha256": {"type": "string"},
+                "commit": {"type": ["string", "null"]},
+                "version": {"type": ["string", "null"]},
+            },
+            nullable=True,
+            description="the flash queued or under way; resumed after a power cut",
+        ),
+    },
+    required=[*ENM_FIELDS, "Port"],
+)
+STATUS = object_schema(
+    {
+        "currentStatus": {"type": "string", "enum": ["Running", "Paused"]},
+        "targetStatus": {"type": "string", "enum": ["Running", "Paused"]},
+    }
+)
+
+
+IDENTIFY = object_schema(
+    {
+        "blinking": {"type": "boolean"},
+        "seconds": {"type": "integer", "description": "how long the supervisor blinks the LED"},
+        "boards": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "boards asked to blink too (feature flag IDENTIFY_BOARDS), by LocalUUID",
+        },
+    }
+)
+SUPERVISOR = object_schema(
+    {
+        "enabled": {"type": "boolean", "description": "false outside balena"},
+        "state": {"type": "string", "enum": ["off", "waiting", "ready"]},
+        "address": {"type": ["string", "null"]},
+        "reason": {"type": ["string", "null"], "description": "why it is off or waiting"},
+        "attempts": {"type": "integer"},
+        "device": {"type": "object", "description": "uuid, name, appId, deviceType from balena"},
+        "supervisor": {"type": ["object", "null"], "description": "the supervisor's GET /v1/device"},
+        "applications": {"type": ["object", "null"], "description": "GET /v2/applications/state"},
+        "updateLock": object_schema(
+            {
+                "enabled": {"type": "boolean"},
+                "files": {
+                    "type": "array",
+                    "items": object_schema(
+                        {
+                            "path": {"type": "string"},
+                            "state": {"type": "string", "enum": ["free", "ours", "held", "stale"]},
+                            "pid": {"type": ["integer", "null"]},
+                        }
+                    ),
+                },
+            }
+        ),
+    }
+)
+
+
+def json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def error_responses(*codes: int) -> dict[str, Any]:
+    return {str(code): {"description": "error", **json_content(ERROR)} for code in codes}
+
+
+RESERVATION = object_schema(
+    {
+        "serial": {"type": "string", "description": "the board's LocalUUID"},
+        "name": {"type": "string", "description": "the client holding it"},
+        "kind": {"type": "string", "enum": ["pulsecount"]},
+        "args": {"type": "object", "description": "default evaluation arguments (clock_hz, window_ms)"},
+        "created_at": {"type": "number", "description": "epoch seconds"},
+        "expires_at": {"type": "number", "description": "epoch seconds"},
+        "state": {"type": "string", "enum": ["preparing", "ready"]},
+    }
+)
+RESERVATIONS = {"type": "array", "items": RESERVATION}
+SERIALS = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+BITSTREAM = object_schema(
+    {
+        "sha256": {**SHA256, "description": "of the .bin the boards run"},
+        "size": {"type": "integer"},
+        "source": {"type": "string", "enum": ["asc", "bin"], "description": "what was uploaded"},
+    }
+)
+EVALUATION_RESULT = object_schema(
+    {
+        "evaluation": {"type": "string"},
+        "serial": {"type": ["string", "null"]},
+        "sha256": SHA256,
+        "label": {"type": ["string", "null"]},
+        "pulses": {"type": "integer"},
+        "error": {"type": "string"},
+        "done": {"type": "boolean"},
+        "results": {"type": "integer"},
+        "failed": {"type": "integer"},
+    },
+    description="one line per evaluation as it completes (pulses or error), then "
+    '{"evaluation", "done": true, "results", "failed"}',
+)
