@@ -19,12 +19,19 @@ or contains ``..``, a symlink or a submodule anywhere on the path (tree entry mo
 160000), a file over the size limit, a UF2 with a block family the board type's bootloader does not
 accept, and any UF2 or bitstream its reader rejects (the reader's message). Bitstreams are taken
 only for board types with an iCE40 (the word ``iCE40`` in the board type's chip or description).
+
+Bounded YAML (hostile input is refused while it is read, before anything is built): anchors and
+aliases are allowed, but the document may have at most :data:`MAX_YAML_NODES` nodes *with every
+alias expanded* (an alias bomb is refused at the line where it passes the bound), nest at most
+:data:`MAX_YAML_DEPTH` levels, not use an alias inside the node it names, and not hold integers of
+more than :data:`MAX_INT_DIGITS` digits. A value or key shown in a reason is shortened.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import reprlib
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +48,8 @@ from picofleet.gateway.models import BoardType
 __all__ = [
     "DEFAULT_MAX_ASSET_BYTES",
     "MANIFEST",
+    "MAX_YAML_DEPTH",
+    "MAX_YAML_NODES",
     "BoardRelease",
     "ManifestError",
     "Release",
@@ -53,6 +62,12 @@ DEFAULT_MAX_ASSET_BYTES = 32 << 20
 """Default size limit of one firmware file (32 MiB)."""
 MAX_MANIFEST_BYTES = 1 << 20
 """``fleet.yml`` itself may not be larger than this."""
+MAX_YAML_NODES = 10_000
+"""At most this many YAML nodes (scalars, lists, mappings), every alias counted expanded."""
+MAX_YAML_DEPTH = 32
+"""At most this many levels of nested lists and mappings (fleet.yml needs five)."""
+MAX_INT_DIGITS = 100
+"""Integers of more digits are refused (Python would refuse past 4300 with an unhelpful hint)."""
 
 _TOP_KEYS = frozenset({"boards"})
 _BOARD_KEYS = frozenset({"firmware", "environment", "config"})
@@ -154,15 +169,16 @@ def _check_path(value: object, where: str) -> tuple[str | None, str | None]:
     if not isinstance(value, str) or not value.strip():
         return None, f"{where}: must be a path in the repository (a non-empty string)"
     if "\0" in value or "\\" in value:
-        return None, f"{where}: {value!r} is not a valid path"
+        return None, f"{where}: {_shown(value)} is not a valid path"
     path = PurePosixPath(value)
     if path.is_absolute():
-        return None, f"{where}: {value!r} is an absolute path; paths are relative to the repository root"
+        problem = f"{where}: {_shown(value)} is an absolute path"
+        return None, f"{problem}; paths are relative to the repository root"
     if ".." in path.parts:
-        return None, f"{where}: {value!r} escapes the repository ('..' is not allowed)"
+        return None, f"{where}: {_shown(value)} escapes the repository ('..' is not allowed)"
     parts = [part for part in path.parts if part != "."]
     if not parts:
-        return None, f"{where}: {value!r} is not a file"
+        return None, f"{where}: {_shown(value)} is not a file"
     return "/".join(parts), None
 
 
@@ -217,6 +233,9 @@ def _check_firmware(path: str, data: bytes, board_type: BoardType) -> tuple[str 
                 f"{path}: UF2 family {families} cannot run on board type {board_type.name} "
                 f"(it accepts {accepted})"
             )
+        outside = uf2.outside_flash(image)
+        if outside is not None:
+            return None, f"{path}: {outside}: a {board_type.name} would not keep it across a reset"
         return kind, None
     if kind in ("ice40-bin", "ice40-asc"):
         if not _runs_bitstreams(board_type):
@@ -238,19 +257,110 @@ def _variables(value: object, where: str, problems: list[str]) -> dict[str, str]
     result: dict[str, str] = {}
     for key, item in value.items():
         if not isinstance(key, str) or not _VARIABLE_NAME.fullmatch(key):
-            problems.append(f"{where}: {key!r} is not a valid variable name (letters, digits, '_')")
+            problems.append(f"{where}: {_shown(key)} is not a valid variable name (letters, digits, '_')")
         elif not isinstance(item, str):
             problems.append(
-                f"{where}.{key}: must be a string (got {type(item).__name__} {item!r}; quote it in YAML)"
+                f"{where}.{_key(key)}: must be a string"
+                f" (got {type(item).__name__} {_shown(item)}; quote it in YAML)"
             )
         else:
             result[key] = item
     return result
 
 
+class _Refused(yaml.YAMLError):
+    """Valid YAML that fleet.yml does not take (too big once expanded, too deep ...), at a line."""
+
+    def __init__(self, problem: str, mark: Any, rest: str) -> None:
+        super().__init__(f"{problem} at line {mark.line + 1 if mark else '?'} {rest}")
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that counts, while it composes, the nodes of the document with every alias
+    expanded and the nesting depth, and refuses past :data:`MAX_YAML_NODES` / :data:`MAX_YAML_DEPTH`.
+
+    Composing is the only step that recurses, and it sees each alias once: an alias adds the
+    expanded size of the node it names (known once that node is composed), so a bomb is refused
+    after a few hundred events, long before anything is built or shown.
+    """
+
+    def __init__(self, stream: bytes) -> None:
+        super().__init__(stream)
+        self._nodes = 0
+        self._depth = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> its size with aliases expanded
+
+    def _count(self, nodes: int, mark: Any, alias: bool) -> None:
+        self._nodes += nodes
+        if self._nodes > MAX_YAML_NODES:
+            what = "aliases expand to more than" if alias else "more than"
+            raise _Refused(f"{what} {MAX_YAML_NODES} YAML nodes", mark, "(fleet.yml names a few board types)")
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        """Compose one node as PyYAML does, counting it (an alias: the nodes it expands to)."""
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            named = self.anchors.get(event.anchor)
+            if named is not None:
+                size = self._sizes.get(id(named))
+                if size is None:  # still being composed: the alias is inside it
+                    raise _Refused(
+                        f"alias *{_key(event.anchor)}",
+                        event.start_mark,
+                        "is inside the node it names (a recursive alias)",
+                    )
+                self._count(size, event.start_mark, alias=True)
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_YAML_DEPTH:
+            raise _Refused("nested too deeply", event.start_mark, f"(more than {MAX_YAML_DEPTH} levels)")
+        before = self._nodes
+        self._count(1, event.start_mark, alias=False)
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        self._sizes[id(node)] = self._nodes - before
+        return node
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    """Integers as PyYAML reads them, but not past :data:`MAX_INT_DIGITS` digits."""
+    digits = sum(char.isdigit() for char in str(node.value))
+    if digits > MAX_INT_DIGITS:
+        raise _Refused(
+            f"a number of {digits} digits",
+            node.start_mark,
+            f"(at most {MAX_INT_DIGITS}; quote it to make it a string)",
+        )
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 48
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 2
+_REPR.maxlevel = 3
+
+
+def _shown(value: object) -> str:
+    """``repr(value)`` cut short: a refused value is named, never sent whole to the git client."""
+    return _REPR.repr(value)
+
+
+def _key(value: object) -> str:
+    """A mapping key as a reason names it: short printable strings as they are, the rest shortened."""
+    if isinstance(value, str) and len(value) <= 64 and value.isprintable():
+        return value
+    return _shown(value)
+
+
 def _parse_manifest(text: bytes) -> tuple[Any, str | None]:
     try:
-        return yaml.safe_load(text), None
+        return yaml.load(text, Loader=_BoundedLoader), None  # a SafeLoader subclass
+    except _Refused as error:
+        return None, f"{MANIFEST}: {error}"
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -286,7 +396,7 @@ def validate_commit(
         shown = "empty" if document is None else f"a {type(document).__name__}"
         raise ManifestError([f"{MANIFEST}: must be a mapping with a 'boards' key (it is {shown})"])
     problems: list[str] = []
-    unknown = sorted(str(key) for key in document if key not in _TOP_KEYS)
+    unknown = sorted(_key(key) for key in document if key not in _TOP_KEYS)
     if unknown:
         problems.append(f"{MANIFEST}: unknown key(s) {', '.join(unknown)} (allowed: boards)")
     boards = document.get("boards")
@@ -298,15 +408,15 @@ def validate_commit(
     releases: dict[str, BoardRelease] = {}
     assets: dict[str, bytes] = {}
     for name, spec in boards.items():
-        where = f"{MANIFEST}: boards.{name}"
+        where = f"{MANIFEST}: boards.{_key(name)}"
         board_type = board_types.get(name) if isinstance(name, str) else None
         if board_type is None:
-            problems.append(f"{where}: unknown board type {name!r} (known: {known})")
+            problems.append(f"{where}: unknown board type {_shown(name)} (known: {known})")
             continue
         if not isinstance(spec, Mapping):
             problems.append(f"{where}: must be a mapping with a 'firmware' key")
             continue
-        extra = sorted(str(key) for key in spec if key not in _BOARD_KEYS)
+        extra = sorted(_key(key) for key in spec if key not in _BOARD_KEYS)
         if extra:
             problems.append(
                 f"{where}: unknown key(s) {', '.join(extra)} (allowed: config, environment, firmware)"

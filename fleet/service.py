@@ -38,19 +38,25 @@ WORKERS_ENV = "PICOFLEET_FLEET_WORKERS"
 
 
 def load_admin_token(data: Path) -> str:
-    """``PICOFLEET_ADMIN_TOKEN`` if set, else ``DATA/admin-token`` (created, mode 0600, at first start)."""
+    """``PICOFLEET_ADMIN_TOKEN`` if set, else ``DATA/admin-token`` (created, mode 0600, at first start;
+    a token file found open to other users is narrowed to 0600 with a warning)."""
     from_env = os.environ.get(TOKEN_ENV, "").strip()
     if from_env:
         return from_env
     path = data / "admin-token"
     try:
         token = path.read_text().strip()
+        mode = path.stat().st_mode & 0o777
+        if mode & ~0o600:
+            path.chmod(0o600)
+            log.warning("%s was open to other users (mode %04o); it is now 0600", path, mode)
         if token:
             return token
     except FileNotFoundError:
         pass
     token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # also when an empty file was there, with its own mode
     with os.fdopen(fd, "w") as handle:
         handle.write(token + "\n")
         handle.flush()
@@ -133,8 +139,8 @@ def add_arguments(parser: argparse.ArgumentParser, data_default: Path | None = N
         required=data_default is None,
         help="directory of fleet.db, git/, assets/" + (f" (default {data_default})" if data_default else ""),
     )
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0: all)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     parser.add_argument(
         "--max-asset-bytes",
         type=int,
@@ -148,7 +154,11 @@ def add_arguments(parser: argparse.ArgumentParser, data_default: Path | None = N
         help="processes serving the port: this one and N-1 front workers answering target-state "
         f"checks from a cache (default 1, or ${WORKERS_ENV}); about one per core for large fleets",
     )
-    parser.add_argument("--log-level", default=os.environ.get("ENM_LOG_LEVEL", "info"))
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("ENM_LOG_LEVEL", "info"),
+        help="debug, info, warning or error (default info, or $ENM_LOG_LEVEL)",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:

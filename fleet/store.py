@@ -5,10 +5,12 @@ Only the fleet service process opens ``DATA/fleet.db`` (the Store holds an ``flo
 
 Tables:
 
-* ``fleets``: ``name``, ``created``, ``target`` (the commit the fleet's boards should run, or
-  ``None``), ``pinned`` (a commit or ``None``), ``latest`` (the newest release pushed to its branch
-  tip, whatever the pin), ``provisioning_key_sha256``, ``env`` and ``config`` (fleet variables).
-* ``releases``: ``id`` = ``fleet/commit``, ``fleet``, ``commit``, ``ref``, ``created``, ``boards``.
+* ``fleets``: ``name``, ``created``, ``deploy_branch`` (the branch whose pushes deploy; ``main``
+  when absent), ``target`` (the commit the fleet's boards should run, or ``None``), ``pinned`` (a
+  commit or ``None``), ``latest`` (the newest release pushed to the tip of the deploy branch,
+  whatever the pin), ``provisioning_key_sha256``, ``env`` and ``config`` (fleet variables).
+* ``releases``: ``id`` = ``fleet/commit``, ``fleet``, ``commit``, ``ref`` (the ref it was first
+  pushed to, or the deploy branch once it was pushed there), ``created``, ``boards``.
 * ``gateways``: ``id`` (uuid hex), ``fleet``, ``name``, ``key_sha256``, ``created``, ``last_seen``,
   ``boards`` (the last full list the gateway reported).
 * ``board_settings``: ``id`` = ``fleet/LocalUUID``, ``fleet``, ``uuid``, ``pin``, ``env``, ``config``.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -33,12 +36,25 @@ from tinydb import TinyDB
 from picofleet.common.store import FieldEquals, Store
 from picofleet.common.tinydb_file import detached
 
-__all__ = ["BOARD_LOG_LINES", "BoardLogs", "FleetExistsError", "FleetStore", "key_hash", "now_iso"]
+__all__ = [
+    "BOARD_LOG_LINES",
+    "DEFAULT_DEPLOY_BRANCH",
+    "BoardLogs",
+    "FleetExistsError",
+    "FleetStore",
+    "branch_name_error",
+    "deploy_branch",
+    "key_hash",
+    "now_iso",
+]
 
 BOARD_LOG_LINES = 1000
 """Log lines kept per board (the oldest are dropped)."""
 
 FLEETS, RELEASES, GATEWAYS, BOARD_SETTINGS = "fleets", "releases", "gateways", "board_settings"
+DEFAULT_DEPLOY_BRANCH = "main"
+"""The branch whose pushes deploy, for a fleet created without another."""
+_BRANCH = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,99}")
 
 
 class FleetExistsError(Exception):
@@ -54,6 +70,28 @@ def now_iso() -> str:
 def key_hash(key: str) -> str:
     """The sha256 (hex) under which a secret key is stored."""
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def deploy_branch(fleet: dict[str, Any]) -> str:
+    """The fleet's deploy branch (a branch name, not a ref)."""
+    return str(fleet.get("deploy_branch") or DEFAULT_DEPLOY_BRANCH)
+
+
+def branch_name_error(name: object) -> str | None:
+    """Why ``name`` cannot be a deploy branch, or ``None``: ``[A-Za-z0-9_][A-Za-z0-9._/-]*``, at
+    most 100 characters, and a name git takes (no ``..``, ``//``, ``/.``, no ``/`` or ``.`` or
+    ``.lock`` at the end)."""
+    if (
+        not isinstance(name, str)
+        or not _BRANCH.fullmatch(name)
+        or any(part in name for part in ("..", "//", "/."))
+        or name.endswith(("/", ".", ".lock"))
+    ):
+        return (
+            "invalid deploy branch: a git branch name of letters, digits and . _ / -"
+            " (at most 100, not starting with '.', '-' or '/')"
+        )
+    return None
 
 
 def _find(db: TinyDB, table: str, field: str, value: Any) -> Any:
@@ -75,12 +113,15 @@ class FleetStore:
         """Write what is pending and close the database."""
         await self.store.close()
 
-    async def create_fleet(self, name: str, provisioning_key: str = "") -> dict[str, Any]:
-        """Create fleet ``name`` (its provisioning key stored hashed); raise :class:`FleetExistsError`
-        if it exists."""
+    async def create_fleet(
+        self, name: str, provisioning_key: str = "", branch: str = DEFAULT_DEPLOY_BRANCH
+    ) -> dict[str, Any]:
+        """Create fleet ``name`` (its provisioning key stored hashed) whose pushes to ``branch``
+        deploy; raise :class:`FleetExistsError` if it exists."""
         record: dict[str, Any] = {
             "name": name,
             "created": now_iso(),
+            "deploy_branch": branch,
             "target": None,
             "pinned": None,
             "latest": None,
@@ -110,10 +151,13 @@ class FleetStore:
         return [r for r in await self.store.all(RELEASES) if r.get("fleet") == fleet]
 
     async def record_release(self, fleet: str, release: dict[str, Any], make_target: bool) -> dict[str, Any]:
-        """Record ``release`` (``commit``, ``ref``, ``boards``) of ``fleet``; with ``make_target`` the
-        fleet's target becomes its commit unless the fleet is pinned. Returns the fleet record.
+        """Record ``release`` (``commit``, ``ref``, ``boards``) of ``fleet``; with ``make_target`` (the
+        ref points at the commit) and the ref the fleet's deploy branch, the fleet's ``latest``
+        becomes its commit, and its target too unless the fleet is pinned. A release of any other
+        ref is only recorded (it can be pinned). Returns the fleet record.
 
-        Recording a commit again keeps its first ``created`` time and updates the rest.
+        Recording a commit again keeps its first ``created`` time and its first ``ref`` (unless the
+        new one is the deploy branch) and updates the rest.
         """
         commit = release["commit"]
         key = f"{fleet}/{commit}"
@@ -135,11 +179,13 @@ class FleetStore:
                 raise KeyError(f"no fleet {fleet!r}")
             table = db.table(RELEASES)
             existing = _find(db, RELEASES, "id", key)
+            deploys = fresh["ref"] == f"refs/heads/{deploy_branch(record)}"
             if existing is None:
                 table.insert(fresh)
             else:
-                table.update({**fresh, "created": existing["created"]}, doc_ids=[existing.doc_id])
-            if make_target:
+                ref = fresh["ref"] if deploys else existing.get("ref")
+                table.update({**fresh, "ref": ref, "created": existing["created"]}, doc_ids=[existing.doc_id])
+            if make_target and deploys:
                 change: dict[str, Any] = {"latest": commit}
                 if not record.get("pinned"):
                     change["target"] = commit

@@ -237,7 +237,16 @@ SETTINGS: tuple[Setting, ...] = (
         "--provisioning-key",
         "",
         _optional_text,
-        "the fleet's provisioning key (used once, to provision this gateway)",
+        "the fleet's provisioning key (used once, to provision this gateway); a flag shows in ps: "
+        "prefer the environment or provisioning_key_file",
+    ),
+    Setting(
+        "provisioning_key_file",
+        "PICOFLEET_PROVISIONING_KEY_FILE",
+        "--provisioning-key-file",
+        "",
+        _optional_path,
+        "a file holding the provisioning key (instead of provisioning_key; keep it mode 0600)",
     ),
     Setting(
         "assets_max_bytes",
@@ -315,6 +324,7 @@ class GatewayConfig:
     disable_plugins: frozenset[str]
     fleet_url: str | None
     provisioning_key: str | None
+    provisioning_key_file: Path | None
     assets_max_bytes: int
     max_upload_bytes: int
     max_bitstream_bytes: int
@@ -380,6 +390,7 @@ def load_config(
     from_file = _read_config_file(config_file) if config_file else {}
 
     resolved: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for setting in SETTINGS:  # "data" comes before the settings whose defaults derive from it
         if setting.name in flags:
             raw, source = str(flags[setting.name]), f"{setting.flag}"
@@ -393,4 +404,26 @@ def load_config(
             resolved[setting.name] = setting.parse(raw)
         except ValueError as error:
             raise ConfigError(f"invalid {setting.name} {raw!r} (from {source}): {error}") from None
+        sources[setting.name] = source
+    if resolved["provisioning_key_file"] is not None:
+        if resolved["provisioning_key"] is not None:
+            raise ConfigError(
+                f"provisioning_key (from {sources['provisioning_key']}) and provisioning_key_file "
+                f"(from {sources['provisioning_key_file']}) both give the provisioning key: give one"
+            )
+        resolved["provisioning_key"] = read_key_file(resolved["provisioning_key_file"])
     return GatewayConfig(**resolved)
+
+
+def read_key_file(path: Path) -> str:
+    """The provisioning key in ``path`` (surrounding white space dropped), else ConfigError."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            key = handle.read(4097).strip()
+    except OSError as error:
+        raise ConfigError(f"cannot read provisioning_key_file {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"provisioning_key_file {path} is not UTF-8 text") from None
+    if not key or len(key) > 4096 or len(key.split()) != 1:
+        raise ConfigError(f"provisioning_key_file {path} must hold the key alone, on one line")
+    return key

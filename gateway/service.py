@@ -86,8 +86,9 @@ def check_simulate(config: GatewayConfig, plugins: Plugins) -> None:
 def prepare_directories(config: GatewayConfig) -> None:
     """Create the data directories, or refuse to start with one line saying which is unusable."""
     for directory in (config.data, config.db_directory, config.assets_directory):
+        private = directory == config.db_directory  # the database holds secrets: a new directory is 0700
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700 if private else 0o777, parents=True, exist_ok=True)
         except OSError as error:
             raise ConfigError(
                 f"cannot create {directory}: {error.strerror} (choose another with --data DIR)"

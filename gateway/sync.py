@@ -187,7 +187,8 @@ class FleetSync:
         while not key:
             if not self.config.provisioning_key:
                 raise SyncError(
-                    "--fleet needs --provisioning-key the first time (the gateway is not provisioned)"
+                    "--fleet needs the provisioning key the first time (the gateway is not provisioned): "
+                    "--provisioning-key-file FILE or PICOFLEET_PROVISIONING_KEY"
                 )
             try:
                 async with httpx.AsyncClient(base_url=self.config.fleet_url or "", timeout=15) as client:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 from picofleet import __version__
@@ -25,7 +26,41 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"picofleet.commands.{name}").add_parser(subparsers)
+    _plain_help(parser)
     return parser
+
+
+_LITERAL = re.compile(r"``(.+?)``")
+_ROLE = re.compile(r":[a-z]+:`~?([^`<]+?)(?:\s*<[^>]*>)?`")
+
+
+def plain(text: str | None) -> str | None:
+    """``text`` with the reST markup of docstrings taken out: ````x```` → ``x``, ``:class:`~a.B``` → ``B``."""
+    if not text:
+        return text
+
+    def role(match: re.Match[str]) -> str:
+        target = match.group(1).strip()
+        return target.rsplit(".", 1)[-1] if "`~" in match.group(0) else target
+
+    return _ROLE.sub(role, _LITERAL.sub(r"\1", text))
+
+
+def _plain_help(parser: argparse.ArgumentParser) -> None:
+    """Descriptions and option help of ``parser`` and every subcommand's, as plain text.
+
+    Commands take their descriptions from docstrings, which are written for Sphinx; ``--help``
+    shows them without the markup.
+    """
+    parser.description = plain(parser.description)
+    parser.epilog = plain(parser.epilog)
+    for action in parser._actions:
+        action.help = plain(action.help)
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                choice.help = plain(choice.help)
+            for subparser in set(action.choices.values()):
+                _plain_help(subparser)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,15 +1,18 @@
 """The researcher's client: reserve boards on a picofleet gateway and count pulses of bitstreams.
 
-    from picofleet.client import PulseCountClient
+    from picofleet.client import PulseCountClient, load_bitstreams
 
+    bitstreams = load_bitstreams(["a.asc", "b.asc"])  # read and checked first: nothing reserved for a bad one
     with PulseCountClient("http://127.0.0.1:1337", "alice") as client:
         client.reserve(2, args={"clock_hz": 1_000_000, "window_ms": 10})   # returns once ready
-        for result in client.evaluate(["a.asc", "b.asc"]):
+        for result in client.evaluate(bitstreams):
             print(result.serial, result.label, result.pulses or result.error)
 
 It speaks the gateway's HTTP API (docs/api.md, "Reservations" and "Evaluations"): reservations
 are made under a client name and its secret token (minted by the first reservation of a name and
-remembered in a token file, see :class:`TokenStore`), bitstreams are uploaded once each (after
+remembered in a token file under the gateway's id, see :class:`TokenStore`), bitstreams are
+checked locally by :func:`load_bitstreams` (call it before :meth:`~PulseCountClient.reserve`: a bad
+file then reserves nothing), uploaded once each (after
 asking whether the gateway already has them), and results stream back as NDJSON lines while the
 boards count. The client ends the reservations it made when the ``with`` block or the program
 ends (atexit), and extends them in the background while an evaluation runs and they would expire
@@ -34,6 +37,7 @@ from typing import Any
 
 import httpx
 
+from picofleet.firmware.formats import bitstream as bitstream_format
 from picofleet.gateway.evaluation.jobs import MODES, check_args
 
 EXTEND_MARGIN = 600
@@ -67,12 +71,17 @@ class GatewayRefused(ClientError):
         self.reason = reason
 
 
+class NameTaken(GatewayRefused):
+    """The gateway says the client name is another client's: the token sent (if any) is not the
+    name's. The message says where tokens are remembered and how to go on."""
+
+
 class ReservationTimeout(ClientError):
     """The reserved boards were not ready before the deadline."""
 
 
 class BitstreamFileError(ClientError):
-    """A bitstream file could not be read."""
+    """A bitstream file could not be read, or is not a valid iCE40 bitstream."""
 
 
 @dataclass(frozen=True)
@@ -121,8 +130,10 @@ class EvaluationResult:
 class TokenStore:
     """Client tokens remembered per (gateway, name) in a JSON file readable by its owner only.
 
-    The path: ``$PICOFLEET_TOKENS``, else ``$XDG_CONFIG_HOME/picofleet/tokens.json``, else
-    ``~/.config/picofleet/tokens.json``.
+    A gateway is named by its id (``GET /v1/gateway``), so every URL of one gateway
+    (``http://127.0.0.1:1337``, ``http://localhost:1337``, its host name) finds the same token; by
+    its URL only for a gateway that does not say its id. The path: ``$PICOFLEET_TOKENS``, else
+    ``$XDG_CONFIG_HOME/picofleet/tokens.json``, else ``~/.config/picofleet/tokens.json``.
     """
 
     def __init__(self, path: str | os.PathLike | None = None):
@@ -148,12 +159,13 @@ class TokenStore:
         return f"{gateway.rstrip('/')} {name}"
 
     def get(self, gateway: str, name: str) -> str | None:
-        """The token remembered for ``name`` on ``gateway``, if any."""
+        """The token remembered for ``name`` on ``gateway`` (its id, or its URL), if any."""
         token = self._load().get(self._key(gateway, name))
         return token if isinstance(token, str) else None
 
     def put(self, gateway: str, name: str, token: str) -> None:
-        """Remember ``token`` (written atomically, mode 0600)."""
+        """Remember ``token`` for ``name`` on ``gateway`` (its id, or its URL): written
+        atomically, mode 0600."""
         tokens = {**self._load(), self._key(gateway, name): token}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".tokens-")
@@ -198,6 +210,27 @@ def check_gateway_url(gateway: str) -> str:
     return gateway.rstrip("/")
 
 
+def load_bitstreams(bitstreams: Iterable[Bitstream]) -> list[tuple[bytes, str]]:
+    """Read every bitstream and check it is a valid iCE40UP5K ``.asc`` or ``.bin``, asking no gateway.
+
+    Returns ``(bytes, label)`` pairs, which :meth:`PulseCountClient.evaluate` takes as they are.
+    Raises :class:`BitstreamFileError` naming the first file that is missing, unreadable or no
+    valid bitstream: call it before :meth:`PulseCountClient.reserve`, and a bad file reserves
+    nothing (what ``picofleet evaluate`` does).
+    """
+    loaded = []
+    for index, item in enumerate(bitstreams):
+        data, label = read_bitstream(item, index)
+        if bitstream_format.detect_kind(data) == "uf2":
+            raise BitstreamFileError(f"{label} is a UF2 firmware image, not an iCE40 bitstream")
+        try:
+            bitstream_format.validate(data)
+        except bitstream_format.BitstreamError as error:
+            raise BitstreamFileError(f"{label} is not a valid iCE40 bitstream: {error}") from None
+        loaded.append((data, label))
+    return loaded
+
+
 def read_bitstream(bitstream: Bitstream, index: int = 0) -> tuple[bytes, str]:
     """The bytes of a bitstream and its label (the path as given, ``bytes #index``, or the one given)."""
     if isinstance(bitstream, tuple):
@@ -218,7 +251,8 @@ class PulseCountClient:
 
     ``token``: the name's secret token when it is not remembered; ``token_store``: where tokens
     are remembered (a :class:`TokenStore`, ``True`` for the default one, ``None`` to remember
-    nothing beyond this object); ``timeout``: of each request (a result may take longer);
+    nothing beyond this object), under the gateway's id (asked once, when a token is first
+    needed); ``timeout``: of each request (a result may take longer);
     ``auto_extend``: extend expiring reservations while an evaluation runs; ``transport``: an
     httpx transport instead of the network (tests).
     """
@@ -239,7 +273,10 @@ class PulseCountClient:
         self.gateway = check_gateway_url(gateway)
         self.name = name
         self.store = TokenStore() if token_store is True else (token_store or None)
-        self.token = token or (self.store.get(self.gateway, name) if self.store else None)
+        self._token = token or None
+        self._token_given = bool(token)  # by the caller: not from the token file
+        self._token_key: str | None = None  # the gateway's id (else its URL) in the token file
+        self.gateway_id: str | None = None  # as the gateway said (GET /v1/gateway), once asked
         self.timeout = timeout
         self.auto_extend = auto_extend
         self.seconds: float | None = None  # of the last reserve(): what extensions ask for
@@ -259,8 +296,57 @@ class PulseCountClient:
     def _new_http(self) -> httpx.Client:
         return httpx.Client(base_url=self.gateway, timeout=self.timeout, transport=self.transport)
 
+    @property
+    def token(self) -> str | None:
+        """The name's token: the one given, else the one remembered for this gateway (looked up at
+        first use: the gateway is asked for its id), else ``None`` until a reservation mints one."""
+        if self._token is None and self.store is not None and self._token_key is None:
+            key = self.token_key()
+            self._token = self.store.get(key, self.name)
+            if self._token is None and key != self.gateway:  # remembered by URL (before ids)
+                self._token = self.store.get(self.gateway, self.name)
+        return self._token
+
+    @token.setter
+    def token(self, token: str | None) -> None:
+        self._token = token
+
+    def token_key(self) -> str:
+        """What this gateway's tokens are remembered under: its id (``GET /v1/gateway``), or its
+        URL for a gateway that does not say (or cannot be reached now)."""
+        if self._token_key is None:
+            try:
+                answer = self._http.get("/v1/gateway")
+                identity = answer.json() if answer.status_code == 200 else None
+            except (httpx.HTTPError, ValueError):
+                identity = None
+            if isinstance(identity, dict) and isinstance(identity.get("id"), str) and identity["id"]:
+                self.gateway_id = identity["id"]
+            self._token_key = self.gateway_id or self.gateway
+        return self._token_key
+
     def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        token = self.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _name_taken(self, status: int, reason: str, what: str) -> NameTaken:
+        """The 403 for a name that is another client's, saying how to go on."""
+        if self._token_given:
+            whose = "the token given is not the name's"
+        elif self._token and self.store is not None:
+            whose = f"the token remembered for it in {self.store.path} is not the name's"
+        elif self._token:
+            whose = "the token this client holds is not the name's"
+        elif self.store is not None:
+            whose = f"{self.store.path} holds no token for it on this gateway"
+        else:
+            whose = "no token was given"
+        hint = (
+            f"{whose}: give the name's token (picofleet evaluate --token or $PICOFLEET_TOKEN, "
+            "PulseCountClient(token=...)), or use another name (--name, $PICOFLEET_NAME); "
+            "a name's token is handed out once, by its first reservation on the gateway"
+        )
+        return NameTaken(status, f"{reason}; {hint}", what)
 
     def _request(
         self, method: str, path: str, what: str, http: httpx.Client | None = None, **kwargs: Any
@@ -275,7 +361,10 @@ class PulseCountClient:
             reason = str(error) or type(error).__name__
             raise GatewayUnreachable(f"cannot reach the gateway at {self.gateway}: {reason}") from None
         if response.status_code >= 400:
-            raise GatewayRefused(response.status_code, error_of(response), what)
+            reason = error_of(response)
+            if response.status_code == 403 and "belongs to another client" in reason:
+                raise self._name_taken(response.status_code, reason, what)
+            raise GatewayRefused(response.status_code, reason, what)
         return response
 
     # -- reservations --------------------------------------------------------------------------
@@ -316,7 +405,7 @@ class PulseCountClient:
         if answer.get("token"):
             self.token = answer["token"]
             if self.store:
-                self.store.put(self.gateway, self.name, self.token)
+                self.store.put(self.token_key(), self.name, answer["token"])
         self.seconds = seconds
         reserved = [Reservation.from_json(record).serial for record in answer.get("reservations", [])]
         self._mine.update(reserved)
@@ -519,8 +608,10 @@ class PulseCountClient:
         (``clock_hz``, ``window_ms``) override the reservation's. Each distinct bitstream is
         uploaded once. While results are awaited, reservations about to expire are extended.
 
-        Checking the arguments, reading the files and uploading happen in this call (errors are
-        raised here); the evaluation starts when the first result is asked for.
+        Checking the arguments, reading every file (before the first upload) and uploading happen
+        in this call (errors are raised here: the gateway refuses an invalid bitstream with a 422);
+        the evaluation starts when the first result is asked for. To find a bad file before
+        reserving boards, pass what :func:`load_bitstreams` returned.
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")

@@ -1,10 +1,10 @@
-"""`picofleet demo` (README command 1): a fleet service and a gateway; the printed git push converges."""
+"""`picofleet demo` (README command 1): a fleet service and a gateway; the commands it prints are
+README.md's "Try it", and work pasted one after the other from the demo's folder."""
 
 from __future__ import annotations
 
 import json
 import re
-import shlex
 import signal
 import socket
 import subprocess
@@ -26,7 +26,41 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_demo_runs_fleet_and_gateway_and_the_printed_push_converges(tmp_path: Path) -> None:
+def printed_commands(log: str) -> list[str]:
+    """The commands the demo printed to try (lines, as printed, without their indent)."""
+    block = re.search(r"terminal in this folder:\n\n((?:  .*\n)+)", log)
+    assert block, log
+    return [line.removeprefix("  ") for line in block[1].splitlines()]
+
+
+def readme_commands() -> list[str]:
+    """The lines of README.md's "Try it" block."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = re.search(r"## Try it\n.*?```\n(.*?)```", readme, re.DOTALL)
+    assert block, "README.md has no Try it block"
+    return block[1].splitlines()
+
+
+def runnable(lines: list[str]) -> list[str]:
+    """The commands of ``lines``: comments dropped, continued lines joined."""
+    commands, pending = [], ""
+    for line in lines:
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1]
+            continue
+        commands.append(pending + line)
+        pending = ""
+    return commands
+
+
+def shell(command: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``command`` run by bash in ``cwd``, as pasted into a terminal."""
+    return subprocess.run(["bash", "-c", command], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_demo_runs_fleet_and_gateway_and_the_printed_commands_work_from_one_folder(tmp_path: Path) -> None:
     port, fleet_port = free_port(), free_port()
     log = tmp_path / "demo.log"
     with open(log, "wb") as output:
@@ -55,11 +89,28 @@ def test_demo_runs_fleet_and_gateway_and_the_printed_push_converges(tmp_path: Pa
         wait_for(
             lambda: len(devices()) == 4 and all(d["Status"] == "Idle" for d in devices()), 60, "4 boards"
         )
-        push = re.search(r"cd (\S+) && git push (\S+) main", log.read_text())
-        assert push, log.read_text()
-        repo = tmp_path / push.group(1)
-        git(repo, "push", "-q", push.group(2), "main")
-        head = git(repo, "rev-parse", "HEAD").stdout.strip()
+        printed = printed_commands(log.read_text())
+        token = (tmp_path / "demo-data" / "fleet" / "admin-token").read_text().strip()
+
+        # README.md's "Try it" is what `./dev demo` prints (.venv/bin/picofleet, ports 1337 and 8080)
+        program = f"{sys.executable} -m picofleet.cli"
+        as_in_readme = [
+            line.replace(program, ".venv/bin/picofleet")
+            .replace(f"127.0.0.1:{port}", "127.0.0.1:1337")
+            .replace(f"127.0.0.1:{fleet_port}", "127.0.0.1:8080")
+            .replace(token, "TOKEN")
+            for line in printed
+        ]
+        assert as_in_readme == readme_commands()
+
+        # replayed one after the other from the demo's folder, as pasted: no `cd` breaks a later path
+        commands = runnable(printed)
+        curl_devices, push, *rest = commands
+        assert push.startswith("git -C demo-data/example-repo push "), push
+        done = shell(curl_devices, tmp_path)
+        assert done.returncode == 0 and "HTTP/1.1 200 OK" in done.stdout, done.stderr
+        assert shell(push, tmp_path).returncode == 0
+        head = git(tmp_path / "demo-data" / "example-repo", "rev-parse", "HEAD").stdout.strip()
         wait_for(
             lambda: all(
                 d["Commit"] == d["TargetCommit"] == head and d["Status"] == "Idle" for d in devices()
@@ -69,21 +120,25 @@ def test_demo_runs_fleet_and_gateway_and_the_printed_push_converges(tmp_path: Pa
             interval=0.2,
         )
         assert {d["FirmwareVersion"] for d in devices()} == {"picofleet-app 2.0.0"}
+        outputs = {}
+        for command in rest:
+            if "targetStatus" in command or "SERIAL" in command:
+                continue  # pausing is tested elsewhere; SERIAL is for the reader to fill in
+            done = shell(command, tmp_path)
+            assert done.returncode == 0, (command, done.stdout, done.stderr)
+            outputs[command] = done.stdout
 
-        # the printed evaluation: the demo's two example circuits on two reserved boards
-        printed = re.search(r"picofleet evaluate (.+?) \\\n\s+(.+?)\n", log.read_text())
-        assert printed, log.read_text()
-        evaluate = subprocess.run(
-            [sys.executable, "-m", "picofleet.cli", "evaluate", *shlex.split(f"{printed[1]} {printed[2]}")],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert evaluate.returncode == 0, evaluate.stderr
-        results = [json.loads(line) for line in evaluate.stdout.splitlines()]
+        def output_of(fragment: str) -> str:
+            return next(out for command, out in outputs.items() if fragment in command)
+
+        pushed = json.loads(output_of("curl -s "))
+        assert {d["Commit"] for d in pushed} == {head}
+        results = [json.loads(line) for line in output_of(" evaluate ").splitlines()]
         counts = sorted((Path(r["file"]).name, r["pulses"]) for r in results)
         assert counts == [("div16.asc", 625)] * 2 + [("div4.asc", 2500)] * 2
+        listed, boards = output_of(" sim list "), output_of(" fleet boards ")
+        for serial in (d["LocalUUID"] for d in pushed):
+            assert serial in listed and serial in boards
     finally:
         demo.send_signal(signal.SIGINT)
         try:

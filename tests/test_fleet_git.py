@@ -126,13 +126,13 @@ def test_push_makes_a_release_and_a_second_push_moves_the_target(
     assert "version 2" in traced.stderr
     assert git(clone, "rev-parse", "HEAD").stdout.strip() == second
 
-    # tags and branch deletions: accepted without a release
+    # a tag and another branch at a release: checked, kept, not deployed; deleting another branch
     git(work, "tag", "v1")
     tagged = git(work, "push", url, "v1")
-    assert "not a branch; accepted without a release" in tagged.stderr
+    assert f"refs/tags/v1: release {second[:12]} accepted; not deployed" in tagged.stderr
     git(work, "push", url, "main:other")
     deleted = git(work, "push", url, ":other")
-    assert "deleted; no release" in deleted.stderr
+    assert "refs/heads/other: deleted" in deleted.stderr
     assert fleet_service.fleet("lab")["target"] == second
     assert len(fleet_service.releases("lab")) == 2
 

@@ -20,6 +20,7 @@ validate the ``.asc`` before and 0.4 ms to validate the ``.bin`` after).
 
 from __future__ import annotations
 
+import codecs
 import shutil
 import subprocess
 
@@ -28,9 +29,12 @@ from picofleet.firmware.formats.ice40 import BitstreamError
 from picofleet.firmware.formats.ice40_asc import read_asc
 from picofleet.firmware.formats.ice40_bin import HEADER_START, PREAMBLE, read_bin
 
-__all__ = ["BitstreamError", "detect_kind", "pack_asc", "read_asc", "read_bin", "validate"]
+__all__ = ["BitstreamError", "detect_kind", "looks_like_text", "pack_asc", "read_asc", "read_bin", "validate"]
 
 _UF2_MAGIC = uf2.MAGIC_START0.to_bytes(4, "little")
+TEXT_PROBE = 512
+"""How many first bytes :func:`detect_kind` looks at to tell text (an ``.asc``) from binary."""
+_TEXT_CONTROLS = frozenset("\t\n\r\f\v")
 
 
 def pack_asc(asc_text: str, *, icepack: str | None = None, timeout: float = 60.0) -> bytes:
@@ -75,15 +79,26 @@ def detect_kind(data: bytes) -> str | None:
     """``"uf2"``, ``"ice40-bin"`` or ``"ice40-asc"`` from the first bytes of a file; ``None`` if none fits.
 
     UF2 by its first magic; a ``.bin`` by ``FF 00`` or the preamble; an ``.asc`` by a first
-    non-blank character ``.``. Only a guess: the readers validate.
+    non-blank character ``.`` in a start that is text (:func:`looks_like_text`: binary bytes that
+    happen to start with a dot are no ``.asc``). Only a guess: the readers validate.
     """
     if data[:4] == _UF2_MAGIC:
         return "uf2"
     if data[:2] == HEADER_START or data[:4] == PREAMBLE:
         return "ice40-bin"
-    if data[:4096].lstrip(b" \t\r\n").startswith(b"."):
+    if data[:4096].lstrip(b" \t\r\n").startswith(b".") and looks_like_text(data):
         return "ice40-asc"
     return None
+
+
+def looks_like_text(data: bytes) -> bool:
+    """Whether the first :data:`TEXT_PROBE` bytes are UTF-8 text without control characters but
+    white space (a multi-byte character cut at the end of the probe still counts as text)."""
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(data[:TEXT_PROBE], final=False)
+    except UnicodeDecodeError:
+        return False
+    return not any(char < " " and char not in _TEXT_CONTROLS for char in text) and "\x7f" not in text
 
 
 def validate(data: bytes) -> str:

@@ -7,15 +7,18 @@ from pathlib import Path
 from typing import Any
 
 from picofleet.firmware.formats import uf2
-from picofleet.firmware.formats.bitstream import detect_kind
+from picofleet.firmware.formats.bitstream import detect_kind, looks_like_text
 from picofleet.firmware.formats.ice40 import BitstreamError, as_bytes, hex_of
 from picofleet.firmware.formats.ice40_asc import read_asc
 from picofleet.firmware.formats.ice40_bin import read_bin
 
-__all__ = ["MAX_INSPECT_SIZE", "inspect_bytes", "inspect_file"]
+__all__ = ["MAX_INSPECT_SIZE", "SUFFIX_KINDS", "inspect_bytes", "inspect_file", "judge_kind"]
 
 MAX_INSPECT_SIZE = 128 << 20
 """Larger files are refused by :func:`inspect_file` (a UF2 of 32 MiB of flash is 64 MiB)."""
+
+SUFFIX_KINDS = {".uf2": "uf2", ".bin": "ice40-bin", ".asc": "ice40-asc"}
+"""The kind a file name's suffix claims (case-insensitive), as the fleet's fleet.yml reads it."""
 
 _CHIPS = {
     uf2.RP2040: "RP2040",
@@ -45,9 +48,29 @@ def _describe_uf2(data: bytes) -> dict[str, Any]:
     }
 
 
-def inspect_bytes(data: bytes) -> dict[str, Any]:
+def judge_kind(data: bytes, name: str | None = None) -> str | None:
+    """The kind ``data`` is judged as: ``"uf2"``, ``"ice40-bin"``, ``"ice40-asc"``, or ``None``.
+
+    A UF2 or ``.bin`` magic decides; else the suffix of ``name`` (``.uf2``, ``.bin``, ``.asc``);
+    else text starting with a dot is an ``.asc``; anything else that is not text is judged as a
+    ``.bin`` (its reader says what is missing); ``None`` for other text and for an empty file.
+    """
+    kind = detect_kind(data)
+    if kind in ("uf2", "ice40-bin"):
+        return kind
+    claimed = SUFFIX_KINDS.get(Path(name).suffix.lower()) if name else None
+    if claimed is not None:
+        return claimed
+    if kind is not None:
+        return kind
+    return "ice40-bin" if data and not looks_like_text(data) else None
+
+
+def inspect_bytes(data: bytes, name: str | None = None) -> dict[str, Any]:
     """Describe a UF2 file or an up5k bitstream (JSON-able); invalid input raises a ``ValueError``.
 
+    ``name``: the file's name, whose suffix says what the file should be when its first bytes do
+    not (:func:`judge_kind`): a ``random.bin`` is refused as a ``.bin``, not read as text.
     Always: ``kind`` (``"uf2"``, ``"ice40-asc"``, ``"ice40-bin"``), ``chip``, ``family``, ``size``,
     ``sha256``. UF2: ``families``, ``blocks``, ``payload_bytes``, ``address_range`` (start, end
     exclusive). Bitstreams: ``device`` (``"up5k"``), ``comment``, ``cram``/``bram`` bank
@@ -56,7 +79,7 @@ def inspect_bytes(data: bytes) -> dict[str, Any]:
     :class:`BitstreamError` for an invalid bitstream or a file that is neither.
     """
     data = as_bytes(data)
-    kind = detect_kind(data)
+    kind = judge_kind(data, name)
     common = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     if kind == "uf2":
         return {**_describe_uf2(data), **common}
@@ -82,4 +105,4 @@ def inspect_file(path: str | Path) -> dict[str, Any]:
     size = path.stat().st_size
     if size > MAX_INSPECT_SIZE:
         raise BitstreamError(f"the file is {size} bytes, more than {MAX_INSPECT_SIZE} (no firmware is)")
-    return {"path": str(path), **inspect_bytes(path.read_bytes())}
+    return {"path": str(path), **inspect_bytes(path.read_bytes(), path.name)}

@@ -36,6 +36,7 @@ __all__ = [
     "FLAG_FILE_CONTAINER",
     "FLAG_MD5_PRESENT",
     "FLAG_NOT_MAIN_FLASH",
+    "FLASH_RANGES",
     "MAGIC_END",
     "MAGIC_START0",
     "MAGIC_START1",
@@ -52,6 +53,7 @@ __all__ = [
     "accepted_by",
     "family_name",
     "from_binary",
+    "outside_flash",
     "parse_block",
     "read_uf2",
 ]
@@ -99,6 +101,19 @@ FAMILY_NAMES: dict[int, str] = {
     PICO_ICE: "pico-ice",
 }
 """Short names of the family ids picofleet knows, as picotool spells them."""
+
+RP2_FLASH_BASE = 0x10000000
+"""Where the flash of an RP2040 or RP2350 is mapped (XIP, chip select 0)."""
+RP2_FLASH_MAX = 16 * 1024 * 1024
+"""The largest flash a UF2 can fill on an RP2040 or RP2350: 16 MiB."""
+
+FLASH_RANGES: dict[int, tuple[int, int]] = {
+    family: (RP2_FLASH_BASE, RP2_FLASH_BASE + RP2_FLASH_MAX)
+    for family in (RP2040, RP2_ABSOLUTE, RP2_DATA, RP2350_ARM_S, RP2350_RISCV, RP2350_ARM_NS)
+}
+"""``(start, end exclusive)`` of the flash each known family's blocks must target. A bootrom writes a
+block outside it elsewhere (SRAM at 0x20000000: run once, lost at the next reset), so a flasher
+refuses the image (:func:`outside_flash`). Families without an entry are not checked."""
 
 RP2_PAYLOAD_SIZE = 256
 """The only payload size the RP2040/RP2350 bootroms accept."""
@@ -439,6 +454,25 @@ def _incomplete(group_key: tuple[int | None, int], group_start: int, seen: int) 
         f"group of {total} blocks (family {family_name(family)}) starting at block {group_start} "
         f"ends after {seen} blocks: block {seen} is missing"
     )
+
+
+def outside_flash(image: UF2Image) -> str | None:
+    """The first block of ``image`` that a flasher would write outside its family's flash, or ``None``.
+
+    Only non-skipped blocks of a family in :data:`FLASH_RANGES` are checked; the answer is one line
+    naming the block (its index in the file), its address and the family's flash range.
+    """
+    for index, block in enumerate(image.blocks):
+        if block.skipped or block.family_id not in FLASH_RANGES:
+            continue
+        start, end = FLASH_RANGES[block.family_id]
+        if start <= block.target_addr and block.end_addr <= end:
+            continue
+        return (
+            f"block {index} targets 0x{block.target_addr:08x}..0x{block.end_addr:08x}, outside the flash "
+            f"of family {family_name(block.family_id)} (0x{start:08x}..0x{end:08x})"
+        )
+    return None
 
 
 def accepted_by(image: UF2Image, families: Iterable[int]) -> bool:

@@ -114,12 +114,14 @@ class FleetRepos:
         hook.write_text(HOOK.format(python=sys.executable))
         hook.chmod(hook.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
-    async def create(self, fleet: str) -> None:
-        """Create the bare repository of a new fleet (``http.receivepack true``, the hook)."""
+    async def create(self, fleet: str, branch: str = "main") -> None:
+        """Create the bare repository of a new fleet (``http.receivepack true``, the hook), whose
+        ``HEAD`` is the fleet's deploy branch ``branch`` (the hook reads it there; git refuses to
+        delete it; clones check it out)."""
         path = self.path_of(fleet)
         self.root.mkdir(parents=True, exist_ok=True)
         for args in (
-            ("init", "--bare", "--quiet", "--initial-branch=main", str(path)),
+            ("init", "--bare", "--quiet", f"--initial-branch={branch}", str(path)),
             (f"--git-dir={path}", "config", "http.receivepack", "true"),
         ):
             code, out = await _git(*args)

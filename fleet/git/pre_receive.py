@@ -12,7 +12,18 @@ Whatever it prints appears on the pushing client as ``remote: ...`` lines.
   hook exits 0 and git moves the refs. The fleet service, the only writer of ``DATA/fleet.db``,
   ingests these files when ``git http-backend`` has finished (before the push's HTTP response is
   complete) and at start-up (see :mod:`.git_http`).
-* Branch deletions, tags and other refs are allowed without a release (a line says so).
+* **Only the deploy branch deploys.** The fleet's deploy branch is the repository's ``HEAD``
+  (``main`` unless the fleet was created with another; see :mod:`.http_backend`). Every other
+  branch, and every tag, is checked the same way and kept as a release that can be pinned, but
+  does not change what gateways run; its ``remote:`` line says so. A tag is checked at the commit
+  it points at (a tag of a tree or blob is refused). A force-push that moves the deploy branch
+  back to an ancestor is accepted with a loud "rolls back from X to Y" line (the fleet's boards
+  go back to Y); one to an unrelated commit says it replaces X.
+* Deleting the deploy branch is refused with the reason; deleting another branch or a tag is
+  allowed (its releases stay). Refs outside ``refs/heads`` and ``refs/tags`` are allowed without a
+  release.
+* Every line is at most :data:`MAX_LINE` characters (longer ones are cut), and at most
+  :data:`MAX_PROBLEMS` reasons are printed per ref.
 
 Its environment comes from :mod:`.git_http`: ``PICOFLEET_FLEET_DATA`` (the service's data
 directory), ``PICOFLEET_FLEET_NAME`` and ``PICOFLEET_MAX_ASSET_BYTES``.
@@ -21,6 +32,7 @@ directory), ``PICOFLEET_FLEET_NAME`` and ``PICOFLEET_MAX_ASSET_BYTES``.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,6 +43,11 @@ from picofleet.fleet.store import now_iso
 from picofleet.gateway.plugin_manager import load_plugins
 
 ZERO = "0" * 40
+MAX_LINE = 200
+"""Characters per line sent to the git client (without git's ``remote: `` prefix)."""
+MAX_PROBLEMS = 20
+"""Reasons printed per refused ref; the rest are counted."""
+DEFAULT_DEPLOY_REF = "refs/heads/main"
 ENV_DATA, ENV_FLEET, ENV_MAX = "PICOFLEET_FLEET_DATA", "PICOFLEET_FLEET_NAME", "PICOFLEET_MAX_ASSET_BYTES"
 
 
@@ -40,8 +57,55 @@ def release_path(data: Path, fleet: str, commit: str) -> Path:
 
 
 def say(line: str) -> None:
-    """One line for the pushing client (shown as ``remote: picofleet: ...``)."""
-    print(f"picofleet: {line}", file=sys.stderr, flush=True)
+    """One line for the pushing client (shown as ``remote: picofleet: ...``), at most
+    :data:`MAX_LINE` characters, control characters shown as ``?``."""
+    text = f"picofleet: {line}"
+    if len(text) > MAX_LINE:
+        text = text[: MAX_LINE - 3] + "..."
+    print("".join(c if c.isprintable() else "?" for c in text), file=sys.stderr, flush=True)
+
+
+def _git(git_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["git", f"--git-dir={git_dir}", *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def deploy_ref(git_dir: Path) -> str:
+    """The fleet's deploy branch as a ref: what the repository's ``HEAD`` names."""
+    return _git(git_dir, "symbolic-ref", "--quiet", "HEAD").stdout.strip() or DEFAULT_DEPLOY_REF
+
+
+def _is_ancestor(git_dir: Path, older: str, newer: str) -> bool:
+    return _git(git_dir, "merge-base", "--is-ancestor", older, newer).returncode == 0
+
+
+def _commit_of(git_dir: Path, ref: str, new: str) -> tuple[str | None, str | None]:
+    """(commit, None) for what ``ref`` is to point at, or (None, why it cannot be a release)."""
+    if ref.startswith("refs/heads/"):
+        return new, None
+    kind = _git(git_dir, "cat-file", "-t", new).stdout.strip()
+    peeled = _git(git_dir, "rev-parse", "--verify", "--quiet", f"{new}^{{commit}}").stdout.strip()
+    if not peeled:
+        return None, f"push refused: {ref} points at a {kind or 'missing object'}, not a commit"
+    return peeled, None
+
+
+def _say_deploy_move(git_dir: Path, ref: str, old: str, new: str) -> None:
+    """A loud line when the deploy branch goes back, or jumps to an unrelated commit."""
+    if old in (ZERO, new) or _is_ancestor(git_dir, old, new):
+        return
+    if _is_ancestor(git_dir, new, old):
+        say(
+            f"WARNING: {ref} rolls back from {old[:12]} to {new[:12]}: "
+            f"every board of the fleet goes back to {new[:12]} (unless pinned)"
+        )
+    else:
+        say(f"WARNING: {ref} is forced from {old[:12]} to {new[:12]}, which does not contain it")
 
 
 def main() -> int:
@@ -56,40 +120,60 @@ def main() -> int:
     git_dir = Path(os.environ.get("GIT_DIR", ".")).resolve()
     updates = [line.split() for line in sys.stdin.read().splitlines() if line.strip()]
 
+    deploy = deploy_ref(git_dir)
+    branch = deploy.removeprefix("refs/heads/")
     board_types = None
-    accepted: list[tuple[str, Release]] = []
-    refused = False
+    accepted: list[tuple[str, str, Release]] = []
+    refused = invalid = False
     for old, new, ref in updates:
-        del old
         if new == ZERO:
-            say(f"{ref}: deleted; no release")
+            if ref == deploy:
+                refused = True
+                say(f"push refused: deleting {ref} is refused: it is the deploy branch, which the boards run")
+            else:
+                say(f"{ref}: deleted (releases made from it stay and can be pinned)")
             continue
-        if not ref.startswith("refs/heads/"):
-            say(f"{ref}: not a branch; accepted without a release")
+        if not ref.startswith(("refs/heads/", "refs/tags/")):
+            say(f"{ref}: not a branch or a tag; accepted without a release")
+            continue
+        commit, problem = _commit_of(git_dir, ref, new)
+        if commit is None:
+            refused = True
+            say(problem or f"push refused: {ref} is not a commit")
             continue
         if board_types is None:
             board_types = load_plugins().board_types
         try:
-            release = validate_commit(git_dir, new, board_types, max_bytes)
+            release = validate_commit(git_dir, commit, board_types, max_bytes)
         except ManifestError as error:
-            refused = True
-            say(f"push refused: {ref} ({new[:12]}) is not a valid release:")
-            for problem in error.problems:
+            refused = invalid = True
+            say(f"push refused: {ref} ({commit[:12]}) is not a valid release:")
+            for problem in error.problems[:MAX_PROBLEMS]:
                 say(f"  {problem}")
+            if len(error.problems) > MAX_PROBLEMS:
+                say(f"  ... and {len(error.problems) - MAX_PROBLEMS} more")
             continue
-        accepted.append((ref, release))
+        accepted.append((ref, old, release))
     if refused:
-        say("nothing was changed; fix fleet.yml or the files it names and push again")
+        fix = "; fix fleet.yml or the files it names and push again" if invalid else ""
+        say(f"nothing was changed{fix}")
         return 1
 
     cache = AssetCache(data / "assets")
-    for ref, release in accepted:
+    # one staged file per commit: the deploy branch's, when it is among the refs pushed to it
+    for ref, old, release in sorted(accepted, key=lambda item: item[0] == deploy):
         for blob in release.assets.values():
             cache.put(blob)
         path = release_path(data, fleet, release.commit)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, {"fleet": fleet, "ref": ref, "created": now_iso(), **release.as_json()})
-        say(f"{ref}: release {release.commit[:12]} accepted")
+        short = release.commit[:12]
+        if ref == deploy:
+            say(f"{ref}: release {short} accepted and deployed ({branch} is the deploy branch)")
+            _say_deploy_move(git_dir, ref, old, release.commit)
+        else:
+            say(f"{ref}: release {short} accepted; not deployed: the deploy branch is {branch}")
+            say(f"  to run it: picofleet fleet pin {fleet} {short}")
         for name, board in release.boards.items():
             say(f"  {name}: {board.firmware} ({board.kind}, {board.size} bytes, sha256 {board.sha256[:16]})")
     return 0

@@ -4,7 +4,8 @@ handlers, the git backend; the contract is written down in ``docs/fleet-api.md``
 Operator routes (:mod:`.fleets`, :mod:`.pins`, :mod:`.variables`) take the admin token as
 ``Authorization: Bearer <token>``; git takes it as the basic-auth password (see
 :mod:`picofleet.fleet.git.http_backend`); the routes gateways call (:mod:`.gateway_api`) take the
-gateway's own key as ``Authorization: Bearer <key>``; :mod:`.internal` serves the front workers.
+gateway's own key as ``Authorization: Bearer <key>``; :mod:`.internal` serves the front workers;
+``GET /openapi.json`` describes them all (:mod:`.openapi`).
 Handlers are plain functions reading the :class:`~.context.FleetService` from ``app.state``; they
 raise :class:`~picofleet.common.http.errors.ApiError`, which :mod:`picofleet.common.http.handlers`
 answers as ``{"error": message}``, as it does unknown routes (404) and wrong methods (405).
@@ -20,7 +21,7 @@ from starlette.types import ASGIApp
 
 from picofleet.common.http.handlers import exception_handlers
 from picofleet.fleet.git.http_backend import GitHttpBackend
-from picofleet.fleet.http import fleets, gateway_api, internal, pins, variables
+from picofleet.fleet.http import fleets, gateway_api, internal, openapi, pins, variables
 from picofleet.fleet.http.context import FleetService
 from picofleet.fleet.state_checks import PlainChecks
 
@@ -67,6 +68,7 @@ def create_app(service: FleetService) -> ASGIApp:
         Route("/v1/assets/{sha256}", gateway_api.asset, methods=["GET", "HEAD"]),
         Route("/v1/internal/changes", internal.change_feed, methods=["GET"]),
         Route("/v1/internal/seen", internal.gateways_seen, methods=["POST"]),
+        *openapi.ROUTES,
         Route(
             "/git/{fleet}.git/{path:path}",
             GitHttpBackend(service.repos, service.admin_token),

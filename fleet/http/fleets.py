@@ -13,7 +13,14 @@ from picofleet.common.http.reading import json_body, query_number
 from picofleet.fleet.git.http_backend import FLEET_NAME
 from picofleet.fleet.http.auth import admin_board, admin_fleet, require_admin
 from picofleet.fleet.http.context import service_of
-from picofleet.fleet.store import BOARD_LOG_LINES, FleetExistsError, key_hash
+from picofleet.fleet.store import (
+    BOARD_LOG_LINES,
+    DEFAULT_DEPLOY_BRANCH,
+    FleetExistsError,
+    branch_name_error,
+    deploy_branch,
+    key_hash,
+)
 from picofleet.fleet.targets import board_target, new_key
 
 __all__ = [
@@ -40,6 +47,7 @@ def fleet_json(request: Request, fleet: dict[str, Any]) -> dict[str, Any]:
         "fleet": fleet["name"],
         "git_url": git_url(request, fleet["name"]),
         "created": fleet["created"],
+        "deploy_branch": deploy_branch(fleet),
         "target": fleet.get("target"),
         "pinned": fleet.get("pinned"),
         "latest": fleet.get("latest"),
@@ -49,8 +57,9 @@ def fleet_json(request: Request, fleet: dict[str, Any]) -> dict[str, Any]:
 
 
 async def create_fleet(request: Request) -> JSONResponse:
-    """``POST /v1/fleets {"name"}``: create a fleet, its git repository and provisioning key;
-    201 ``{"fleet", "git_url", "provisioning_key"}`` (the key is shown only here)."""
+    """``POST /v1/fleets {"name", "deploy_branch"?}``: create a fleet, its git repository and
+    provisioning key; only pushes to ``deploy_branch`` (default ``main``) change what its boards run.
+    201 ``{"fleet", "git_url", "deploy_branch", "provisioning_key"}`` (the key is shown only here)."""
     require_admin(request)
     service = service_of(request)
     body = await json_body(request)
@@ -59,14 +68,19 @@ async def create_fleet(request: Request) -> JSONResponse:
         raise ApiError(
             400, "invalid fleet name: lowercase letters, digits and '-' (at most 63, not starting with '-')"
         )
+    branch = body.get("deploy_branch", DEFAULT_DEPLOY_BRANCH)
+    problem = branch_name_error(branch)
+    if problem is not None:
+        raise ApiError(400, problem)
     key = new_key("pk")
     try:
-        await service.store.create_fleet(name, key)
+        await service.store.create_fleet(name, key, branch)
     except FleetExistsError:
         raise ApiError(409, f"fleet {name!r} already exists") from None
-    await service.repos.create(name)
+    await service.repos.create(name, branch)
     return JSONResponse(
-        {"fleet": name, "git_url": git_url(request, name), "provisioning_key": key}, status_code=201
+        {"fleet": name, "git_url": git_url(request, name), "deploy_branch": branch, "provisioning_key": key},
+        status_code=201,
     )
 
 

@@ -103,7 +103,11 @@ async def post_logs(request: Request) -> JSONResponse:
         level = level.lower() if level.lower() in LOG_LEVELS else "info"
         checked.append((board, {"time": time_[:64], "level": level, "text": text[:MAX_LOG_TEXT]}))
     dropped = body.get("dropped")
-    if isinstance(dropped, int) and dropped >= 0:
+    if isinstance(dropped, float) and dropped.is_integer():
+        dropped = int(dropped)  # 5.0 is a whole number (JSON Schema's "integer" says so too)
+    if dropped is not None and (isinstance(dropped, bool) or not isinstance(dropped, int) or dropped < 0):
+        raise ApiError(400, f"dropped: the lines the gateway dropped, a whole number >= 0, not {dropped!r}")
+    if dropped is not None:
         service.logs_dropped[gateway.id] = dropped
     record = await service.store.gateway(gateway.id)
     reported = {b["LocalUUID"] for b in (record or {}).get("boards") or []}

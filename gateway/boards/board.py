@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import serial
@@ -30,6 +31,26 @@ REOPEN_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
 FAILURE_RETRY = 5.0
 RESET_GRACE = 1.0
 """Seconds a board's port has to go away after a reset before it counts as a soft reset."""
+
+
+@dataclass(frozen=True)
+class BlinkOutcome:
+    """What became of a request to blink a board (``PUT /v1/devices/{uuid}/identify``).
+
+    ``kind``: ``"blinked"``; ``"unsupported"`` (every plugin's ``picofleet_blink`` returned
+    ``None``: its firmware cannot blink); ``"failed"`` (the hook raised or timed out, or the
+    firmware did not acknowledge); ``"gone"`` (the board stopped running its firmware, was
+    forgotten or the gateway stopped before it blinked); ``"timeout"`` (the board's task did not get
+    to it in time, see ``DeviceManager.blink``). ``reason`` says it in words.
+    """
+
+    kind: str
+    reason: str = ""
+
+    @property
+    def blinked(self) -> bool:
+        """Whether the board blinks."""
+        return self.kind == "blinked"
 
 
 class Board:
@@ -52,6 +73,7 @@ class Board:
         self.pending_flash: FlashJob | None = None
         self.flash_requests = 0  # flashes being queued (manager.request_flash), not pending yet
         self.pending_blink = False
+        self.blink_waiters: list[asyncio.Future[BlinkOutcome]] = []  # told the outcome of the next blink
         self.delete_requested = False
         self.forgotten = False
         self.open_failures = 0
@@ -173,6 +195,7 @@ class Board:
                 if not self.forgotten:
                     await self.wake.wait()
         finally:
+            self.settle_blink(BlinkOutcome("gone", "the board was forgotten or the gateway stopped"))
             await self.close_port()
 
     async def failed(self, error: Exception) -> None:
@@ -217,8 +240,9 @@ class Board:
             return
         app = self.sightings.get(APPLICATION)
         bootloader = self.sightings.get(BOOTLOADER)
-        if app is None:
+        if app is None and self.pending_blink:
             self.pending_blink = False  # only a running firmware blinks; the request is stale
+            self.settle_blink(BlinkOutcome("gone", "it stopped running its firmware before it blinked"))
         if app is None and bootloader is None:
             self.broken = False  # unplugged: whatever was wrong, it starts afresh when plugged back
             await self.close_port()
@@ -384,12 +408,33 @@ class Board:
         finally:
             self.busy = False
 
+    def settle_blink(self, outcome: BlinkOutcome) -> None:
+        """Tell everyone waiting for the pending blink its outcome (a waiter that gave up is skipped)."""
+        waiters, self.blink_waiters = self.blink_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(outcome)
+
     async def blink(self) -> None:
-        """Blink the LED so that a person finds the board (the identify endpoint)."""
+        """Blink the LED so that a person finds the board (the identify endpoint); its waiters learn
+        the outcome. A hook that fails leaves the board Broken with the reason, as any failed step."""
         self.pending_blink = False
-        done = await self.call("picofleet_blink", board=self.ref(), port=self.port, seconds=BLINK_SECONDS)
+        try:
+            done = await self.call("picofleet_blink", board=self.ref(), port=self.port, seconds=BLINK_SECONDS)
+        except BoardError as error:
+            self.settle_blink(BlinkOutcome("failed", str(error)))
+            raise
+        except BaseException:
+            self.settle_blink(BlinkOutcome("gone", "the gateway stopped before the board blinked"))
+            raise
         if done is None:
             log.warning("%s: its firmware cannot blink", self.label)
+            running = self.record.get("FirmwareVersion") or "a firmware that does not identify itself"
+            self.settle_blink(BlinkOutcome("unsupported", f"its firmware cannot blink (it runs {running})"))
+        elif not done:
+            self.settle_blink(BlinkOutcome("failed", "its firmware did not acknowledge the blink"))
+        else:
+            self.settle_blink(BlinkOutcome("blinked"))
 
     async def flash(self) -> None:
         """Flash the pending image (gateway/boards/flashing.py); a job queued meanwhile stays pending."""

@@ -123,6 +123,19 @@ def check_families(families: frozenset[int], board_type: BoardType) -> None:
         raise BoardError(f"UF2 family {got} cannot run on a {board_type.name} (accepted: {accepted})")
 
 
+def check_image(parsed: uf2.UF2Image, board_type: BoardType) -> None:
+    """Raise BoardError (the reason, naming the block) unless the board type's bootrom would keep
+    ``parsed`` in its flash: families it accepts (:func:`check_families`), every block inside the
+    family's flash range (``uf2.FLASH_RANGES``: a block for SRAM would run once and be lost at the
+    next reset) and 256-byte payloads (the RP2 bootroms ignore other blocks)."""
+    check_families(parsed.families, board_type)
+    outside = uf2.outside_flash(parsed)
+    if outside is not None:
+        raise BoardError(f"{outside}: a {board_type.name} would not keep it across a reset")
+    if not parsed.all_payloads_256:
+        raise BoardError("the RP2 bootroms only accept UF2 blocks with 256-byte payloads")
+
+
 def check_bootloader_info(drive: str, board_type: BoardType) -> None:
     """Check the drive's INFO_UF2.TXT names the chip we expect; blocking I/O, run it in a thread.
 

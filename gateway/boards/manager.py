@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from picofleet.common.store import Store
 from picofleet.firmware.asset_cache import AssetCache, AssetError
 from picofleet.firmware.formats import uf2
-from picofleet.gateway.boards.board import Board
+from picofleet.gateway.boards.board import BlinkOutcome, Board
 from picofleet.gateway.boards.flash_job import FlashJob
 from picofleet.gateway.boards.names import board_name
 from picofleet.gateway.boards.owner import NoReservations, Reservations, ReservedBoardServer
@@ -38,6 +38,9 @@ HOOK_TIMEOUTS = {name: 2 * limit for name, limit in HOOK_TIME_LIMITS.items()}
 boards; picofleet_write_uf2 has the image's size at MIN_WRITE_RATE on top."""
 MIN_WRITE_RATE = UF2_WRITE_RATE // 2
 """Bytes per second a bootloader drive is allowed to be as slow as (USB full speed is ~1 MB/s)."""
+BLINK_WAIT = HOOK_TIMEOUTS["picofleet_blink"] + 5.0
+"""Seconds ``blink`` waits for the outcome: the hook's time limit and a few seconds for the board's
+task to finish the step it is in."""
 
 RUNNING = "Running"
 PAUSED = "Paused"
@@ -321,10 +324,30 @@ class DeviceManager:
         board.delete_requested = True
         board.wake.set()
 
-    def request_blink(self, board: Board) -> None:
-        """Ask the board task to blink the board's LED."""
+    def request_blink(self, board: Board) -> asyncio.Future[BlinkOutcome]:
+        """Ask the board task to blink the board's LED; the future is told the outcome (never an
+        exception, so callers that do not wait may drop it)."""
+        outcome: asyncio.Future[BlinkOutcome] = asyncio.get_running_loop().create_future()
+        board.blink_waiters.append(outcome)
         board.pending_blink = True
         board.wake.set()
+        return outcome
+
+    async def blink(self, board: Board) -> BlinkOutcome:
+        """Blink the board's LED and say how it went, waiting at most BLINK_WAIT seconds.
+
+        Past the wait the request is withdrawn (if no one else waits for it) and the outcome is
+        ``"timeout"``: the board's task was busy with another step the whole time.
+        """
+        outcome = self.request_blink(board)
+        try:
+            async with asyncio.timeout(BLINK_WAIT):
+                return await outcome  # cancelled with this wait: settle_blink skips it
+        except TimeoutError:
+            if all(waiter.done() for waiter in board.blink_waiters):
+                board.blink_waiters.clear()
+                board.pending_blink = False
+            return BlinkOutcome("timeout", f"the board did not get to blink within {BLINK_WAIT:g} s")
 
     async def request_flash(self, board: Board, job: FlashJob) -> None:
         """Queue a flash; a previous job not yet started is replaced.

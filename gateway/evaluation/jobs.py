@@ -43,6 +43,8 @@ def check_args(args: Any, what: str | None = None) -> dict[str, int]:
         if key not in ARG_RANGES:
             raise ValueError(f"{prefix}unknown argument {key!r} (known: {', '.join(ARG_RANGES)})")
         low, high = ARG_RANGES[key]
+        if isinstance(value, float) and value.is_integer() and low <= value <= high:
+            value = int(value)  # 1000.0 is a whole number (JSON Schema's "integer" says so too)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ValueError(f"{prefix}{key} must be a whole number from {low} to {high}, not {value!r}")
         checked[key] = value

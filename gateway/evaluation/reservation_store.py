@@ -1,8 +1,10 @@
 """Where reservations and their clients are kept: the TinyDB tables ``reservations`` and
-``reservationClients`` of the gateway's store (written atomically: they survive a ``kill -9``)."""
+``reservationClients`` of the gateway's store (written atomically: they survive a ``kill -9``),
+and the id of the store the clients' tokens are valid in (the setting ``gateway_id``)."""
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from tinydb import TinyDB
@@ -12,6 +14,7 @@ from picofleet.gateway.evaluation.reservation import Reservation
 
 RESERVATIONS = "reservations"
 CLIENTS = "reservationClients"
+GATEWAY_ID = "gateway_id"
 
 
 class ReservationStore:
@@ -24,6 +27,19 @@ class ReservationStore:
         """Every stored client: ``(name, token digest)``."""
         stored = await self.store.all(CLIENTS)
         return [(str(client["name"]), str(client["token_sha256"])) for client in stored]
+
+    async def gateway_id(self) -> str:
+        """This gateway's id: random, stored at the first start, kept as long as its database.
+
+        Clients key the tokens they remember by it (``GET /v1/gateway``): a token is valid
+        exactly where this id is the same, whatever URL reaches the gateway.
+        """
+        stored = await self.store.get_value(GATEWAY_ID)
+        if isinstance(stored, str) and stored:
+            return stored
+        minted = "gw_" + secrets.token_hex(16)
+        await self.store.set_value(GATEWAY_ID, minted)
+        return minted
 
     async def reservations(self) -> list[Reservation]:
         """Every stored reservation."""

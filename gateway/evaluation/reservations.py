@@ -65,13 +65,17 @@ class ReservationBook:
         self._claimed: set[str] = set()  # boards the reserve under way took (not stored yet)
         self.clients = Clients()
         self.stored = ReservationStore(manager.store)
+        self.gateway_id = ""
+        """The id the clients' tokens are valid under (``GET /v1/gateway``); read by :meth:`start`."""
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Load the stored clients and reservations (after the boards), then run the expiry timer."""
+        """Load the gateway's id, the stored clients and reservations (after the boards), then run
+        the expiry timer."""
+        self.gateway_id = await self.stored.gateway_id()
         for name, digest in await self.stored.clients():
             self.clients.remember(name, digest)
         gone = []

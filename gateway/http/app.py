@@ -5,7 +5,8 @@ ENM routes (see docs/api.md): ``GET/PUT /v1/enm/status`` (:mod:`.status`), ``GET
 ENM answered 500 or nothing, picofleet answers right: 400 for malformed JSON or invalid values, 404
 for an unknown device or route, 405 for a wrong method, 413 for an oversize upload, each with a JSON
 ``{"error": "..."}``. New: ``PUT /v1/devices/{uuid}/identify`` (blink the board) and
-``POST /v1/devices/{uuid}/flash`` (a one-off UF2) in :mod:`.devices`; reservations and the event
+``POST /v1/devices/{uuid}/flash`` (a one-off UF2) in :mod:`.devices`; ``GET /v1/gateway`` (who the
+gateway is, :mod:`.identity`); reservations and the event
 websocket (:mod:`.reservations`); bitstreams and evaluations (:mod:`.evaluations`); the balena routes
 ``PUT /v1/enm/identify`` and ``GET /v1/enm/supervisor`` (supervisor_bridge/api.py). ``GET
 /openapi.json`` describes them all (:mod:`.openapi`).
@@ -25,7 +26,7 @@ from picofleet.gateway.boards.manager import DeviceManager
 from picofleet.gateway.evaluation.reservations import ReservationBook
 from picofleet.gateway.evaluation.scheduler import EvaluationScheduler
 from picofleet.gateway.features import Features
-from picofleet.gateway.http import devices, openapi, status
+from picofleet.gateway.http import devices, identity, openapi, status
 from picofleet.gateway.http import evaluations as evaluations_api
 from picofleet.gateway.http import reservations as reservations_api
 from picofleet.gateway.http.context import GatewayApi, bridge_off
@@ -51,6 +52,7 @@ def create_app(
     """
     routes = [
         *status.ROUTES,
+        *identity.ROUTES,
         *devices.ROUTES,
         *openapi.ROUTES,
         *reservations_api.ROUTES,

@@ -9,6 +9,7 @@ one-off UF2). A device is named by its LocalUUID (USB serial) or its ResinUUID; 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -20,7 +21,7 @@ from picofleet.common.http.reading import json_body, json_object, read_upload
 from picofleet.firmware.formats import image, uf2
 from picofleet.gateway.boards.board import Board
 from picofleet.gateway.boards.flash_job import FlashJob
-from picofleet.gateway.boards.flashing import check_families
+from picofleet.gateway.boards.flashing import check_image
 from picofleet.gateway.boards.manager import FlashRefused
 from picofleet.gateway.http.context import gateway_of
 from picofleet.gateway.models import APPLICATION, BoardError, BoardType
@@ -46,6 +47,23 @@ def _board_or_404(request: Request) -> Board:
     return board
 
 
+COMMIT = re.compile(r"[0-9A-Za-z._-]{1,64}")
+"""What a commit may be: 1 to 64 letters, digits, ``.``, ``_`` or ``-`` (balena's 32- and 40-hex
+commits, git's 40- and 64-hex ids, short ids and release names all fit)."""
+
+
+def _commit(value: Any, where: str) -> str | None:
+    """A commit (see :data:`COMMIT`) or ``None``; else a 400 naming ``where``."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, f"{where} must be a string or null")
+    if not COMMIT.fullmatch(value):
+        shown = repr(value) if len(value) <= 80 else f"of {len(value)} characters"
+        raise ApiError(400, f"{where} {shown} is not 1 to 64 letters, digits, '.', '_' or '-'")
+    return value
+
+
 def _string_map(value: Any, what: str) -> dict[str, str] | None:
     """An environment or config object: ``null`` or string keys to string values (as balena's)."""
     if value is None:
@@ -59,9 +77,7 @@ def _read_image(body: bytes, board_type: BoardType) -> FlashJob:
     """Parse and check an uploaded UF2 against the board type (in a worker thread: it is CPU work)."""
     try:
         parsed = uf2.read_uf2(body)
-        check_families(parsed.families, board_type)
-        if not parsed.all_payloads_256:
-            raise BoardError("the RP2 bootroms only accept UF2 blocks with 256-byte payloads")
+        check_image(parsed, board_type)
         version = image.uf2_version(parsed, board_type.uf2_families)
     except uf2.UF2Error as error:
         raise ApiError(400, f"not a valid UF2 file: {error}") from None
@@ -84,9 +100,7 @@ async def put_device(request: Request) -> Response:
     """Supervisor hook: set TargetCommit, TargetEnvironment, TargetConfig (ENM)."""
     board = _board_or_404(request)
     body = json_object(await json_body(request), "the request body")
-    commit = body.get("commit")
-    if commit is not None and not isinstance(commit, str):
-        raise ApiError(400, "commit must be a string or null")
+    commit = _commit(body.get("commit"), "commit")
     environment = _string_map(body.get("environment"), "environment")
     config = _string_map(body.get("config"), "config")
     await gateway_of(request).manager.set_target(board, commit, environment, config)
@@ -105,15 +119,31 @@ async def restart_device(request: Request) -> Response:
     return Response(status_code=200)
 
 
+BLINK_STATUS = {"unsupported": 409, "gone": 409, "failed": 502, "timeout": 504}
+"""The answer to an identify request whose board did not blink, by ``BlinkOutcome.kind``."""
+
+
 async def identify_device(request: Request) -> Response:
-    """Blink a device's LED so that a person can find it (picofleet)."""
+    """Blink a device's LED so that a person can find it (picofleet): 200 once the board blinks.
+
+    Else the reason: 409 paused, not running its firmware, busy being flashed or restarted,
+    Broken, or its firmware cannot blink; 502 the blink failed; 504 the board did not get to it
+    within ``BLINK_WAIT`` seconds.
+    """
     manager = gateway_of(request).manager
     board = _board_or_404(request)
     if manager.paused:
         raise ApiError(409, "the gateway is paused: it does not touch the boards")
     if APPLICATION not in board.sightings:
         raise ApiError(409, f"device {board.serial} is not running its firmware ({board.record['Status']})")
-    manager.request_blink(board)
+    if board.busy or board.pending_flash is not None or board.flash_requests:
+        raise ApiError(409, f"device {board.serial} is being flashed or restarted ({board.record['Status']})")
+    if board.broken:
+        raise ApiError(409, f"device {board.serial} is Broken ({board.record.get('StatusReason')})")
+    outcome = await manager.blink(board)
+    if not outcome.blinked:
+        status = BLINK_STATUS.get(outcome.kind, 502)
+        raise ApiError(status, f"device {board.serial} did not blink: {outcome.reason}")
     return Response(status_code=200)
 
 
@@ -121,12 +151,13 @@ async def flash_device(request: Request) -> Response:
     """Flash a UF2 image (the request body) onto a device (picofleet). 202 once queued."""
     manager = gateway_of(request).manager
     board = _board_or_404(request)
+    commit = _commit(request.query_params.get("commit"), "the commit query parameter")
     body = await read_upload(request, manager.config.max_upload_bytes, "the upload")
     board_type = manager.board_types.get(str(board.record["BoardType"]))
     if board_type is None:
         raise ApiError(409, f"board type {board.record['BoardType']!r} has no plugin loaded")
     job = await asyncio.to_thread(_read_image, body, board_type)
-    job.commit = request.query_params.get("commit")
+    job.commit = commit
     try:
         await manager.request_flash(board, job)
     except FlashRefused as error:  # reserved (also while the upload was being read)

@@ -11,23 +11,30 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from picofleet import __version__
+from picofleet.common.http.openapi import ERROR, error_responses, json_content, object_schema
+from picofleet.gateway.http.context import gateway_of
+from picofleet.gateway.http.devices import COMMIT
 from picofleet.gateway.http.openapi_schemas import (
     BITSTREAM,
+    CLIENT_NAME,
     DEVICE,
     EVALUATION_RESULT,
     IDENTIFY,
+    NOT_COUNT_AND_SERIALS,
     NULLABLE_OBJECT,
+    PULSECOUNT_ARGS,
     RESERVATIONS,
     SERIALS,
     SHA256,
     STATUS,
     SUPERVISOR,
-    error_responses,
-    json_content,
-    object_schema,
 )
+from picofleet.gateway.http.reservations import MAX_COUNT
 
 __all__ = ["ROUTES", "openapi", "openapi_document"]
+
+DEFAULT_MAX_SECONDS = 86_400
+"""The default ``reservation_max_seconds`` (gateway/config.py), for a document built without a gateway."""
 
 _UUID = [
     {
@@ -41,9 +48,17 @@ _UUID = [
 
 _BEARER = "Authorization: Bearer <token> of the client name (403 otherwise)"
 
+_COMMIT = {
+    "type": "string",
+    "pattern": f"^{COMMIT.pattern}$",
+    "description": "1 to 64 letters, digits, '.', '_' or '-' (a 400 otherwise)",
+}
 
-def _reservation_paths() -> dict[str, Any]:
-    """The reservation routes and the event websocket (docs/api.md, "Reservations", "Events")."""
+
+def _reservation_paths(max_seconds: int) -> dict[str, Any]:
+    """The reservation routes and the event websocket (docs/api.md, "Reservations", "Events");
+    ``max_seconds`` is the gateway's ``reservation_max_seconds``."""
+    seconds = {"type": "number", "exclusiveMinimum": 0, "maximum": max_seconds}
     return {
         "/v1/reservations": {
             "get": {
@@ -66,14 +81,16 @@ def _reservation_paths() -> dict[str, Any]:
                     **json_content(
                         object_schema(
                             {
-                                "name": {"type": "string"},
+                                "name": CLIENT_NAME,
                                 "kind": {"type": "string", "enum": ["pulsecount"]},
-                                "count": {"type": "integer", "minimum": 1},
+                                "count": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_COUNT},
                                 "serials": SERIALS,
-                                "args": {"type": "object"},
-                                "seconds": {"type": "number", "exclusiveMinimum": 0},
+                                "args": PULSECOUNT_ARGS,
+                                "seconds": seconds,
                             },
                             required=["name"],
+                            description="count or serials, not both (neither: one board)",
+                            **NOT_COUNT_AND_SERIALS,
                         )
                     ),
                 },
@@ -103,9 +120,9 @@ def _reservation_paths() -> dict[str, Any]:
                     **json_content(
                         object_schema(
                             {
-                                "name": {"type": "string"},
+                                "name": CLIENT_NAME,
                                 "serials": SERIALS,
-                                "seconds": {"type": "number", "exclusiveMinimum": 0},
+                                "seconds": seconds,
                             },
                             required=["name"],
                         )
@@ -127,7 +144,7 @@ def _reservation_paths() -> dict[str, Any]:
                 "requestBody": {
                     "required": True,
                     **json_content(
-                        object_schema({"name": {"type": "string"}, "serials": SERIALS}, required=["name"])
+                        object_schema({"name": CLIENT_NAME, "serials": SERIALS}, required=["name"])
                     ),
                 },
                 "responses": {
@@ -152,6 +169,11 @@ def _reservation_paths() -> dict[str, Any]:
                 "responses": {
                     "101": {"description": "switching to the WebSocket protocol"},
                     **error_responses(403),
+                    "426": {
+                        "description": "a plain GET without Upgrade: websocket",
+                        "headers": {"Upgrade": {"schema": {"type": "string", "const": "websocket"}}},
+                        **json_content(ERROR),
+                    },
                 },
             },
         },
@@ -172,7 +194,12 @@ def _evaluation_paths() -> dict[str, Any]:
                 "summary": "Upload an iCE40 UP5K bitstream (.asc is packed to .bin once)",
                 "requestBody": {
                     "required": True,
-                    "content": {"application/octet-stream": binary, "text/plain": binary},
+                    "description": "the bitstream itself: a .bin (application/octet-stream) or an .asc "
+                    "(text/plain); an empty body is 400, one that is not an iCE40 UP5K bitstream 422",
+                    "content": {
+                        "application/octet-stream": {"schema": {**binary["schema"], "minLength": 1}},
+                        "text/plain": {"schema": {"type": "string", "minLength": 1}},
+                    },
                 },
                 "responses": {
                     "201": {"description": "stored", **json_content(BITSTREAM)},
@@ -197,7 +224,7 @@ def _evaluation_paths() -> dict[str, Any]:
                     **json_content(
                         object_schema(
                             {
-                                "name": {"type": "string"},
+                                "name": CLIENT_NAME,
                                 "bitstreams": {
                                     "type": "array",
                                     "minItems": 1,
@@ -207,12 +234,7 @@ def _evaluation_paths() -> dict[str, Any]:
                                 },
                                 "serials": SERIALS,
                                 "mode": {"type": "string", "enum": ["each", "any"]},
-                                "args": object_schema(
-                                    {
-                                        "clock_hz": {"type": "integer", "minimum": 1, "maximum": 50_000_000},
-                                        "window_ms": {"type": "integer", "minimum": 1, "maximum": 60_000},
-                                    }
-                                ),
+                                "args": PULSECOUNT_ARGS,
                             },
                             required=["name", "bitstreams"],
                         )
@@ -256,8 +278,8 @@ def _evaluation_paths() -> dict[str, Any]:
     }
 
 
-def openapi_document() -> dict[str, Any]:
-    """Return the OpenAPI document of the gateway API."""
+def openapi_document(reservation_max_seconds: int = DEFAULT_MAX_SECONDS) -> dict[str, Any]:
+    """Return the OpenAPI document of the gateway API (with the gateway's ``reservation_max_seconds``)."""
     ok = {"200": {"description": "acknowledged"}}
     return {
         "openapi": "3.1.0",
@@ -326,7 +348,7 @@ def openapi_document() -> dict[str, Any]:
                             object_schema(
                                 {
                                     "appId": {},
-                                    "commit": {"type": ["string", "null"]},
+                                    "commit": {"oneOf": [_COMMIT, {"type": "null"}]},
                                     "environment": NULLABLE_OBJECT,
                                     "config": NULLABLE_OBJECT,
                                 }
@@ -350,14 +372,17 @@ def openapi_document() -> dict[str, Any]:
             "/v1/devices/{uuid}/identify": {
                 "parameters": _UUID,
                 "put": {
-                    "summary": "Blink the device's LED",
-                    "responses": {**ok, **error_responses(404, 409)},
+                    "summary": "Blink the device's LED: 200 once it blinks, else the reason",
+                    "description": "409: paused, not running its firmware, busy (flashed or restarted), "
+                    "Broken, or its firmware cannot blink; 502: the blink failed; 504: the board did "
+                    "not get to it within 10 s",
+                    "responses": {**ok, **error_responses(404, 409, 502, 504)},
                 },
             },
             "/v1/devices/{uuid}/flash": {
                 "parameters": [
                     *_UUID,
-                    {"name": "commit", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {"name": "commit", "in": "query", "required": False, "schema": _COMMIT},
                 ],
                 "post": {
                     "summary": "Flash a UF2 image onto the device",
@@ -373,7 +398,23 @@ def openapi_document() -> dict[str, Any]:
                     },
                 },
             },
-            **_reservation_paths(),
+            "/v1/gateway": {
+                "get": {
+                    "summary": "Who this gateway is: the id client tokens are kept under, and its version",
+                    "responses": {
+                        "200": {
+                            "description": "identity",
+                            **json_content(
+                                object_schema(
+                                    {"id": {"type": "string"}, "version": {"type": "string"}},
+                                    required=["id", "version"],
+                                )
+                            ),
+                        }
+                    },
+                },
+            },
+            **_reservation_paths(reservation_max_seconds),
             **_evaluation_paths(),
             "/openapi.json": {
                 "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}
@@ -384,7 +425,7 @@ def openapi_document() -> dict[str, Any]:
 
 async def openapi(request: Request) -> Response:
     """The OpenAPI 3.1 document of this API."""
-    return JSONResponse(openapi_document())
+    return JSONResponse(openapi_document(gateway_of(request).manager.config.reservation_max_seconds))
 
 
 ROUTES: list[BaseRoute] = [Route("/openapi.json", openapi, methods=["GET"])]

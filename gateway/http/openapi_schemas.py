@@ -1,19 +1,16 @@
 """The schemas of the gateway's OpenAPI document (:mod:`.openapi`): its bodies (a device, the status,
-a reservation, a bitstream, an evaluation result, an error...) and the helpers that write them."""
+a reservation, a bitstream, an evaluation result...); the helpers that write them, and the error
+body, are :mod:`picofleet.common.http.openapi`'s."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from picofleet.common.http.openapi import object_schema
 from picofleet.gateway.boards.record import ENM_FIELDS, Status
+from picofleet.gateway.evaluation.clients import NAME
+from picofleet.gateway.evaluation.jobs import ARG_RANGES
 
-
-def object_schema(properties: dict[str, Any], *, nullable: bool = False, **keywords: Any) -> dict[str, Any]:
-    """An object schema with ``properties``; ``keywords`` (``required``, ``description``) go before them."""
-    return {"type": ["object", "null"] if nullable else "object", **keywords, "properties": properties}
-
-
-ERROR = object_schema({"error": {"type": "string"}}, required=["error"])
 NULLABLE_OBJECT = {"type": ["object", "null"], "additionalProperties": {"type": "string"}}
 
 DEVICE = object_schema(
@@ -100,14 +97,6 @@ SUPERVISOR = object_schema(
 )
 
 
-def json_content(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"content": {"application/json": {"schema": schema}}}
-
-
-def error_responses(*codes: int) -> dict[str, Any]:
-    return {str(code): {"description": "error", **json_content(ERROR)} for code in codes}
-
-
 RESERVATION = object_schema(
     {
         "serial": {"type": "string", "description": "the board's LocalUUID"},
@@ -120,7 +109,33 @@ RESERVATION = object_schema(
     }
 )
 RESERVATIONS = {"type": "array", "items": RESERVATION}
-SERIALS = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+SERIALS = {
+    "type": ["array", "null"],
+    "items": {"type": "string", "minLength": 1},
+    "minItems": 1,
+    "uniqueItems": True,
+    "description": "board serials (LocalUUID); null or absent: any",
+}
+NOT_COUNT_AND_SERIALS: dict[str, Any] = {
+    "not": {
+        "properties": {"count": {"type": "integer"}, "serials": {"type": "array"}},
+        "required": ["count", "serials"],
+    }
+}
+"""Not a reservation request naming both a count and serials (refused: give one of them)."""
+PULSECOUNT_ARGS = {
+    "type": ["object", "null"],
+    "additionalProperties": False,
+    "properties": {
+        name: {"type": "integer", "minimum": low, "maximum": high} for name, (low, high) in ARG_RANGES.items()
+    },
+    "description": "evaluation arguments (whole numbers): the CLK frequency and the counting window",
+}
+CLIENT_NAME = {
+    "type": "string",
+    "pattern": f"^{NAME.pattern}$",
+    "description": "the client: 1 to 64 letters, digits or . _ @ + -, starting with a letter or digit",
+}
 SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 BITSTREAM = object_schema(
     {

@@ -3,7 +3,8 @@
 ``POST /v1/reservations`` reserves boards (201, minting the client's token for a new name),
 ``GET /v1/reservations[?name=]`` lists them (never a token), ``POST /v1/reservations/extend``
 and ``POST /v1/reservations/end`` need the client's ``Authorization: Bearer <token>``.
-``/v1/events`` is a websocket sending the client's events as JSON text messages.
+``/v1/events`` is a websocket sending the client's events as JSON text messages; a plain ``GET``
+of it (no upgrade) is answered 426 Upgrade Required.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from picofleet.gateway.evaluation.reservations import KINDS, Reservation, check_
 from picofleet.gateway.http.context import gateway_of
 from picofleet.gateway.http.fields import serials_field
 
-__all__ = ["ROUTES", "end", "events", "extend", "list_reservations", "reserve"]
+__all__ = ["ROUTES", "end", "events", "events_without_upgrade", "extend", "list_reservations", "reserve"]
 
 MAX_COUNT = 1024
 """The most boards one request may reserve."""
@@ -35,6 +36,9 @@ POLICY_VIOLATION = 1008
 
 
 def _count(value: Any) -> int:
+    """A request's ``count``: a whole number from 1 to MAX_COUNT (``3.0`` is one, as in JSON Schema)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
         raise ApiError(400, f"count must be a whole number between 1 and {MAX_COUNT}, not {value!r}")
     return value
@@ -136,6 +140,16 @@ async def events(websocket: WebSocket) -> None:
             closed.cancel()
 
 
+async def events_without_upgrade(request: Request) -> Response:
+    """A plain ``GET /v1/events``: 426, the events are a WebSocket (``Upgrade: websocket``)."""
+    raise ApiError(
+        426,
+        "/v1/events is a WebSocket: connect with Upgrade: websocket and the client's token "
+        "(Authorization: Bearer or ?token=)",
+        {"Upgrade": "websocket"},
+    )
+
+
 async def _refuse(websocket: WebSocket, reason: str) -> None:
     """Refuse a websocket before accepting it: HTTP 403 with a JSON error where the server can."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
@@ -159,5 +173,6 @@ ROUTES: list[BaseRoute] = [
     Route("/v1/reservations/extend", extend, methods=["POST"]),
     Route("/v1/reservations/end", end, methods=["POST"]),
     WebSocketRoute("/v1/events", events),
+    Route("/v1/events", events_without_upgrade, methods=["GET"]),
 ]
 """The reservation routes and the event websocket, for ``create_app``."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -16,11 +17,16 @@ import httpx
 from picofleet.commands.fleet import with_credentials
 from picofleet.commands.gateway import add_gateway_flags, config_from_args, serve
 from picofleet.common.errors import ConfigError
+from picofleet.common.http.server import bind_socket
 from picofleet.firmware import circuits
 from picofleet.firmware.formats import image, uf2
 
 DEMO_DATA = "demo-data"
 FLEET = "demo"
+HOST = "127.0.0.1"
+DEMO_FLAGS = ("host", "port", "data", "simulate", "log_level")
+"""The gateway's flags the demo takes (it runs its own fleet service: no --fleet, no key)."""
+DEMO_DEFAULTS = {"host": HOST, "data": DEMO_DATA, "simulate": "4"}
 EXAMPLE_MANIFEST = """\
 boards:
   pico2-ice:
@@ -44,13 +50,13 @@ def start_fleet(data: Path, port: int) -> tuple[subprocess.Popen[bytes], str, st
         "--data",
         str(data),
         "--host",
-        "127.0.0.1",
+        HOST,
         "--port",
         str(port),
     ]
     child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     log.close()
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{HOST}:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if child.poll() is not None:
@@ -128,27 +134,116 @@ def example_circuits(path: Path) -> list[Path]:
     return built
 
 
+def check_ports(ports: dict[str, tuple[str, int]]) -> None:
+    """:class:`DemoError` unless every address of ``ports`` (what listens there → host, port) is free.
+
+    Checked before anything starts or is printed: a second demo, or anything else on the ports,
+    ends this one with one line.
+    """
+    numbers = [port for _, port in ports.values()]
+    if len(set(numbers)) < len(numbers):
+        raise DemoError(f"--port and --fleet-port must differ, not both {numbers[0]}")
+    for what, (host, port) in ports.items():
+        if port == 0:
+            continue
+        try:
+            bind_socket(host, port).close()
+        except ConfigError as error:
+            raise DemoError(
+                f"{what}: {error} (is another demo running? --port and --fleet-port choose others)"
+            ) from None
+
+
+def _runnable(path: str) -> str:
+    """``path`` as the user can type it from here: relative inside the current folder, else absolute."""
+    absolute = os.path.abspath(path)
+    relative = os.path.relpath(absolute)
+    if relative.startswith(".."):
+        return shlex.quote(absolute)
+    return shlex.quote(relative if os.sep in relative else f".{os.sep}{relative}")
+
+
+def program() -> str:
+    """How to run `picofleet` from the current folder, the way this demo was run.
+
+    ``picofleet`` when that is the one on PATH, else its path (``.venv/bin/picofleet`` for
+    ``./dev demo``); ``PYTHON -m picofleet.cli`` when run as a module.
+    """
+    script = sys.argv[0] if sys.argv else ""
+    if os.path.basename(script) == "picofleet" and os.path.exists(script):
+        on_path = shutil.which("picofleet")
+        if on_path and os.path.samefile(on_path, script):
+            return "picofleet"
+        return _runnable(script)
+    return f"{_runnable(sys.executable)} -m picofleet.cli"
+
+
+def try_lines(
+    *,
+    gateway: str,
+    fleet_url: str,
+    token: str,
+    repo: Path | None,
+    git_url: str,
+    circuit_files: list[Path],
+    data: Path,
+) -> list[str]:
+    """The commands the demo suggests, in order: copy-pasteable from the folder the demo runs in.
+
+    README.md's "Try it" shows the same lines (``TOKEN`` for the token); tests/test_demo.py
+    replays them and compares them with the README.
+    """
+    me = program()
+    lines = [f"curl -i {gateway}/v1/devices"]
+    if repo is not None:
+        lines += [
+            f"git -C {shlex.quote(str(repo))} push {git_url} main",
+            "# then edit fleet.yml or build/app.uf2 there, commit, and push again",
+        ]
+    status = f"{gateway}/v1/enm/status"
+    json_header = '-H "Content-Type: application/json"'
+    lines += [
+        f"curl -s {gateway}/v1/devices    # every board: Commit == TargetCommit == the pushed commit",
+        f'curl -i {json_header} -X PUT --data \'{{"targetStatus":"Paused"}}\' {status}',
+        f"curl -i {status}    # currentStatus Paused: every serial port is free",
+        f'curl -i {json_header} -X PUT --data \'{{"targetStatus":"Running"}}\' {status}',
+    ]
+    if circuit_files:
+        lines += [
+            f"{me} evaluate --gateway {gateway} --name you --boards 2 \\",
+            "    --arg clock_hz=1000000 --arg window_ms=10 --json "
+            + " ".join(shlex.quote(str(path)) for path in circuit_files),
+            "# the demo's example circuits: 625 (div16) and 2500 (div4) pulses on each board",
+        ]
+    where = shlex.quote(str(data))
+    lines += [
+        f"{me} sim list --data {where}    # the virtual rack",
+        f"{me} sim unplug SERIAL --data {where}    # the board turns Offline; `plug` brings it back",
+        f"{me} fleet boards {FLEET} --url {fleet_url} --token {token}",
+    ]
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the demo: a fleet service on :8080 and a gateway on :1337 with 4 virtual pico2-ice boards.
 
     Everything lives in ./demo-data: the gateway's state, the fleet's (demo-data/fleet) and an
-    example firmware repository to push (demo-data/example-repo).
+    example firmware repository to push (demo-data/example-repo). It prints what to try, commands
+    to paste into another terminal in this folder.
     """
     fleet = None
     try:
-        base_config = config_from_args(
-            args, data=DEMO_DATA, simulate="4", host="127.0.0.1", usb_discovery="off"
+        base_config = config_from_args(args, **DEMO_DEFAULTS, usb_discovery="off")
+        check_ports(
+            {
+                "the gateway": (base_config.host, base_config.port),
+                "the fleet service": (HOST, args.fleet_port),
+            }
         )
         fleet, fleet_url, token = start_fleet(base_config.data / "fleet", args.fleet_port)
         git_url, key = ready_fleet(fleet_url, token)
         config = config_from_args(
-            args,
-            data=DEMO_DATA,
-            simulate="4",
-            host="127.0.0.1",
-            usb_discovery="off",
-            fleet_url=fleet_url,
-            provisioning_key=key,
+            args, **DEMO_DEFAULTS, usb_discovery="off", fleet_url=fleet_url, provisioning_key=key
         )
         repo = base_config.data / "example-repo"
         has_repo = example_repo(repo)
@@ -158,37 +253,25 @@ def run(args: argparse.Namespace) -> int:
         if fleet is not None:
             fleet.terminate()
         return 2
-    base = f"localhost:{config.port}"
-    push = (
-        (
-            f"  cd {repo} && git push {git_url} main\n"
-            f"  # then edit fleet.yml or build/app.uf2, commit, and push again\n"
-        )
-        if has_repo
-        else ""
+    host = HOST if config.host in ("0.0.0.0", "::", "") else config.host  # where curl reaches it
+    host = f"[{host}]" if ":" in host else host
+    lines = try_lines(
+        gateway=f"http://{host}:{config.port}",
+        fleet_url=fleet_url,
+        token=token,
+        repo=repo if has_repo else None,
+        git_url=git_url,
+        circuit_files=examples,
+        data=config.data,
     )
-    evaluate = (
-        (
-            f"  picofleet evaluate --gateway http://{base} --name you --boards 2 \\\n"
-            f"      --arg clock_hz=1000000 --arg window_ms=10 --json {' '.join(map(str, examples))}\n"
-            f"  # 625 pulses for div16, 2500 for div4, on each board\n"
-        )
-        if examples
-        else ""
-    )
+    suggestions = "\n".join(f"  {line}" for line in lines)
     print(
         f"""
 picofleet demo: a fleet service ({fleet_url}, log in {base_config.data / "fleet" / "fleet.log"}) and a
-gateway with 4 virtual pico2-ice boards (data in {config.data}/). Ctrl-C stops both. Try:
+gateway with 4 virtual pico2-ice boards (data in {config.data}/). Ctrl-C stops both. Try, in another
+terminal in this folder:
 
-  curl -i {base}/v1/devices
-{push}  curl -s {base}/v1/devices      # every board: Commit == TargetCommit == the pushed commit
-  curl -i -H "Content-Type: application/json" -X PUT --data '{{"targetStatus":"Paused"}}' {base}/v1/enm/status
-  curl -i {base}/v1/enm/status
-  curl -i -H "Content-Type: application/json" -X PUT --data '{{"targetStatus":"Running"}}' \\
-       {base}/v1/enm/status
-{evaluate}  picofleet sim list --data {config.data}          # the virtual rack; also: unplug/plug SERIAL
-  picofleet fleet boards {FLEET} --url {fleet_url} --token {token}
+{suggestions}
 """,
         flush=True,
     )
@@ -207,8 +290,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo", help="run the demo (fleet service + gateway with 4 virtual boards)", description=run.__doc__
     )
-    add_gateway_flags(parser)
+    add_gateway_flags(parser, DEMO_FLAGS, DEMO_DEFAULTS)
     parser.add_argument(
-        "--fleet-port", type=int, default=8080, help="port of the demo's fleet service (8080)"
+        "--fleet-port", type=int, default=8080, help="port of the demo's fleet service (default 8080)"
     )
     parser.set_defaults(run=run)

@@ -31,10 +31,9 @@ from picofleet.client import (
     ClientError,
     EvaluationResult,
     PulseCountClient,
-    read_bitstream,
+    load_bitstreams,
 )
 from picofleet.commands.console import StatusLine, add_gateway_flag, bar, positive_seconds
-from picofleet.firmware.formats import bitstream
 from picofleet.gateway.evaluation.jobs import ARG_RANGES, MODES, check_args
 
 
@@ -87,21 +86,12 @@ def default_name() -> str:
 
 
 def load_files(paths: list[str]) -> list[bytes]:
-    """The files' bytes, each checked to be an up5k ``.asc`` or ``.bin``; :class:`EvaluateFailed` else."""
-    loaded = []
-    for path in paths:
-        try:
-            data, _ = read_bitstream(path)
-        except ClientError as error:
-            raise EvaluateFailed(str(error)) from None
-        if bitstream.detect_kind(data) == "uf2":
-            raise EvaluateFailed(f"{path} is a UF2 firmware image, not an iCE40 bitstream")
-        try:
-            bitstream.validate(data)
-        except bitstream.BitstreamError as error:
-            raise EvaluateFailed(f"{path} is not a valid iCE40 bitstream: {error}") from None
-        loaded.append(data)
-    return loaded
+    """The files' bytes, each checked to be an up5k ``.asc`` or ``.bin`` (the client's
+    :func:`~picofleet.client.load_bitstreams`); :class:`EvaluateFailed` else."""
+    try:
+        return [data for data, _ in load_bitstreams(paths)]
+    except ClientError as error:
+        raise EvaluateFailed(str(error)) from None
 
 
 class ResultView:

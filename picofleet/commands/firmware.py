@@ -3,8 +3,10 @@
     picofleet firmware inspect FILE [--json]   what FILE is (UF2, iCE40 .asc or .bin), or why it is invalid
     picofleet firmware pack IN.asc OUT.bin     pack an up5k .asc into the .bin a pico2-ice's FPGA takes
 
-Invalid files end the command with exit status 1 and one line on stderr naming the bad block,
-byte offset or line.
+`inspect` tells a file's kind by its first bytes (the UF2 magic, the .bin header or preamble,
+text starting with a dot for an .asc); when they say nothing, by its name (.uf2, .bin, .asc),
+and binary that is none of them is judged as a .bin. Invalid files end the command with exit
+status 1 and one line on stderr naming the bad block, byte offset or line.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def _fail(reason: str) -> int:
 
 def _invalid(path: Path, data: bytes, error: ValueError) -> str:
     """The one-line reason why ``data`` (the content of ``path``) is invalid."""
-    kind = bitstream.detect_kind(data)
+    kind = firmware_inspect.judge_kind(data, path.name)
     if isinstance(error, uf2.UF2Error) or kind == "uf2":
         return f"{path}: not a valid UF2 file: {error}"
     if kind is None:
@@ -109,7 +111,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     if data is None:
         return _fail(f"{path}: the file is more than {bound} bytes (no firmware is)")
     try:
-        info = {"path": str(path), **firmware_inspect.inspect_bytes(data)}
+        info = {"path": str(path), **firmware_inspect.inspect_bytes(data, path.name)}
     except ValueError as error:  # UF2Error or BitstreamError
         return _fail(_invalid(path, data, error))
     if args.json:

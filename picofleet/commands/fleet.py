@@ -82,32 +82,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    """Create a fleet; print its git remote (admin token embedded) and its provisioning key."""
-    answer = call(args, "POST", "/v1/fleets", {"name": args.name})
+    """Create a fleet; print its git remote (admin token embedded), its deploy branch (only pushes to
+    it change what the boards run) and its provisioning key."""
+    answer = call(args, "POST", "/v1/fleets", {"name": args.name, "deploy_branch": args.deploy_branch})
     _, headers = _client(args)
     git_url = with_credentials(answer["git_url"], headers["Authorization"].removeprefix("Bearer "))
-    result = {"fleet": answer["fleet"], "git_url": git_url, "provisioning_key": answer["provisioning_key"]}
+    result = {
+        "fleet": answer["fleet"],
+        "git_url": git_url,
+        "deploy_branch": answer["deploy_branch"],
+        "provisioning_key": answer["provisioning_key"],
+    }
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"fleet {result['fleet']} created")
     print(f"git remote:       {git_url}")
+    print(f"deploy branch:    {result['deploy_branch']}")
+    print("                  (pushes to other branches and tags make releases you can pin, not deploys)")
     print("                  (the admin token is embedded: `git push` needs it; keep this URL secret)")
     print(f"provisioning key: {result['provisioning_key']}")
     print(
-        "                  (shown only now; gateways use it once: picofleet gateway --provisioning-key KEY)"
+        "                  (shown only now; gateways use it once: picofleet gateway "
+        "--provisioning-key-file FILE, or PICOFLEET_PROVISIONING_KEY=KEY)"
     )
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """List the fleets with their target commit and pin."""
+    """List the fleets with their deploy branch, target commit and pin."""
     fleets = call(args, "GET", "/v1/fleets")
     if args.json:
         print(json.dumps(fleets))
         return 0
-    rows = [[f["fleet"], _short(f["target"]), _short(f.get("pinned")), f["git_url"]] for f in fleets]
-    _table(rows, ["FLEET", "TARGET", "PINNED", "GIT URL"])
+    rows = [
+        [f["fleet"], f["deploy_branch"], _short(f["target"]), _short(f.get("pinned")), f["git_url"]]
+        for f in fleets
+    ]
+    _table(rows, ["FLEET", "DEPLOY BRANCH", "TARGET", "PINNED", "GIT URL"])
     return 0
 
 
@@ -282,7 +294,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     service.add_arguments(serve, data_default=Path("fleet-data"))
     serve.set_defaults(fleet_run=cmd_serve)
 
-    _operator(sub, "create", cmd_create, "create a fleet").add_argument("name")
+    create = _operator(sub, "create", cmd_create, "create a fleet")
+    create.add_argument("name")
+    create.add_argument(
+        "--deploy-branch",
+        default="main",
+        metavar="BRANCH",
+        help="the branch whose pushes the boards run (default main); other branches make releases to pin",
+    )
     _operator(sub, "list", cmd_list, "list fleets")
     for name, fn, help_ in (
         ("gateways", cmd_gateways, "list a fleet's gateways"),
@@ -315,10 +334,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             act.add_argument(
                 "--board", default=None, metavar="UUID", help="a board's variable, not the fleet's"
             )
-            act.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+            act.add_argument(
+                "--json", action="store_true", default=argparse.SUPPRESS, help="print the answer as JSON"
+            )
             act.add_argument("--url", default=argparse.SUPPRESS, help="fleet service URL")
             act.add_argument("--token", default=argparse.SUPPRESS, help="admin token")
             if action != "list":
-                act.add_argument("key")
+                act.add_argument("key", help="the variable's name")
             if action == "set":
-                act.add_argument("value")
+                act.add_argument("value", help="its value")

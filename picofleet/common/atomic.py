@@ -8,7 +8,12 @@ start with ``.<name>.`` and end with ``.tmp`` so that the owner of the file can 
 (see :func:`stale_temp_files`).
 
 Second names for a file (the ``.bak`` backup, see :func:`link_or_copy`) are hard links, so no data
-is copied; on a file system without hard links (vfat, exfat) they are atomic copies instead.
+is copied; on a file system without hard links (vfat, exfat) they are atomic copies instead, with
+the mode of the original.
+
+Files holding secrets (the databases: tokens, gateway keys) are written with ``mode=SECRET_MODE``
+(0600, owner only); the mode is set when the temporary file is created, so the bytes are never
+readable by others, not even for a moment.
 """
 
 from __future__ import annotations
@@ -21,12 +26,23 @@ import os
 import secrets
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "fsync_directory", "link_or_copy", "stale_temp_files"]
+__all__ = [
+    "SECRET_MODE",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "fsync_directory",
+    "link_or_copy",
+    "stale_temp_files",
+]
 
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".tmp"
 BACKUP_SUFFIX = ".bak"
+FILE_MODE = 0o644
+"""The mode of a new file (before the umask) unless the caller asks for another."""
+SECRET_MODE = 0o600
+"""The mode of files holding secrets: read and written by their owner only."""
 
 # os.link errors meaning "no hard links here" (vfat, exfat, some network file systems, or a
 # protected_hardlinks refusal), rather than a problem a copy would not have.
@@ -67,9 +83,10 @@ def _unlink_quietly(path: Path) -> None:
         os.unlink(path)
 
 
-def _write_new_file(path: Path, data: bytes) -> None:
-    """Create ``path`` (it must not exist) holding ``data``, ``fsync``-ed; no cleanup on failure."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+def _write_new_file(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+    """Create ``path`` (it must not exist) with ``mode`` (before the umask) holding ``data``,
+    ``fsync``-ed; no cleanup on failure."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         view = memoryview(data)
         while view:
@@ -107,19 +124,24 @@ def link_or_copy(src: Path, dst: Path) -> None:
                 exc.strerror or exc,
             )
     data = src.read_bytes()
+    mode = os.stat(src).st_mode & 0o777  # a copy of a secret stays as private as the original
     if os.path.lexists(dst):
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
     temp = _temp_path(src, "copy")
     try:
-        _write_new_file(temp, data)
+        _write_new_file(temp, data, mode)
+        os.chmod(temp, mode)  # exactly the original's, whatever the umask
         os.replace(temp, dst)
     except BaseException:
         _unlink_quietly(temp)
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, keep_backup: bool = False) -> None:
+def atomic_write_bytes(path: Path, data: bytes, *, keep_backup: bool = False, mode: int = FILE_MODE) -> None:
     """Replace the content of ``path`` with ``data`` atomically and durably.
+
+    The new file is created with ``mode`` (before the umask; :data:`SECRET_MODE` for secrets),
+    whatever the mode of the file it replaces.
 
     With ``keep_backup`` the current file (if any) is kept as ``<name>.bak``, by a hard link (no
     data copied) or, on a file system without hard links, an atomic copy (see :func:`link_or_copy`).
@@ -130,7 +152,7 @@ def atomic_write_bytes(path: Path, data: bytes, *, keep_backup: bool = False) ->
     path = Path(path)
     temp = _temp_path(path)
     try:
-        _write_new_file(temp, data)
+        _write_new_file(temp, data, mode)
         if keep_backup:
             link = _temp_path(path, "bak")
             try:
@@ -150,10 +172,10 @@ def atomic_write_bytes(path: Path, data: bytes, *, keep_backup: bool = False) ->
     fsync_directory(path.parent)
 
 
-def atomic_write_json(path: Path, obj: object, *, keep_backup: bool = False) -> None:
-    """Write ``obj`` as compact UTF-8 JSON with :func:`atomic_write_bytes`.
+def atomic_write_json(path: Path, obj: object, *, keep_backup: bool = False, mode: int = FILE_MODE) -> None:
+    """Write ``obj`` as compact UTF-8 JSON with :func:`atomic_write_bytes` (``mode`` as there).
 
     NaN and infinities are refused (``ValueError``) so that the file is always standard JSON.
     """
     text = json.dumps(obj, separators=(",", ":"), sort_keys=False, ensure_ascii=False, allow_nan=False)
-    atomic_write_bytes(path, text.encode("utf-8"), keep_backup=keep_backup)
+    atomic_write_bytes(path, text.encode("utf-8"), keep_backup=keep_backup, mode=mode)

@@ -27,6 +27,7 @@ import fcntl
 import logging
 import os
 import queue
+import stat
 import threading
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -35,9 +36,10 @@ from typing import Any, TypeVar
 
 from tinydb import TinyDB
 
+from picofleet.common.errors import ConfigError
 from picofleet.common.tinydb_file import AtomicJSONStorage, detached
 
-__all__ = ["AtomicJSONStorage", "Store", "StoreClosedError", "StoreLockedError"]
+__all__ = ["AtomicJSONStorage", "Store", "StoreClosedError", "StoreLockedError", "check_private_directory"]
 
 log = logging.getLogger("picofleet.store")
 
@@ -52,6 +54,17 @@ class StoreClosedError(RuntimeError):
 
 class StoreLockedError(RuntimeError):
     """Another store (in this or another process) has the database open."""
+
+
+def check_private_directory(directory: Path) -> None:
+    """Raise ConfigError (one line) if every user may write in ``directory``: anyone could then
+    replace the database or its backup (with the sticky bit, squat their names)."""
+    mode = os.stat(directory).st_mode
+    if mode & stat.S_IWOTH:
+        raise ConfigError(
+            f"the database directory {directory} is writable by every user (mode {mode & 0o7777:04o}): "
+            f"make it private (chmod o-w {directory}) or choose another directory"
+        )
 
 
 class _TinyDB(TinyDB):
@@ -322,7 +335,8 @@ class Store:
             self._fail_queued()
 
     def _open_in_thread(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new directory: owner only
+        check_private_directory(self.path.parent)
         lock_path = self.path.with_name(f".{self.path.name}.lock")
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -16,6 +16,10 @@ as ``<file>.corrupt-<UTC time>``); when the backup is unreadable too, both are m
 ``<name>.corrupt-<UTC time>`` (never deleted), an ERROR says where, and the gateway starts empty.
 Temporary files left by a killed writer are removed. An operating-system error (for example
 EACCES) is raised as such.
+
+Privacy: the file holds secrets (tokens, the gateway's key at the fleet), so it and its backup
+are written with mode 0600 (:data:`.atomic.SECRET_MODE`); a file or backup found with a wider
+mode at open (written by an older version, or by hand) is narrowed to 0600 with a WARNING.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from tinydb.storages import Storage
 
 from picofleet.common.atomic import (
     BACKUP_SUFFIX,
+    SECRET_MODE,
     atomic_write_bytes,
     fsync_directory,
     link_or_copy,
@@ -170,7 +175,7 @@ class AtomicJSONStorage(Storage):
         try:
             raw = self.encoded()
             assert raw is not None  # dirty implies data was written
-            atomic_write_bytes(self.path, raw, keep_backup=True)
+            atomic_write_bytes(self.path, raw, keep_backup=True, mode=SECRET_MODE)
         except BaseException:
             self.discard()
             raise
@@ -229,7 +234,21 @@ class AtomicJSONStorage(Storage):
         self._loaded = True
         self._version += 1
 
+    def _make_private(self) -> None:
+        """Narrow the file and its backup to mode 0600 where others may read or write them."""
+        for path in (self.path, self.backup_path):
+            try:
+                mode = os.stat(path).st_mode & 0o777
+                if mode & ~SECRET_MODE:
+                    os.chmod(path, SECRET_MODE)
+                    log.warning("%s was open to other users (mode %04o); it is now 0600", path, mode)
+            except FileNotFoundError:
+                continue
+            except PermissionError as error:
+                log.warning("cannot check or narrow the mode of %s: %s", path, error.strerror)
+
     def _load(self) -> None:
+        self._make_private()
         for temp in stale_temp_files(self.path):
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
@@ -270,7 +289,7 @@ class AtomicJSONStorage(Storage):
             else:
                 kept = _set_aside(self.path, move=False) if raw is not None else None
                 # No keep_backup: the backup already holds these bytes, and it must not become the torn file.
-                atomic_write_bytes(self.path, backup_raw)
+                atomic_write_bytes(self.path, backup_raw, mode=SECRET_MODE)
                 log.warning(
                     "recovered %s from the backup %s (the previous good copy, %d bytes, tables: %s)%s",
                     self.path,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -13,6 +14,9 @@ from picofleet.common.http.errors import ApiError
 
 MAX_JSON_BODY = 1024 * 1024
 """The largest JSON request body accepted by default (a 413 beyond)."""
+MAX_INT_DIGITS = 4300
+"""The most digits a JSON integer may have (Python's own default bound for ``int(str)``): a longer
+one is refused as malformed JSON before any conversion, whatever the interpreter's setting."""
 
 Number = TypeVar("Number", int, float)
 
@@ -21,15 +25,38 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _bounded_int(text: str) -> int:
+    """A JSON integer, refused (``ValueError``, the reason) when it has more than MAX_INT_DIGITS digits."""
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_INT_DIGITS:
+        raise ValueError(f"a number with {digits} digits (at most {MAX_INT_DIGITS} are accepted)")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number with a fraction or exponent; ``ValueError`` when it is beyond a double's range."""
+    value = float(text)
+    if math.isinf(value):
+        shown = text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+        raise ValueError(f"the number {shown} is out of range (not a finite double)")
+    return value
+
+
 async def json_body(request: Request, limit: int = MAX_JSON_BODY) -> Any:
-    """The request's JSON body; 413 past ``limit`` bytes, 400 ``malformed JSON: ...`` when it is not JSON."""
+    """The request's JSON body; 413 past ``limit`` bytes, 400 ``malformed JSON: ...`` when it is not JSON.
+
+    Also refused as malformed: NaN and infinities, integers of more than MAX_INT_DIGITS digits and
+    numbers beyond a double's range (they could not be stored or answered as standard JSON).
+    """
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
             raise ApiError(413, f"a JSON body may be at most {limit} bytes")
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        return json.loads(
+            body, parse_constant=_reject_constant, parse_int=_bounded_int, parse_float=_finite_float
+        )
     except (ValueError, UnicodeDecodeError) as error:
         raise ApiError(400, f"malformed JSON: {error}") from None
     except RecursionError:

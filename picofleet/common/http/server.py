@@ -2,7 +2,8 @@
 
 Binding the socket ourselves gives a known free port with ``--port 0``; Hypercorn then serves it
 (``fd://``), with no access log and a short graceful shutdown, until ``shutdown_trigger`` returns;
-status lines carry their reason phrase (:mod:`.reason_phrase`).
+status lines carry their reason phrase (:mod:`.reason_phrase`), and a connection that is gone gets
+no more work (:mod:`.gone_peers`: its queued pipelined requests are dropped).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
 from picofleet.common.errors import ConfigError
-from picofleet.common.http import reason_phrase
+from picofleet.common.http import gone_peers, reason_phrase
 
 GRACEFUL_TIMEOUT = 2.0
 """Seconds open connections get to finish at shutdown."""
@@ -86,6 +87,7 @@ async def serve_app(
 ) -> None:
     """Serve ``app`` on ``socks`` until ``shutdown_trigger()`` returns; Hypercorn closes them."""
     reason_phrase.install()
+    gone_peers.install()
     config = HypercornConfig()
     # Hypercorn wraps an fd:// bind without duplicating it and closes it at shutdown: hand it over.
     config.bind = [f"fd://{sock.detach()}" for sock in (socks if isinstance(socks, list) else [socks])]
