@@ -223,6 +223,9 @@ async def _load(
                     await reader.readexactly(int(found.group(1)))
                 elif status != 304 and not found:
                     raise RuntimeError(f"no content-length in {head[:200]!r}")
+                if b"\r\nconnection: close" in head:  # keep_alive_max_requests: reconnect
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, port)
                 now = time.monotonic()
                 if now >= stop_at:
                     return
