@@ -127,6 +127,7 @@ async def run_fleet(
     finally:
         if front is not None:
             await front.stop()
+        await repos.close()
         await store.close()
 
 

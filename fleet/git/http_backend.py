@@ -21,12 +21,22 @@ per file, safe from any process) and writes the release atomically (fsync) to
 ``git http-backend`` exits after a ``git-receive-pack`` POST, the service *ingests* the fleet's
 staged files: for each, it checks the commit against the repository (the ref it was pushed to
 points at it → release recorded and the fleet's target moves unless pinned; the commit is reachable
-from some ref but was overtaken → release recorded only; unreachable, i.e. git failed to move the
-ref after the hook → discarded), records it in ``fleet.db`` (durable when the call returns) and
-deletes the file. The last chunk of http-backend's output (which ends git's report-status) is
-held back until then, so ``git push`` only returns once the release is in the database. A service
-killed in between finds the staged files at its next start and ingests them then: the release was
-durable on disk the moment the ref moved.
+from some ref but was overtaken → release recorded only), records it in ``fleet.db`` (durable when
+the call returns) and deletes the file. A file whose commit no ref reaches is another push still
+in flight (its hook staged it, its ref has not moved yet) or one that failed after its hook (git
+could not move the ref, or the push was cut off): it is kept for :data:`STAGED_GRACE` seconds,
+looked at again every :data:`SETTLE_INTERVAL` seconds, and dropped only once older. The last chunk
+of http-backend's output (which ends git's report-status) is held back until then, so ``git push``
+only returns once the release is in the database.
+
+**A crash mid-push.** Every ``git http-backend`` runs in its own process group, which the service's
+reaper (:mod:`.reaper`) kills with ``SIGKILL`` the moment the service dies, however it dies: the
+hook and ``receive-pack`` die with it, the ref does not move and the client's ``git push`` fails.
+Should git have been moving the ref in that very instant, the staged release (durable on disk
+before the ref moved) is ingested by the next service at its start, or within a second of the ref
+moving if it moves after that start; the receive-pack advertisement (the start of every push,
+"Everything up-to-date" included) ingests what is staged first, so a push after a crash finds the
+release recorded.
 """
 
 from __future__ import annotations
@@ -40,8 +50,10 @@ import logging
 import os
 import re
 import secrets
+import signal
 import stat
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,6 +62,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from picofleet.fleet.git.pre_receive import ENV_DATA, ENV_FLEET, ENV_MAX
+from picofleet.fleet.git.reaper import GitGroups
 from picofleet.fleet.manifest import DEFAULT_MAX_ASSET_BYTES
 from picofleet.fleet.store import FleetStore
 
@@ -60,6 +73,10 @@ log = logging.getLogger("picofleet.fleet.git")
 FLEET_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62})")
 """Fleet names: lowercase letters, digits and '-', starting with a letter or digit, at most 63."""
 READ_CHUNK = 64 * 1024
+STAGED_GRACE = 60.0
+"""Seconds a staged release whose commit no ref reaches is kept (its push may still be moving it)."""
+SETTLE_INTERVAL = 1.0
+"""Seconds between two looks at the staged releases kept for their grace."""
 HOOK = """#!/bin/sh
 # installed by the picofleet fleet service: validates fleet.yml before any ref moves
 exec {python} -m picofleet.fleet.git.pre_receive
@@ -100,6 +117,10 @@ class FleetRepos:
         self.store = store
         self.max_asset_bytes = max_asset_bytes
         self._ingest_lock = asyncio.Lock()
+        self.groups = GitGroups()
+        """The process groups of the ``git http-backend`` children, killed if the service dies."""
+        self._unsettled: set[str] = set()
+        self._settling: asyncio.Task[None] | None = None
         self.on_release: Callable[[str], None] | None = None
         """Called with the fleet's name after a release of it was recorded (the service wakes waiters)."""
 
@@ -130,14 +151,40 @@ class FleetRepos:
         await asyncio.to_thread(self.install_hook, fleet)
 
     async def start(self) -> None:
-        """At service start: refresh every hook and ingest what a previous run left staged."""
+        """At service start: start the reaper, refresh every hook and ingest what a previous run
+        left staged."""
+        await asyncio.to_thread(self.groups.start)
         for fleet in await self.store.fleets():
             if self.path_of(fleet["name"]).is_dir():
                 await asyncio.to_thread(self.install_hook, fleet["name"])
                 await self.ingest(fleet["name"])
 
+    async def close(self) -> None:
+        """At service stop: stop looking at staged releases, stop the reaper (which kills any git
+        child left)."""
+        if self._settling is not None:
+            self._settling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._settling
+        await asyncio.to_thread(self.groups.close)
+
+    def has_staged(self, fleet: str) -> bool:
+        """Whether the hook staged releases of ``fleet`` that were not ingested yet."""
+        return any((self.data / "releases" / fleet).glob("*.json"))
+
+    async def _settle(self) -> None:
+        while self._unsettled:
+            await asyncio.sleep(SETTLE_INTERVAL)
+            for fleet in sorted(self._unsettled):
+                try:
+                    await self.ingest(fleet)
+                except Exception:
+                    log.exception("fleet %s: ingesting staged releases failed", fleet)
+                    self._unsettled.discard(fleet)
+
     async def ingest(self, fleet: str) -> list[str]:
-        """Record the releases the hook staged for ``fleet``; return their commits."""
+        """Record the releases the hook staged for ``fleet``; return their commits. One whose commit
+        no ref reaches is kept for :data:`STAGED_GRACE` seconds (and looked at again), then dropped."""
         async with self._ingest_lock:
             staged = self.data / "releases" / fleet
             files = await asyncio.to_thread(
@@ -148,6 +195,7 @@ class FleetRepos:
                 )
             )
             recorded: list[str] = []
+            kept = False
             git_dir = f"--git-dir={self.path_of(fleet)}"
             for path in files:
                 try:
@@ -169,10 +217,23 @@ class FleetRepos:
                         self.on_release(fleet)
                     log.info("fleet %s: release %s (%s) recorded", fleet, commit, ref)
                 else:
+                    try:
+                        age = time.time() - (await asyncio.to_thread(path.stat)).st_mtime
+                    except FileNotFoundError:
+                        continue
+                    if age < STAGED_GRACE:
+                        kept = True  # its push may still be moving the ref
+                        continue
                     log.warning(
                         "fleet %s: staged release %s is on no ref (push failed); discarded", fleet, commit
                     )
                 await asyncio.to_thread(path.unlink, missing_ok=True)
+            if kept:
+                self._unsettled.add(fleet)
+                if self._settling is None or self._settling.done():
+                    self._settling = asyncio.create_task(self._settle())
+            else:
+                self._unsettled.discard(fleet)
             return recorded
 
 
@@ -217,6 +278,12 @@ class GitHttpBackend:
                 scope, receive, send
             )
             return
+        query = scope.get("query_string", b"").decode("latin-1")
+        pushing = scope["path_params"]["path"] == "info/refs" and "service=git-receive-pack" in query
+        if pushing and await asyncio.to_thread(self.repos.has_staged, fleet):
+            # a push begins: what a crash left staged is recorded first, so that "Everything
+            # up-to-date" finds it there
+            await self.repos.ingest(fleet)
         await self._run_cgi(scope, receive, send, fleet, credentials[0] or "admin", headers)
 
     def _environment(self, scope: Scope, fleet: str, user: str, headers: dict[str, str]) -> dict[str, str]:
@@ -265,17 +332,23 @@ class GitHttpBackend:
             stdout=asyncio.subprocess.PIPE,
             env=self._environment(scope, fleet, user, headers),
             limit=READ_CHUNK * 4,
+            start_new_session=True,  # its group holds receive-pack and the hook: see .reaper
         )
+        self.repos.groups.track(process.pid)
         assert process.stdin is not None and process.stdout is not None
         stdin, stdout = process.stdin, process.stdout
+
+        def kill_group() -> None:
+            if process.returncode is None:  # not reaped: its pid (the group's id) is not reused
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGKILL)
 
         async def pump_body() -> None:
             try:
                 while True:
                     message: Message = await receive()
                     if message["type"] == "http.disconnect":
-                        with contextlib.suppress(ProcessLookupError):
-                            process.kill()
+                        kill_group()
                         return
                     body = message.get("body", b"")
                     if body:
@@ -317,9 +390,9 @@ class GitHttpBackend:
             await send({"type": "http.response.body", "body": held or b"", "more_body": False})
         finally:
             if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
+                kill_group()
                 await process.wait()
+            self.repos.groups.forget(process.pid)
             if not pump.done():
                 pump.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -1,6 +1,6 @@
 """The ``pre-receive`` hook of every fleet repository: validate pushed branches, stage their releases.
 
-git runs it (``python -m picofleet.fleet.git.pre_receive``, installed by :mod:`.git_http`) after the
+git runs it (``python -m picofleet.fleet.git.pre_receive``, installed by :mod:`.http_backend`) after the
 pack is received and before any ref moves, with one ``<old> <new> <ref>`` line per ref update on
 stdin. For each pushed branch it validates the new commit with :func:`.manifest.validate_commit`.
 Whatever it prints appears on the pushing client as ``remote: ...`` lines.
@@ -11,7 +11,7 @@ Whatever it prints appears on the pushing client as ``remote: ...`` lines.
   release file is written atomically (fsync-ed) to ``DATA/releases/<fleet>/<commit>.json``; then the
   hook exits 0 and git moves the refs. The fleet service, the only writer of ``DATA/fleet.db``,
   ingests these files when ``git http-backend`` has finished (before the push's HTTP response is
-  complete) and at start-up (see :mod:`.git_http`).
+  complete) and at start-up (see :mod:`.http_backend`).
 * **Only the deploy branch deploys.** The fleet's deploy branch is the repository's ``HEAD``
   (``main`` unless the fleet was created with another; see :mod:`.http_backend`). Every other
   branch, and every tag, is checked the same way and kept as a release that can be pinned, but
@@ -25,7 +25,7 @@ Whatever it prints appears on the pushing client as ``remote: ...`` lines.
 * Every line is at most :data:`MAX_LINE` characters (longer ones are cut), and at most
   :data:`MAX_PROBLEMS` reasons are printed per ref.
 
-Its environment comes from :mod:`.git_http`: ``PICOFLEET_FLEET_DATA`` (the service's data
+Its environment comes from :mod:`.http_backend`: ``PICOFLEET_FLEET_DATA`` (the service's data
 directory), ``PICOFLEET_FLEET_NAME`` and ``PICOFLEET_MAX_ASSET_BYTES``.
 """
 
