@@ -325,8 +325,9 @@ class _BoundedLoader(yaml.SafeLoader):
 
 
 def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
-    """Integers as PyYAML reads them, but not past :data:`MAX_INT_DIGITS` digits."""
-    digits = sum(char.isdigit() for char in str(node.value))
+    """Integers as PyYAML reads them, but not past :data:`MAX_INT_DIGITS` digits (in any base: hex
+    and octal digits count, and so does every character of a sexagesimal ``1:30``)."""
+    digits = sum(char.isalnum() for char in str(node.value))
     if digits > MAX_INT_DIGITS:
         raise _Refused(
             f"a number of {digits} digits",

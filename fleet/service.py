@@ -103,7 +103,14 @@ async def run_fleet(
             raise
         front = FrontWorkers(workers - 1, bound_host, bound_port, primary, {TOKEN_ENV: token}, log_level)
     repos = FleetRepos(data, store, max_asset_bytes)
-    await repos.start()
+    try:
+        await repos.start()
+    except BaseException:
+        await repos.close()
+        for sock in socks:
+            sock.close()
+        await store.close()
+        raise
 
     stop = stop_on_signals()
 

@@ -80,12 +80,13 @@ def deploy_branch(fleet: dict[str, Any]) -> str:
 def branch_name_error(name: object) -> str | None:
     """Why ``name`` cannot be a deploy branch, or ``None``: ``[A-Za-z0-9_][A-Za-z0-9._/-]*``, at
     most 100 characters, and a name git takes (no ``..``, ``//``, ``/.``, no ``/`` or ``.`` or
-    ``.lock`` at the end)."""
+    ``.lock`` at the end of any of its ``/``-separated parts)."""
     if (
         not isinstance(name, str)
         or not _BRANCH.fullmatch(name)
         or any(part in name for part in ("..", "//", "/."))
-        or name.endswith(("/", ".", ".lock"))
+        or name.endswith(("/", "."))
+        or any(part.endswith(".lock") for part in name.split("/"))
     ):
         return (
             "invalid deploy branch: a git branch name of letters, digits and . _ / -"

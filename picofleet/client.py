@@ -313,12 +313,16 @@ class PulseCountClient:
 
     def token_key(self) -> str:
         """What this gateway's tokens are remembered under: its id (``GET /v1/gateway``), or its
-        URL for a gateway that does not say (or cannot be reached now)."""
+        URL for a gateway that does not say. A gateway that cannot be reached now is asked again
+        next time: its URL is used meanwhile, not remembered as its key."""
         if self._token_key is None:
             try:
                 answer = self._http.get("/v1/gateway")
+            except httpx.HTTPError:
+                return self.gateway
+            try:
                 identity = answer.json() if answer.status_code == 200 else None
-            except (httpx.HTTPError, ValueError):
+            except ValueError:
                 identity = None
             if isinstance(identity, dict) and isinstance(identity.get("id"), str) and identity["id"]:
                 self.gateway_id = identity["id"]

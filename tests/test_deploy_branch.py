@@ -187,3 +187,7 @@ def test_a_fleet_created_with_another_deploy_branch(fleet_service: FleetProcess,
     assert bad.returncode == 1
     assert bad.stderr.startswith("picofleet fleet: invalid deploy branch:") and "(HTTP 400)" in bad.stderr
     assert fleet_service.request("GET", "/v1/fleets/bad").status_code == 404
+    # a name git itself refuses (a part ending in .lock) is refused before any fleet exists
+    locked = fleet_cli(fleet_service, "create", "bad", "--deploy-branch=a.lock/b")
+    assert locked.returncode == 1 and "(HTTP 400)" in locked.stderr, locked.stderr
+    assert fleet_service.request("GET", "/v1/fleets/bad").status_code == 404

@@ -100,6 +100,11 @@ HOSTILE: dict[str, tuple[Callable[[], str], str]] = {
         lambda: environment("      BIG: 1" + "0" * 5000 + "\n"),
         "fleet.yml: a number of 5001 digits at line 5 (at most 100; quote it to make it a string)",
     ),
+    # hex digits count too: 0xfff... once passed the bound and failed later as an internal error
+    "huge-hex-integer": (
+        lambda: environment("      BIG: 0x" + "f" * 4000 + "\n"),
+        "fleet.yml: a number of 4002 digits at line 5 (at most 100; quote it to make it a string)",
+    ),
 }
 
 

@@ -19,7 +19,6 @@ from picofleet.firmware.host.errors import FirmwareError, PortLost
 from picofleet.gateway import core_hooks, hookspecs
 from picofleet.gateway.boards import manager
 from picofleet.gateway.config import load_config
-from picofleet.gateway.evaluation import evaluation_firmware
 from picofleet.gateway.hookspecs import HOOK_TIME_LIMITS, hookimpl
 from picofleet.gateway.models import APPLICATION, BoardError, BoardRef
 from picofleet.gateway.plugin_manager import load_plugins
@@ -82,10 +81,7 @@ def test_the_gateway_enforces_twice_the_contract() -> None:
     assert manager.HOOK_TIMEOUTS["picofleet_open_port"] == manager.HOOK_TIMEOUTS["picofleet_blink"] == 5.0
     assert manager.HOOK_TIMEOUTS["picofleet_write_uf2"] == 30.0 and manager.MIN_WRITE_RATE == 50_000
     assert manager.HOOK_TIMEOUTS["picofleet_install_files"] == 60.0
-    assert (
-        2 * HOOK_TIME_LIMITS["picofleet_evaluation_firmware"]
-        == evaluation_firmware.EVALUATION_FIRMWARE_TIMEOUT
-    )
+    assert manager.HOOK_TIMEOUTS["picofleet_evaluation_firmware"] == 10.0
 
 
 def test_balena_update_lock_is_a_builtin_plugin_that_can_be_disabled(

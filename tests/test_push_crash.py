@@ -16,6 +16,7 @@ only after a grace, never while its push may still move the ref.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -29,8 +30,9 @@ from typing import TypeVar
 
 import pytest
 
-from picofleet.fleet.git.http_backend import STAGED_GRACE
-from picofleet.fleet.git.pre_receive import ENV_DATA, ENV_FLEET
+from picofleet.fleet.git.http_backend import STAGED_GRACE, FleetRepos
+from picofleet.fleet.git.pre_receive import ENV_DATA, ENV_FLEET, release_path
+from picofleet.fleet.store import FleetStore
 from tests.helpers.fleet import GIT_IDENTITY, FleetProcess, git
 from tests.helpers.wait import wait_for
 from tests.test_fleet_git import MANIFEST, app_uf2, commit, write
@@ -243,3 +245,39 @@ def test_releases_staged_around_a_crash_are_ingested_by_whichever_service_is_up(
         assert [r["commit"] for r in service.releases("staged")] == [first, moved, pending, late]
     finally:
         service.stop()
+
+
+def test_an_ingest_while_a_push_promotes_a_commit_of_another_branch_keeps_its_deploy(tmp_path: Path) -> None:
+    """A commit already on ``dev`` pushed to ``main``: an ingest run between the hook staging it and
+    git moving ``main`` (another push, the settle loop) must not record it without the target."""
+
+    async def scenario() -> tuple[list[str], dict[str, object]]:
+        data = tmp_path / "data"
+        data.mkdir()
+        store = FleetStore(data / "fleet.db")
+        await store.open()
+        await store.create_fleet("f", "key")
+        repos = FleetRepos(data, store)
+        await repos.create("f", "main")
+        bare = repos.path_of("f")
+        work, promoted = work_tree(tmp_path / "work")
+        # on dev already, a recorded release (fetched into the bare repository: no hook runs)
+        subprocess.run(
+            ["git", f"--git-dir={bare}", "fetch", "-q", str(work), "main:refs/heads/dev"], check=True
+        )
+        dev_release = {"commit": promoted, "ref": "refs/heads/dev", "boards": {}}
+        await store.record_release("f", dev_release, make_target=False)
+        staged = release_path(data, "f", promoted)  # what the hook of `git push URL dev:main` stages
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        staged.write_text(json.dumps({**dev_release, "fleet": "f", "ref": "refs/heads/main"}))
+        in_flight = await repos.ingest("f")  # before git moves main
+        subprocess.run(["git", f"--git-dir={bare}", "update-ref", "refs/heads/main", promoted], check=True)
+        await repos.ingest("f")  # the push's own ingest
+        fleet = await store.fleet("f")
+        await repos.close()
+        await store.close()
+        return in_flight, {"target": fleet["target"], "staged_left": staged.exists(), "promoted": promoted}
+
+    in_flight, seen = asyncio.run(scenario())
+    assert in_flight == []  # kept while its push may still move the ref
+    assert seen["target"] == seen["promoted"] and not seen["staged_left"]

@@ -20,14 +20,15 @@ per file, safe from any process) and writes the release atomically (fsync) to
 ``DATA/releases/<fleet>/<commit>.json``; only then does it exit 0 and git move the ref. When
 ``git http-backend`` exits after a ``git-receive-pack`` POST, the service *ingests* the fleet's
 staged files: for each, it checks the commit against the repository (the ref it was pushed to
-points at it → release recorded and the fleet's target moves unless pinned; the commit is reachable
-from some ref but was overtaken → release recorded only), records it in ``fleet.db`` (durable when
-the call returns) and deletes the file. A file whose commit no ref reaches is another push still
-in flight (its hook staged it, its ref has not moved yet) or one that failed after its hook (git
-could not move the ref, or the push was cut off): it is kept for :data:`STAGED_GRACE` seconds,
-looked at again every :data:`SETTLE_INTERVAL` seconds, and dropped only once older. The last chunk
-of http-backend's output (which ends git's report-status) is held back until then, so ``git push``
-only returns once the release is in the database.
+points at it → release recorded, and the fleet's target moves if that ref is the deploy branch,
+unless pinned), records it in ``fleet.db`` (durable when the call returns) and deletes the file. A
+file whose ref does not point at its commit is another push still in flight (its hook staged it,
+its ref has not moved yet: true even when another ref already reaches the commit, as when a
+commit of ``dev`` is promoted to the deploy branch) or one that failed or was overtaken: it is kept
+for :data:`STAGED_GRACE` seconds, looked at again every :data:`SETTLE_INTERVAL` seconds, and once
+older it is recorded without the target if some ref reaches its commit (overtaken), else dropped.
+The last chunk of http-backend's output (which ends git's report-status) is held back until then,
+so ``git push`` only returns once the release is in the database.
 
 **A crash mid-push.** Every ``git http-backend`` runs in its own process group, which the service's
 reaper (:mod:`.reaper`) kills with ``SIGKILL`` the moment the service dies, however it dies: the
@@ -207,26 +208,32 @@ class FleetRepos:
                     )
                     continue
                 _, tip = await _git(git_dir, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
-                _, containing = await _git(
-                    git_dir, "for-each-ref", "--contains", commit, "--format=%(refname)"
-                )
-                if tip == commit or containing:
-                    await self.store.record_release(fleet, release, make_target=tip == commit)
-                    recorded.append(commit)
-                    if self.on_release is not None:
-                        self.on_release(fleet)
-                    log.info("fleet %s: release %s (%s) recorded", fleet, commit, ref)
-                else:
+                if tip != commit:
+                    # Not (yet) where its push puts it. While young, its push may still be moving the
+                    # ref, even when another ref already reaches the commit (promoting a commit of
+                    # `dev` to the deploy branch, a rollback): recording it now would record it
+                    # without the target its push is about to give it.
                     try:
                         age = time.time() - (await asyncio.to_thread(path.stat)).st_mtime
                     except FileNotFoundError:
                         continue
                     if age < STAGED_GRACE:
-                        kept = True  # its push may still be moving the ref
+                        kept = True
                         continue
-                    log.warning(
-                        "fleet %s: staged release %s is on no ref (push failed); discarded", fleet, commit
+                    _, containing = await _git(
+                        git_dir, "for-each-ref", "--contains", commit, "--format=%(refname)"
                     )
+                    if not containing:
+                        log.warning(
+                            "fleet %s: staged release %s is on no ref (push failed); discarded", fleet, commit
+                        )
+                        await asyncio.to_thread(path.unlink, missing_ok=True)
+                        continue
+                await self.store.record_release(fleet, release, make_target=tip == commit)
+                recorded.append(commit)
+                if self.on_release is not None:
+                    self.on_release(fleet)
+                log.info("fleet %s: release %s (%s) recorded", fleet, commit, ref)
                 await asyncio.to_thread(path.unlink, missing_ok=True)
             if kept:
                 self._unsettled.add(fleet)
@@ -339,7 +346,7 @@ class GitHttpBackend:
         stdin, stdout = process.stdin, process.stdout
 
         def kill_group() -> None:
-            if process.returncode is None:  # not reaped: its pid (the group's id) is not reused
+            if process.returncode is None:  # not waited for: the group is still announced as ours
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(process.pid, signal.SIGKILL)
 
@@ -367,6 +374,7 @@ class GitHttpBackend:
             status, response_headers = await self._read_cgi_headers(stdout)
             if status is None:
                 await process.wait()
+                self.repos.groups.forget(process.pid)
                 await PlainTextResponse("git http-backend failed\n", status_code=500)(scope, receive, send)
                 return
             await send({"type": "http.response.start", "status": status, "headers": response_headers})
@@ -379,6 +387,7 @@ class GitHttpBackend:
                     await send({"type": "http.response.body", "body": held, "more_body": True})
                 held = chunk
             await process.wait()
+            self.repos.groups.forget(process.pid)  # at once: once reaped, its number can be reused
             await pump
             if is_push:
                 try:
@@ -392,7 +401,7 @@ class GitHttpBackend:
             if process.returncode is None:
                 kill_group()
                 await process.wait()
-            self.repos.groups.forget(process.pid)
+            self.repos.groups.forget(process.pid)  # (again, if done above: the reaper discards it)
             if not pump.done():
                 pump.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

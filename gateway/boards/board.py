@@ -208,6 +208,9 @@ class Board:
             self.manager.wake_later(self, FAILURE_RETRY)
         self.broken = True
         self.evaluation_ready = False
+        if self.pending_blink:  # a Broken board blinks nothing: say why now, not after the wait
+            self.pending_blink = False
+            self.settle_blink(BlinkOutcome("failed", reason))
         try:
             await self.close_port()
             await self.update(Status=Status.BROKEN.value, StatusReason=reason, Progress=None)

@@ -1,7 +1,7 @@
 """What the evaluation scheduler asks of the boards, of their device manager and of the reservation book.
 
-Stated as Protocols so that gateway/evaluation/ depends on no more of the boards than it uses:
-gateway/boards/board.py's Board, gateway/boards/manager.py's DeviceManager and
+Stated as Protocols so that the scheduler (scheduler.py, queues.py) depends on no more of the boards
+than it uses: gateway/boards/board.py's Board, gateway/boards/manager.py's DeviceManager and
 gateway/evaluation/reservations.py's ReservationBook implement them; tests/test_evaluations.py
 passes fakes. ``BoardKeeper`` is generic in the board type its boards have (``B``).
 """
