@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.fleet import FleetProcess, fleet_cli, git
-from tests.test_fleet_git import MANIFEST, app_uf2, commit, write
+from tests.helpers.fleet_repo import next_release, work_tree
+from tests.test_fleet_git import MANIFEST, commit, write
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,20 +26,6 @@ def fleet_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetPro
     service = FleetProcess(tmp_path_factory.mktemp("deploy") / "data").start()
     yield service
     assert service.stop() == 0, service.output()
-
-
-def work_tree(path: Path, version: str = "2.0.0") -> tuple[Path, str]:
-    """A work tree at ``path`` whose one commit is a valid release; (work tree, commit)."""
-    path.mkdir()
-    git(path, "init", "-q", "-b", "main")
-    write(path, {"fleet.yml": MANIFEST, "build/app.uf2": app_uf2(version)})
-    return path, commit(path, f"v{version}")
-
-
-def next_release(work: Path, version: str) -> str:
-    """Commit picofleet-app ``version``; its commit."""
-    write(work, {"build/app.uf2": app_uf2(version)})
-    return commit(work, f"v{version}")
 
 
 def remote_ref(work: Path, url: str, ref: str) -> str | None:

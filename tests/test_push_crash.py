@@ -34,8 +34,8 @@ from picofleet.fleet.git.http_backend import STAGED_GRACE, FleetRepos
 from picofleet.fleet.git.pre_receive import ENV_DATA, ENV_FLEET, release_path
 from picofleet.fleet.store import FleetStore
 from tests.helpers.fleet import GIT_IDENTITY, FleetProcess, git
+from tests.helpers.fleet_repo import next_release, work_tree
 from tests.helpers.wait import wait_for
-from tests.test_fleet_git import MANIFEST, app_uf2, commit, write
 
 T = TypeVar("T")
 
@@ -82,18 +82,6 @@ def _wait(check: Callable[[], T], timeout: float, what: str, left: Callable[[], 
         if left is None:
             raise
         raise AssertionError(f"{error}: {left()}") from None
-
-
-def work_tree(path: Path) -> tuple[Path, str]:
-    path.mkdir()
-    git(path, "init", "-q", "-b", "main")
-    write(path, {"fleet.yml": MANIFEST, "build/app.uf2": app_uf2("2.0.0")})
-    return path, commit(path, "v2.0.0")
-
-
-def next_release(work: Path, version: str) -> str:
-    write(work, {"build/app.uf2": app_uf2(version)})
-    return commit(work, f"v{version}")
 
 
 def bare_ref(repo: Path, ref: str = "refs/heads/main") -> str:

@@ -124,6 +124,7 @@ def main() -> int:
     branch = deploy.removeprefix("refs/heads/")
     board_types = None
     accepted: list[tuple[str, str, Release]] = []
+    checked: dict[str, Release] = {}  # commit -> its release, once validated
     refused = invalid = False
     for old, new, ref in updates:
         if new == ZERO:
@@ -144,7 +145,9 @@ def main() -> int:
         if board_types is None:
             board_types = load_plugins().board_types
         try:
-            release = validate_commit(git_dir, commit, board_types, max_bytes)
+            if commit not in checked:  # a branch and a tag of one commit: checked once
+                checked[commit] = validate_commit(git_dir, commit, board_types, max_bytes)
+            release = checked[commit]
         except ManifestError as error:
             refused = invalid = True
             say(f"push refused: {ref} ({commit[:12]}) is not a valid release:")
@@ -161,9 +164,12 @@ def main() -> int:
 
     cache = AssetCache(data / "assets")
     # one staged file per commit: the deploy branch's, when it is among the refs pushed to it
+    stored: set[str] = set()
     for ref, old, release in sorted(accepted, key=lambda item: item[0] == deploy):
-        for blob in release.assets.values():
-            cache.put(blob)
+        if release.commit not in stored:
+            stored.add(release.commit)
+            for blob in release.assets.values():
+                cache.put(blob)
         path = release_path(data, fleet, release.commit)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, {"fleet": fleet, "ref": ref, "created": now_iso(), **release.as_json()})

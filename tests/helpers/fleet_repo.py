@@ -8,14 +8,26 @@ from tests.helpers.fleet import FleetProcess, git
 from tests.test_fleet_git import MANIFEST, app_uf2, commit, write
 
 
+def work_tree(path: Path, version: str = "2.0.0") -> tuple[Path, str]:
+    """A new work tree at ``path`` whose one commit is a valid release of picofleet-app ``version``:
+    (work tree, commit)."""
+    path.mkdir()
+    git(path, "init", "-q", "-b", "main")
+    write(path, {"fleet.yml": MANIFEST, "build/app.uf2": app_uf2(version)})
+    return path, commit(path, f"v{version}")
+
+
+def next_release(work: Path, version: str) -> str:
+    """Commit picofleet-app ``version`` in ``work``; its commit."""
+    write(work, {"build/app.uf2": app_uf2(version)})
+    return commit(work, f"v{version}")
+
+
 def push_first_release(fleet: FleetProcess, work: Path, version: str = "2.0.0", name: str = "lab") -> str:
     """A new work tree at ``work`` with fleet.yml and picofleet-app ``version``, pushed to fleet ``name``.
 
     Returns the commit pushed.
     """
-    work.mkdir()
-    git(work, "init", "-q", "-b", "main")
-    write(work, {"fleet.yml": MANIFEST, "build/app.uf2": app_uf2(version)})
-    head = commit(work, f"v{version}")
+    _, head = work_tree(work, version)
     git(work, "push", "-q", fleet.push_url(name), "main")
     return head
