@@ -55,6 +55,49 @@ _REPORT_FIELDS: dict[str, tuple[type, ...]] = {
     "Progress": (int, float, type(None)),
 }
 _REQUIRED = ("LocalUUID", "BoardType")
+MAX_REASON = 1024
+"""The longest ``FailedRelease.reason`` kept (longer ones are cut)."""
+
+
+def _optional_fields(board: dict[str, Any], where: str) -> dict[str, Any]:
+    """The optional report fields (what the board applied, local mode, a failed release), checked."""
+    clean: dict[str, Any] = {}
+    for name in ("Environment", "Config"):
+        value = board.get(name)
+        if value is not None and (
+            not isinstance(value, dict)
+            or len(value) > MAX_BOARDS
+            or not all(
+                isinstance(k, str) and len(k) <= MAX_KEY and isinstance(v, str) and len(v) <= MAX_VALUE
+                for k, v in value.items()
+            )
+        ):
+            raise BoardReportError(f"{where}.{name}: must be null or an object of string values")
+        clean[name] = value
+    fpga = board.get("FpgaImage")
+    if fpga is not None and (not isinstance(fpga, str) or not re.fullmatch(r"[0-9a-f]{64}", fpga)):
+        raise BoardReportError(f"{where}.FpgaImage: must be null or a sha256 (64 lower-case hex digits)")
+    clean["FpgaImage"] = fpga
+    local = board.get("LocalMode", False)
+    if not isinstance(local, bool):
+        raise BoardReportError(f"{where}.LocalMode: must be true or false")
+    clean["LocalMode"] = local
+    failed = board.get("FailedRelease")
+    if failed is not None:
+        if (
+            not isinstance(failed, dict)
+            or not isinstance(failed.get("commit"), str)
+            or not isinstance(failed.get("reason"), str)
+            or len(failed["commit"]) > MAX_KEY
+        ):
+            raise BoardReportError(f'{where}.FailedRelease: must be null or {{"commit", "reason", "time"?}}')
+        failed = {
+            "commit": failed["commit"],
+            "reason": failed["reason"][:MAX_REASON],
+            "time": str(failed.get("time") or "")[:40] or None,
+        }
+    clean["FailedRelease"] = failed
+    return clean
 
 
 class BoardReportError(ValueError):
@@ -98,6 +141,7 @@ def validate_report(body: Any) -> list[dict[str, Any]]:
                 kinds = " or ".join("null" if t is type(None) else t.__name__ for t in types)
                 raise BoardReportError(f"{where}.{name}: must be {kinds}")
             clean[name] = value
+        clean.update(_optional_fields(board, where))
         if clean["LocalUUID"] in seen:
             raise BoardReportError(f"{where}.LocalUUID: {clean['LocalUUID']!r} is reported twice")
         seen.add(clean["LocalUUID"])

@@ -336,9 +336,24 @@ class FleetSync:
 
     @staticmethod
     def _board_report(record: dict[str, Any]) -> dict[str, Any]:
-        fields = ("LocalUUID", "BoardType", "Name", "Commit", "Status", "FirmwareVersion", "Progress")
+        fields = (
+            "LocalUUID",
+            "BoardType",
+            "Name",
+            "Commit",
+            "Status",
+            "FirmwareVersion",
+            "Progress",
+            "Environment",
+            "Config",
+            "FpgaImage",
+            "LocalMode",
+            "FailedRelease",
+        )
+        progress = record.get("Progress")
         return {
             **{field: record.get(field) for field in fields},
+            "Progress": progress.get("percent") if isinstance(progress, dict) else progress,
             "online": record.get("Status") != Status.OFFLINE,
         }
 

@@ -306,10 +306,16 @@ class DeviceManager:
             board.wake.set()
 
     # -- requests from the API ------------------------------------------------------------------
-    async def set_target(self, board: Board, commit: Any, environment: Any, config: Any) -> None:
-        """The ENM device hook: record the target commit, environment and config."""
+    async def set_target(
+        self, board: Board, commit: Any, environment: Any, config: Any, fpga: str | None = None
+    ) -> None:
+        """The ENM device hook (and the fleet's target): record the target commit, environment,
+        config and FPGA image (its sha256, or ``None``)."""
         await board.update(
-            TargetCommit=commit, TargetEnvironment=environment or {}, TargetConfig=config or {}
+            TargetCommit=commit,
+            TargetEnvironment=environment or {},
+            TargetConfig=config or {},
+            TargetFpgaImage=fpga,
         )
 
     async def request_restart(self, board: Board) -> None:

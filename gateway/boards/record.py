@@ -4,7 +4,13 @@ Records carry exactly edge-node-manager's fields, in its order, plus picofleet's
 (documented in docs/api.md): ``Port`` (serial device path or null), ``FirmwareVersion``
 (what the firmware said in ``identify``, or null), ``StatusReason`` (why a board is Broken or
 waiting, or null), ``Progress`` (flash progress ``{"done": bytes, "total": bytes}`` or null) and
-``PendingFlash`` (the flash queued or under way: ``{"sha256", "commit", "version"}``, or null).
+``PendingFlash`` (the flash queued or under way: ``{"sha256", "commit", "version"}``, or null),
+``LocalMode`` (true while an operator's own flash keeps the board off the fleet's target),
+``FailedRelease`` (``{"commit", "reason", "time"}`` of a release that did not boot on the board and
+was rolled back, or null), ``RunningImage`` (``{"sha256", "commit", "version"}`` of the last image
+the gateway flashed that booted: what a rollback returns to), ``FpgaImage`` (the sha256 of the
+iCE40 image the board reports it configured at boot, or null) and ``TargetFpgaImage`` (the sha256
+of the image the target asks for, or null).
 ``UsbPort`` (the physical USB port it was last seen on: how an RP2040 in its bootloader, whose
 USB serial is the same on every chip, is recognised). ``Port`` and ``Progress`` are live values
 and are not stored.
@@ -32,7 +38,19 @@ ENM_FIELDS = (
     "RestartFlag",
     "DeleteFlag",
 )
-EXTRA_FIELDS = ("Port", "UsbPort", "FirmwareVersion", "StatusReason", "Progress", "PendingFlash")
+EXTRA_FIELDS = (
+    "Port",
+    "UsbPort",
+    "FirmwareVersion",
+    "StatusReason",
+    "Progress",
+    "PendingFlash",
+    "LocalMode",
+    "FailedRelease",
+    "RunningImage",
+    "FpgaImage",
+    "TargetFpgaImage",
+)
 LIVE_FIELDS = frozenset({"Port", "Progress"})
 RECORD_FIELDS = ENM_FIELDS + EXTRA_FIELDS
 
@@ -83,6 +101,11 @@ def new_record(serial: str, board_type: str) -> dict[str, Any]:
         "StatusReason": None,
         "Progress": None,
         "PendingFlash": None,
+        "LocalMode": False,
+        "FailedRelease": None,
+        "RunningImage": None,
+        "FpgaImage": None,
+        "TargetFpgaImage": None,
     }
 
 
