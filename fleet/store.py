@@ -13,7 +13,8 @@ Tables:
   pushed to, or the deploy branch once it was pushed there), ``created``, ``boards``.
 * ``gateways``: ``id`` (uuid hex), ``fleet``, ``name``, ``key_sha256``, ``created``, ``last_seen``,
   ``boards`` (the last full list the gateway reported).
-* ``board_settings``: ``id`` = ``fleet/LocalUUID``, ``fleet``, ``uuid``, ``pin``, ``env``, ``config``.
+* ``board_settings``: ``id`` = ``fleet/LocalUUID``, ``fleet``, ``uuid``, ``pin``, ``env``, ``config``,
+  ``retry`` (the operator's retries of a failed release, absent until the first).
 
 Keys (the provisioning key, the gateway keys) are stored only as their sha256.
 
@@ -253,7 +254,7 @@ class FleetStore:
         return {s["uuid"]: s for s in await self.store.all(BOARD_SETTINGS) if s.get("fleet") == fleet}
 
     async def update_board_settings(self, fleet: str, uuid: str, **fields: Any) -> dict[str, Any]:
-        """Set top-level ``fields`` (``pin``, ``env``, ``config``) of the board's settings."""
+        """Set top-level ``fields`` (``pin``, ``env``, ``config``, ``retry``) of the board's settings."""
         key = f"{fleet}/{uuid}"
         change = detached(fields)
 

@@ -88,6 +88,7 @@ def _optional_fields(board: dict[str, Any], where: str) -> dict[str, Any]:
             not isinstance(failed, dict)
             or not isinstance(failed.get("commit"), str)
             or not isinstance(failed.get("reason"), str)
+            or not isinstance(failed.get("time"), (str, type(None)))
             or len(failed["commit"]) > MAX_KEY
         ):
             raise BoardReportError(f'{where}.FailedRelease: must be null or {{"commit", "reason", "time"?}}')
@@ -160,7 +161,10 @@ def board_target(
     releases: dict[str, dict[str, Any]],
     settings: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The target of one reported board: ``commit``, ``firmware``, ``environment``, ``config``."""
+    """The target of one reported board: ``commit``, ``firmware``, ``environment``, ``config`` and,
+    once the operator asked for one, ``retry`` (how many times a release that failed on the board
+    was to be retried, ``POST /v1/fleets/<f>/boards/<uuid>/retry``: the gateway flashes a failed
+    release again only when this count rises)."""
     settings = settings or {}
     commit = settings.get("pin") or fleet.get("target")
     release = releases.get(commit) if commit else None
@@ -181,7 +185,16 @@ def board_target(
         }
     environment.update(settings.get("env") or {})
     config.update(settings.get("config") or {})
-    return {"commit": commit, "firmware": firmware, "environment": environment, "config": config}
+    target: dict[str, Any] = {
+        "commit": commit,
+        "firmware": firmware,
+        "environment": environment,
+        "config": config,
+    }
+    retry = settings.get("retry")
+    if isinstance(retry, int) and retry > 0:
+        target["retry"] = retry
+    return target
 
 
 def gateway_target(

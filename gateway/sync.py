@@ -11,7 +11,10 @@ The fleet API is docs/fleet-api.md. The loop:
 * **Applying it**: each board's TargetCommit/TargetEnvironment/TargetConfig are set as received;
   a board whose Commit differs from its target gets the firmware asset (downloaded once per
   gateway into the asset cache, resumable, sha256-verified) queued as a flash with that commit —
-  the flashing pipeline does the rest, respecting pause.
+  the flashing pipeline does the rest, respecting pause. Left alone: a board in local mode, a
+  reserved one, and one on which that commit failed (``FailedRelease``) until the fleet asks for a
+  retry (the target's ``retry`` count rises). ``DeviceManager.reapply`` makes it apply the stored
+  target again (a reservation ended, a board left local mode or drifted).
 * **Reporting**: the boards' state (Commit, Status, online, progress...) is sent when it changed,
   at most once a second, and at every (re)connection — so after a gateway or fleet restart the
   fleet's view is corrected within one cycle (ENM issue #49).
@@ -169,7 +172,7 @@ class FleetSync:
         ) as client:
             self.logs.install()
             reporter = asyncio.create_task(self._report_forever(client))
-            reapplier = asyncio.create_task(self._reapply_on_release(client))
+            reapplier = asyncio.create_task(self._reapply_when_asked(client))
             try:
                 stored = await self.store.get_value(TARGET)
                 if stored:
@@ -246,8 +249,16 @@ class FleetSync:
             firmware = board_target.get("firmware")
             if not firmware or commit is None or board.record.get("Commit") == commit:
                 continue
+            if board.record.get("LocalMode"):
+                continue  # the operator's until local mode is off (then _reapply_when_asked)
+            retry = board_target.get("retry")
+            retry = retry if isinstance(retry, int) and not isinstance(retry, bool) and retry > 0 else 0
+            failed = board.record.get("FailedRelease")
+            retrying = isinstance(failed, dict) and failed.get("commit") == commit
+            if isinstance(failed, dict) and retrying and int(failed.get("retry") or 0) >= retry:
+                continue  # no flash loop: only a new release or a retry (a higher count) flashes it again
             if self.reservations.of(board.serial) is not None:
-                continue  # not even fetched: a reserved board is flashed once released (_reapply_on_release)
+                continue  # not even fetched: a reserved board is flashed once released (_reapply_when_asked)
             pending = board.pending_flash
             if pending is not None and pending.sha256 == firmware.get("sha256") and pending.commit == commit:
                 continue
@@ -255,7 +266,7 @@ class FleetSync:
                 sha256 = str(firmware["sha256"])
                 if sha256 not in jobs:
                     jobs[sha256] = await self._job(client, firmware)
-                job = dataclasses.replace(jobs[sha256], commit=commit)
+                job = dataclasses.replace(jobs[sha256], commit=commit, retry=retry)
             except (AssetError, uf2.UF2Error, httpx.HTTPError) as error:
                 log.warning(
                     "%s: cannot get the firmware of %s: %s",
@@ -266,9 +277,9 @@ class FleetSync:
                 )
                 continue
             try:
-                await self.manager.request_flash(board, job)
+                await self.manager.request_flash(board, job, from_fleet=True)
             except FlashRefused:
-                continue  # reserved while the firmware was fetched: flashed once it is released
+                continue  # reserved or in local mode meanwhile: flashed once released or back
             except BoardError as error:
                 log.warning(
                     "%s: cannot queue the firmware of %s: %s",
@@ -277,19 +288,24 @@ class FleetSync:
                     error,
                     extra={"board": board.serial},
                 )
+            else:
+                if retrying:
+                    log.info("%s: retrying release %s (retry %d)", board.label, commit, retry)
+                    await board.update(FailedRelease=None)
 
-    async def _reapply_on_release(self, client: httpx.AsyncClient) -> None:
-        """When reservations end, apply the stored target again: released boards get their firmware."""
-        released = self.reservations.released
+    async def _reapply_when_asked(self, client: httpx.AsyncClient) -> None:
+        """Apply the stored target again whenever the device manager asks (``manager.reapply``): a
+        reservation ended, a board left local mode or drifted — those boards get their firmware."""
+        asked = self.manager.reapply
         while True:
-            await released.wait()
-            released.clear()
+            await asked.wait()
+            asked.clear()
             target = await self.store.get_value(TARGET)
             if target:
                 try:
                     await self.apply(client, target)
-                except Exception as error:  # the next release or new target tries again
-                    log.warning("re-applying the target to released boards failed: %s", error)
+                except Exception as error:  # the next request or new target tries again
+                    log.warning("re-applying the target failed: %s", error)
 
     async def _job(self, client: httpx.AsyncClient, firmware: dict[str, Any]) -> FlashJob:
         """Download (once, resumable), verify and parse a target's firmware: a job without a commit."""

@@ -14,7 +14,7 @@ import sys
 
 from picofleet import __version__
 
-COMMANDS = ("gateway", "demo", "plugins", "sim", "firmware", "flash", "fleet", "evaluate")
+COMMANDS = ("gateway", "demo", "plugins", "sim", "firmware", "flash", "local_mode", "fleet", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

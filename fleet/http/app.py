@@ -60,6 +60,7 @@ def create_app(service: FleetService) -> ASGIApp:
         Route(f"{FLEET}/pin", pins.unpin_fleet, methods=["DELETE"]),
         Route(f"{BOARD}/pin", pins.pin_board, methods=["PUT"]),
         Route(f"{BOARD}/pin", pins.unpin_board, methods=["DELETE"]),
+        Route(f"{BOARD}/retry", pins.retry_board, methods=["POST"]),
         *_variable_routes(),
         Route("/v1/gateways", gateway_api.provision, methods=["POST"]),
         Route("/v1/gateway/state", gateway_api.report_state, methods=["PUT"]),

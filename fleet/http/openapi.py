@@ -76,6 +76,17 @@ BOARD_REPORT = object_schema(
         "FirmwareVersion": NULLABLE_STRING,
         "online": {"type": "boolean"},
         "Progress": {"type": ["number", "null"]},
+        "LocalMode": {"type": "boolean", "description": "the gateway's fleet sync leaves the board alone"},
+        "FailedRelease": object_schema(
+            {
+                "commit": {"type": "string", "maxLength": 128},
+                "reason": {"type": "string", "description": "cut at 1024 characters"},
+                "time": NULLABLE_STRING,
+            },
+            required=["commit", "reason"],
+            nullable=True,
+            description="a release that did not run on the board and was rolled back",
+        ),
     },
     required=["LocalUUID", "BoardType"],
 )
@@ -109,6 +120,7 @@ BOARD_SETTINGS = object_schema(
         "pin": NULLABLE_STRING,
         "env": STRING_MAP,
         "config": STRING_MAP,
+        "retry": {"type": "integer", "description": "how many times the operator asked for a retry"},
     }
 )
 LOG_LINE = object_schema(
@@ -272,6 +284,24 @@ def _operator_paths() -> dict[str, Any]:
             ),
             "delete": _op(
                 "Unpin the board: it follows the fleet", _json("the board's settings", BOARD_SETTINGS), (404,)
+            ),
+        },
+        f"{board}/retry": {
+            "parameters": board_parameters,
+            "post": _op(
+                "Flash the release that failed on the board (rolled back) once more; 409 when its "
+                "gateway reports no failed release",
+                _json(
+                    "the board's settings, with the failed release",
+                    {
+                        **BOARD_SETTINGS,
+                        "properties": {
+                            **BOARD_SETTINGS["properties"],
+                            "failed_release": BOARD_REPORT["properties"]["FailedRelease"],
+                        },
+                    },
+                ),
+                (404, 409),
             ),
         },
         **_variable_paths(fleet, [NAME_PARAMETER], "fleet"),

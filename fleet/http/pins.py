@@ -1,5 +1,6 @@
 """The operator's routes of pins (admin token): a fleet, or one board, runs a given release instead
-of the fleet's latest; unpinned, it follows the fleet again."""
+of the fleet's latest; unpinned, it follows the fleet again. And the retry of a release that failed
+on a board (its gateway rolled it back)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from picofleet.fleet.http.auth import admin_board, admin_fleet
 from picofleet.fleet.http.context import service_of
 from picofleet.fleet.http.fleets import fleet_json
 
-__all__ = ["board_settings_json", "pin_board", "pin_fleet", "unpin_board", "unpin_fleet"]
+__all__ = ["board_settings_json", "pin_board", "pin_fleet", "retry_board", "unpin_board", "unpin_fleet"]
 
 COMMIT_PREFIX = re.compile(r"[0-9a-f]{7,40}")
 
@@ -43,6 +44,7 @@ def board_settings_json(fleet: str, settings: dict[str, Any]) -> dict[str, Any]:
         "pin": settings.get("pin"),
         "env": settings.get("env") or {},
         "config": settings.get("config") or {},
+        "retry": settings.get("retry") or 0,
     }
 
 
@@ -86,3 +88,26 @@ async def unpin_board(request: Request) -> JSONResponse:
     settings = await service.store.update_board_settings(fleet["name"], board, pin=None)
     service.fleet_changed(fleet["name"])
     return JSONResponse(board_settings_json(fleet["name"], settings))
+
+
+async def retry_board(request: Request) -> JSONResponse:
+    """``POST /v1/fleets/{name}/boards/{uuid}/retry``: flash the release that failed on this board
+    (its ``FailedRelease``) once more. The board's target carries a higher ``retry`` count, which
+    its gateway takes as the go-ahead. 409 when its gateway reports no failed release for it."""
+    fleet, board = await admin_board(request)
+    service = service_of(request)
+    reported = [
+        b
+        for g in await service.store.gateways(fleet["name"])
+        for b in g.get("boards") or []
+        if b.get("LocalUUID") == board
+    ]
+    failed = next((b["FailedRelease"] for b in reported if isinstance(b.get("FailedRelease"), dict)), None)
+    if failed is None:
+        raise ApiError(409, f"board {board!r} has no failed release to retry (its gateway reports none)")
+    current = (await service.store.board_settings(fleet["name"])).get(board) or {}
+    retry = current.get("retry")
+    count = retry + 1 if isinstance(retry, int) and retry > 0 else 1
+    settings = await service.store.update_board_settings(fleet["name"], board, retry=count)
+    service.fleet_changed(fleet["name"])
+    return JSONResponse({**board_settings_json(fleet["name"], settings), "failed_release": failed})

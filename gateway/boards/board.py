@@ -79,6 +79,7 @@ class Board:
         self.open_failures = 0
         self.task: asyncio.Task[None] | None = None
         self.evaluation_ready = False  # reserved, running the evaluation firmware, port open
+        self.bootloader_arrivals = 0  # bootloader drives that appeared (flashing: the image did not boot)
 
     # -- identity -------------------------------------------------------------------------
     @property
@@ -118,6 +119,9 @@ class Board:
     # -- what discovery tells us ------------------------------------------------------------
     def seen(self, sighting: Sighting) -> None:
         """Discovery sees a node of the board (its application port or its bootloader drive)."""
+        previous = self.sightings.get(sighting.mode)
+        if sighting.mode == BOOTLOADER and (previous is None or previous.key != sighting.key):
+            self.bootloader_arrivals += 1
         self.sightings[sighting.mode] = sighting
         self.usb_port = sighting.usb_port or self.usb_port
         self._presence_changed()
@@ -368,10 +372,47 @@ class Board:
             await self.manager.provision(self, board_type)
         if version != self.record.get("FirmwareVersion"):  # in the board's log at the fleet too
             log.info("%s: runs %s", self.label, version or "a firmware that does not identify itself")
+        drifted = self.drifted(identity)
+        if drifted:
+            log.warning(
+                "%s: runs version %s, not %s as last flashed (Commit %s): flashed behind the gateway's"
+                " back; Commit cleared",
+                self.label,
+                identity.version if identity else None,
+                (self.record.get("RunningImage") or {}).get("version"),
+                self.record.get("Commit"),
+            )
         await self.update(
-            BoardType=board_type, FirmwareVersion=version, Port=app.devname, UsbPort=app.usb_port or None
+            BoardType=board_type,
+            FirmwareVersion=version,
+            Port=app.devname,
+            UsbPort=app.usb_port or None,
+            **({"Commit": None} if drifted else {}),
         )
+        if drifted:
+            self.manager.request_reapply(f"{self.label} drifted")
         return True
+
+    def drifted(self, identity: BoardIdentity | None) -> bool:
+        """Whether a board that identified as ``identity`` runs another version than the last image
+        the gateway flashed onto it (``RunningImage``): it was flashed behind the gateway's back, its
+        ``Commit`` no longer says what it runs — it is cleared (in the same update as the version,
+        so the API never shows the old commit beside the new version) and the fleet sync is asked
+        to apply the target again.
+
+        Not while the gateway flashes it (the version changes then) nor for a reserved board (its
+        evaluation firmware); a firmware that does not identify itself is not taken for drift.
+        """
+        running = self.record.get("RunningImage")
+        expected = running.get("version") if isinstance(running, dict) else None
+        return not (
+            identity is None
+            or expected is None
+            or identity.version == expected
+            or self.busy
+            or self.record.get("Commit") is None
+            or self.manager.reservations.of(self.serial) is not None
+        )
 
     async def close_port(self) -> None:
         """Close the port if the gateway holds it; it counts as held until the close returned."""

@@ -13,7 +13,9 @@ class FlashJob:
     """A UF2 image to put on a board; ``commit`` is recorded as the board's Commit on success.
 
     ``evaluation``: the evaluation firmware of the board's reservation, the one flash a reserved
-    board takes (``manager.request_flash`` refuses others).
+    board takes (``manager.request_flash`` refuses others). ``retry``: the fleet's retry count of
+    the board (its target's ``retry``) the job was queued under; a release that fails records it in
+    ``FailedRelease`` so that only a higher count (``picofleet fleet retry``) flashes it again.
     """
 
     uf2: bytes
@@ -22,10 +24,14 @@ class FlashJob:
     commit: str | None = None
     sha256: str = ""
     evaluation: bool = False
+    retry: int = 0
 
     def __post_init__(self) -> None:
         self.sha256 = self.sha256 or sha256_of(self.uf2)
 
     def stored(self) -> dict[str, Any]:
         """The record's ``PendingFlash``: what to flash again after a power cut (the UF2 is an asset)."""
-        return {"sha256": self.sha256, "commit": self.commit, "version": self.version}
+        stored: dict[str, Any] = {"sha256": self.sha256, "commit": self.commit, "version": self.version}
+        if self.retry:
+            stored["retry"] = self.retry
+        return stored

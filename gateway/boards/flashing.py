@@ -7,6 +7,18 @@ write the UF2 (``picofleet_write_uf2``) with progress; wait for the board to com
 application firmware; identify it and check the version the image promised. A failed attempt
 is retried ENM_UPDATE_RETRIES times with exponential back-off; after the last one the board is
 Broken with the reason.
+
+A board whose bootloader drive comes back after the write did not boot the image (a bootrom
+refuses an image it cannot boot and stays in BOOTSEL): that attempt fails at once and is not
+retried (:class:`BackInBootloader`).
+
+**Rollback** (docs/states.md): a release (a job with a commit, not the evaluation firmware) that was
+written but did not come back running (:class:`ImageNotRunning`, after its retries) is recorded
+in ``FailedRelease`` and the board is flashed back to ``RunningImage`` — the last image the gateway
+flashed that booted, kept in the asset cache (``DeviceManager.referenced_assets``) — and ends
+Idle on its previous commit. Without a ``RunningImage`` (or with its asset gone) the board is
+Broken and the reason says there was nothing to return to. A flash that boots sets
+``RunningImage``, and a release that boots clears ``FailedRelease``.
 """
 
 from __future__ import annotations
@@ -14,10 +26,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
+from picofleet.firmware.asset_cache import AssetCache, AssetError
 from picofleet.firmware.formats import uf2
 from picofleet.gateway import bootloader_drive
 from picofleet.gateway.boards.flash_job import FlashJob
@@ -35,6 +49,21 @@ INFO_TIMEOUT = 10.0
 RETRY_BASE_DELAY = 0.5
 
 
+class ImageNotRunning(BoardError):
+    """The image was written but the board did not come back running it (within BOOT_TIMEOUT, with
+    the version it promised): what a release's rollback answers."""
+
+    retried = True
+    """Whether another attempt may help (it may: a write cut short, a slow boot)."""
+
+
+class BackInBootloader(ImageNotRunning):
+    """The bootloader drive came back after the write: the bootrom did not boot the image (not
+    retried: the same image would not boot either)."""
+
+    retried = False
+
+
 class FlashingHost(Protocol):
     """What flashing asks of the owner of the boards (gateway/boards/manager.py's DeviceManager)."""
 
@@ -46,6 +75,11 @@ class FlashingHost(Protocol):
     @property
     def board_types(self) -> Mapping[str, BoardType]:
         """The known board types, by name."""
+        ...
+
+    @property
+    def assets(self) -> AssetCache:
+        """The asset cache: where a rollback finds the image the board ran before."""
         ...
 
     def updating(self) -> AbstractAsyncContextManager[None]:
@@ -83,6 +117,11 @@ class FlashTarget(Protocol):
     @property
     def port(self) -> Any:
         """The board's open serial port, or ``None``."""
+        ...
+
+    @property
+    def bootloader_arrivals(self) -> int:
+        """How many times a bootloader drive of the board appeared (one that was not there before)."""
         ...
 
     def ref(self, sighting: Sighting | None = None) -> BoardRef:
@@ -154,21 +193,87 @@ def check_bootloader_info(drive: str, board_type: BoardType) -> None:
         bootloader_drive.mark_checked(drive, expected)
 
 
+def is_release(job: FlashJob) -> bool:
+    """Whether a failed ``job`` is rolled back: it carries a commit and is not the evaluation firmware."""
+    return job.commit is not None and not job.evaluation
+
+
+def now_iso() -> str:
+    """The time now, UTC, as ``FailedRelease.time`` shows it (``2026-01-31T12:00:00Z``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 async def flash_board(board: FlashTarget, job: FlashJob) -> None:
-    """Flash ``job`` onto ``board`` with retries; raise BoardError after the last failed attempt."""
+    """Flash ``job`` onto ``board`` with retries; a release that does not run is rolled back.
+
+    Raises BoardError after the last failed attempt (or when the rollback could not be done: the
+    reason says why); returns normally once the board runs the image, or runs its previous image
+    again after a rollback (``FailedRelease`` then says what failed).
+    """
     async with board.manager.updating():
-        await _flash_with_retries(board, job)
+        try:
+            await _flash_with_retries(board, job)
+        except ImageNotRunning as error:
+            if not is_release(job):
+                raise
+            await _roll_back(board, job, error)
 
 
-async def _flash_with_retries(board: FlashTarget, job: FlashJob) -> None:
+async def _roll_back(board: FlashTarget, job: FlashJob, error: ImageNotRunning) -> None:
+    """Record the failed release and flash the board back to its ``RunningImage``."""
+    assert job.commit is not None
+    failed: dict[str, Any] = {"commit": job.commit, "reason": str(error), "time": now_iso()}
+    if job.retry:
+        failed["retry"] = job.retry
+    running = board.record.get("RunningImage")
+    sha256 = str(running.get("sha256") or "") if isinstance(running, dict) else ""
+    if not sha256 or sha256 == job.sha256:
+        await board.update(FailedRelease=failed)
+        raise BoardError(
+            f"{error}; there was no earlier image to return to"
+            " (the gateway never flashed it an image that booted)"
+            if not sha256
+            else f"{error}; the image it ran before is this one: nothing to return to"
+        )
+    assert isinstance(running, dict)
+    try:
+        data = await board.manager.run_blocking(board.manager.assets.get, sha256)
+        parsed = await board.manager.run_blocking(uf2.read_uf2, data)
+    except (AssetError, uf2.UF2Error) as missing:
+        await board.update(FailedRelease=failed)
+        raise BoardError(
+            f"{error}; its previous image {sha256[:12]} cannot be read from the asset cache: {missing}"
+        ) from None
+    previous = running.get("commit") or (f"version {running['version']}" if running.get("version") else None)
+    previous = previous or f"image {sha256[:12]}"
+    log.warning(
+        "%s: release %s did not run (%s); flashing it back to %s", board.label, job.commit, error, previous
+    )
+    await board.update(
+        FailedRelease=failed, StatusReason=f"release {job.commit} did not run; returning to {previous}"
+    )
+    back = FlashJob(data, parsed.families, running.get("version"), running.get("commit"), sha256)
+    try:
+        await _flash_with_retries(board, back, rollback=True)
+    except BoardError as again:
+        raise BoardError(f"{error}; flashing it back to {previous} failed too: {again}") from None
+    log.info("%s: rolled back to %s", board.label, previous)
+    await board.update(StatusReason=f"rolled back to {previous}: release {job.commit} did not run: {error}")
+
+
+async def _flash_with_retries(board: FlashTarget, job: FlashJob, *, rollback: bool = False) -> None:
     attempts = 1 + board.manager.config.update_retries
     for attempt in range(1, attempts + 1):
         try:
-            await _flash_once(board, job)
+            await _flash_once(board, job, rollback=rollback)
             return
         except BoardError as error:
-            if attempt == attempts:
-                raise BoardError(f"flash failed after {attempts} attempt(s): {error}") from None
+            retried = getattr(error, "retried", True)
+            if attempt == attempts or not retried:
+                final = f"flash failed after {attempt} attempt(s): {error}"
+                raise (
+                    type(error)(final) if isinstance(error, ImageNotRunning) else BoardError(final)
+                ) from None
             delay = RETRY_BASE_DELAY * 2 ** (attempt - 1)
             log.warning(
                 "%s: flash attempt %d of %d failed (%s); retrying in %g s",
@@ -182,7 +287,7 @@ async def _flash_with_retries(board: FlashTarget, job: FlashJob) -> None:
             await asyncio.sleep(delay)
 
 
-async def _flash_once(board: FlashTarget, job: FlashJob) -> None:
+async def _flash_once(board: FlashTarget, job: FlashJob, *, rollback: bool = False) -> None:
     board_type = board.manager.board_types[str(board.record["BoardType"])]
     check_families(job.families, board_type)
     if not board.sightings and not await board.wait_for(lambda: bool(board.sightings), PRESENCE_TIMEOUT):
@@ -199,6 +304,7 @@ async def _flash_once(board: FlashTarget, job: FlashJob) -> None:
             raise BoardError(f"did not enter its UF2 bootloader within {BOOTLOADER_TIMEOUT:g} s")
 
     bootloader = board.sightings[BOOTLOADER]
+    arrivals = board.bootloader_arrivals
     try:
         async with asyncio.timeout(INFO_TIMEOUT):  # a USB drive can stall
             await board.manager.run_blocking(check_bootloader_info, bootloader.devname, board_type)
@@ -220,18 +326,26 @@ async def _flash_once(board: FlashTarget, job: FlashJob) -> None:
         progress=progress,
     )
     await board.update(Status=Status.STARTING.value)
-    back = await board.wait_for(
-        lambda: APPLICATION in board.sightings and BOOTLOADER not in board.sightings, BOOT_TIMEOUT
-    )
-    if not back:
-        raise BoardError(f"did not come back with its new firmware within {BOOT_TIMEOUT:g} s")
+
+    def settled() -> bool:
+        app_back = APPLICATION in board.sightings and BOOTLOADER not in board.sightings
+        return app_back or board.bootloader_arrivals > arrivals
+
+    if not await board.wait_for(settled, BOOT_TIMEOUT):
+        raise ImageNotRunning(f"did not come back with its new firmware within {BOOT_TIMEOUT:g} s")
+    if board.bootloader_arrivals > arrivals:
+        raise BackInBootloader("came back in its UF2 bootloader: its bootrom did not boot the image")
     if not await _open_when_back(board):
-        raise BoardError("came back with its new firmware but its serial port cannot be opened")
+        raise ImageNotRunning("came back with its new firmware but its serial port cannot be opened")
     running = board.record.get("FirmwareVersion") or "unknown firmware"
     if job.version is not None and not running.endswith(f" {job.version}"):
-        raise BoardError(f"came back running {running}, expected version {job.version}")
-    commit = job.commit if job.commit is not None else board.record.get("Commit")
-    await board.update(Status=Status.IDLE.value, Commit=commit)
+        raise ImageNotRunning(f"came back running {running}, expected version {job.version}")
+    done: dict[str, Any] = {"Status": Status.IDLE.value, "Commit": job.commit}
+    if not job.evaluation:
+        done["RunningImage"] = {"sha256": job.sha256, "commit": job.commit, "version": job.version}
+    if not rollback and job.commit is not None:
+        done["FailedRelease"] = None  # a release that runs: nothing failed any more
+    await board.update(**done)
 
 
 async def _open_when_back(board: FlashTarget) -> bool:

@@ -49,7 +49,8 @@ DEVICES = "devices"
 
 
 class FlashRefused(BoardError):
-    """A flash the board must not take now: it is reserved (the API answers 409)."""
+    """A flash the board must not take now: it is reserved, or (for the fleet's flashes) in local
+    mode (the API answers 409)."""
 
 
 class DeviceManager:
@@ -74,6 +75,9 @@ class DeviceManager:
         """The reservation book (gateway/evaluation/reservations.py), once :meth:`serve_reservations`."""
         self.reserved_boards: ReservedBoardServer[Board] = NoReservations()
         """What serves reserved boards (gateway/evaluation/reserved_board.py)."""
+        self.reapply = asyncio.Event()
+        """Set when boards need the stored target applied again — a reservation ended, a board left
+        local mode or drifted (:meth:`request_reapply`); the fleet sync waits on it."""
 
     def serve_reservations(
         self, reservations: Reservations, reserved_boards: ReservedBoardServer[Board]
@@ -318,6 +322,36 @@ class DeviceManager:
             TargetFpgaImage=fpga,
         )
 
+    def request_reapply(self, reason: str) -> None:
+        """Ask the fleet sync (gateway/sync.py) to apply the stored target again, now; without a
+        fleet nobody waits and nothing happens."""
+        log.debug("the fleet's target is to be applied again: %s", reason)
+        self.reapply.set()
+
+    def follows_fleet(self, board: Board) -> bool:
+        """Whether the board follows a fleet: the gateway runs with ``--fleet`` and the fleet gave
+        the board a target commit (``TargetCommit`` not null)."""
+        return self.config.fleet_url is not None and board.record.get("TargetCommit") is not None
+
+    def local_mode_refusal(self, board: Board) -> str | None:
+        """Why an operator's flash of ``board`` needs local mode (``?local_mode=true``), or ``None``:
+        it follows a fleet and is not in local mode already."""
+        if board.record.get("LocalMode") or not self.follows_fleet(board):
+            return None
+        return (
+            f"device {board.serial} follows the fleet (target commit {board.record['TargetCommit']}):"
+            " flash it in local mode (local_mode=true, picofleet flash --local-mode) to keep the fleet"
+            " from flashing it back"
+        )
+
+    async def set_local_mode(self, board: Board, local_mode: bool) -> None:
+        """Put the board in local mode (the fleet sync leaves it alone) or out of it: then the sync
+        applies the stored target to it at once."""
+        await board.update(LocalMode=local_mode)
+        log.info("%s: local mode %s", board.label, "on" if local_mode else "off")
+        if not local_mode:
+            self.request_reapply(f"{board.label} left local mode")
+
     async def request_restart(self, board: Board) -> None:
         """Set the restart flag (stored); the board task restarts the board when it can."""
         await board.update(RestartFlag=True)
@@ -355,8 +389,15 @@ class DeviceManager:
                 board.pending_blink = False
             return BlinkOutcome("timeout", f"the board did not get to blink within {BLINK_WAIT:g} s")
 
-    async def request_flash(self, board: Board, job: FlashJob) -> None:
+    async def request_flash(
+        self, board: Board, job: FlashJob, *, local_mode: bool = False, from_fleet: bool = False
+    ) -> None:
         """Queue a flash; a previous job not yet started is replaced.
+
+        ``local_mode``: the operator's flash puts the board in local mode (stored with the job).
+        ``from_fleet``: the fleet sync's flash, refused (:class:`FlashRefused`) for a board in local
+        mode — checked with the job's storing, so an operator's flash in local mode is never
+        replaced by the fleet's.
 
         A reserved board (or one being reserved) only takes its evaluation firmware: any other
         job raises :class:`FlashRefused`. From that check on the board counts as being flashed
@@ -379,9 +420,14 @@ class DeviceManager:
             self._storing.add(job.sha256)
             try:
                 async with board.update_lock:
+                    if from_fleet and board.record.get("LocalMode"):
+                        raise FlashRefused(f"device {board.serial} is in local mode")
+                    fields: dict[str, Any] = {"PendingFlash": job.stored()}
+                    if local_mode:
+                        fields["LocalMode"] = True
                     if board.provisioned and not board.forgotten:
-                        await self.persist({**board.record, "PendingFlash": job.stored()})
-                    board.record = {**board.record, "PendingFlash": job.stored()}
+                        await self.persist({**board.record, **fields})
+                    board.record = {**board.record, **fields}
                     board.pending_flash = job
             finally:
                 self._storing.discard(job.sha256)
@@ -390,9 +436,13 @@ class DeviceManager:
         board.wake.set()
 
     def referenced_assets(self) -> set[str]:
-        """The assets some board still needs (its pending flash, stored or being queued)."""
+        """The assets some board still needs: its pending flash (stored or being queued) and the
+        image it runs (``RunningImage``: what a rollback returns to)."""
         referenced = set(self._storing)
         for board in self.boards.values():
+            running = board.record.get("RunningImage")
+            if isinstance(running, dict) and running.get("sha256"):
+                referenced.add(str(running["sha256"]))
             if board.pending_flash is not None:
                 referenced.add(board.pending_flash.sha256)
             if isinstance(board.record.get("PendingFlash"), dict):
@@ -417,7 +467,12 @@ class DeviceManager:
             await board.update(PendingFlash=None, StatusReason=f"pending flash dropped: {error}")
             return
         board.pending_flash = FlashJob(
-            image, parsed.families, pending.get("version"), pending.get("commit"), str(pending["sha256"])
+            image,
+            parsed.families,
+            pending.get("version"),
+            pending.get("commit"),
+            str(pending["sha256"]),
+            retry=int(pending.get("retry") or 0),
         )  # assets.get verified the sha256: not hashed again on the event loop
         log.info("%s: resuming the flash pending before the restart (%s)", board.label, pending.get("sha256"))
         board.wake.set()

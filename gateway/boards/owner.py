@@ -114,6 +114,10 @@ class BoardOwner(FlashingHost, Protocol[BoardT]):
         """Wake the board's task after ``delay`` seconds."""
         ...
 
+    def request_reapply(self, reason: str) -> None:
+        """Ask the fleet sync to apply the stored target again (a board drifted, left local mode...)."""
+        ...
+
     async def collect_assets(self) -> None:
         """Garbage-collect the asset cache."""
         ...

@@ -59,8 +59,9 @@ class ReservationBook:
     def __init__(self, manager: DeviceManager) -> None:
         self.manager = manager
         self.events = EventBus()
-        self.released = asyncio.Event()
-        """Set whenever a board was released (the fleet sync then re-applies its target)."""
+        self.released = manager.reapply
+        """Set whenever a board was released (the fleet sync then re-applies its target): the device
+        manager's ``reapply``, the one event the sync waits on."""
         self._reservations: dict[str, Reservation] = {}
         self._claimed: set[str] = set()  # boards the reserve under way took (not stored yet)
         self.clients = Clients()

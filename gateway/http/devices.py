@@ -2,8 +2,10 @@
 
 ENM's routes, byte-compatible: ``GET /v1/devices``, ``GET/PUT/DELETE /v1/devices/{uuid}``,
 ``PUT /v1/devices/{uuid}/restart`` (the supervisor's hooks); picofleet's:
-``PUT /v1/devices/{uuid}/identify`` (blink the board) and ``POST /v1/devices/{uuid}/flash`` (a
-one-off UF2). A device is named by its LocalUUID (USB serial) or its ResinUUID; 404 otherwise.
+``PUT /v1/devices/{uuid}/identify`` (blink the board), ``POST /v1/devices/{uuid}/flash`` (a
+one-off UF2; a board that follows a fleet only in local mode) and
+``PUT /v1/devices/{uuid}/local-mode``. A device is named by its LocalUUID (USB serial) or its
+ResinUUID; 404 otherwise.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "identify_device",
     "list_devices",
     "put_device",
+    "put_local_mode",
     "restart_device",
 ]
 
@@ -147,11 +150,30 @@ async def identify_device(request: Request) -> Response:
     return Response(status_code=200)
 
 
+def _local_mode_flag(value: str | None) -> bool:
+    """The ``local_mode`` query parameter: ``true``/``1`` or ``false``/``0`` (absent: false), else a 400."""
+    if value is None or value.lower() in ("false", "0"):
+        return False
+    if value.lower() in ("true", "1"):
+        return True
+    raise ApiError(400, f"the local_mode query parameter {value[:40]!r} is not true or false")
+
+
 async def flash_device(request: Request) -> Response:
-    """Flash a UF2 image (the request body) onto a device (picofleet). 202 once queued."""
+    """Flash a UF2 image (the request body) onto a device (picofleet). 202 once queued.
+
+    ``?commit=C`` is recorded as the device's Commit once it runs the image (else Commit is null).
+    A device that follows a fleet (docs/api.md, "Local mode") is refused (409) unless
+    ``?local_mode=true``, which puts it in local mode: the fleet sync leaves it alone until
+    ``PUT /v1/devices/{uuid}/local-mode {"LocalMode": false}``.
+    """
     manager = gateway_of(request).manager
     board = _board_or_404(request)
     commit = _commit(request.query_params.get("commit"), "the commit query parameter")
+    local_mode = _local_mode_flag(request.query_params.get("local_mode"))
+    refusal = manager.local_mode_refusal(board)
+    if refusal is not None and not local_mode:
+        raise ApiError(409, refusal)
     body = await read_upload(request, manager.config.max_upload_bytes, "the upload")
     board_type = manager.board_types.get(str(board.record["BoardType"]))
     if board_type is None:
@@ -159,12 +181,26 @@ async def flash_device(request: Request) -> Response:
     job = await asyncio.to_thread(_read_image, body, board_type)
     job.commit = commit
     try:
-        await manager.request_flash(board, job)
+        await manager.request_flash(board, job, local_mode=local_mode)
     except FlashRefused as error:  # reserved (also while the upload was being read)
         raise ApiError(409, str(error)) from None
     except BoardError as error:  # the asset cache could not store it (disk full, read-only)
         raise ApiError(507, str(error)) from None
     return JSONResponse({"queued": True, "device": board.serial, "bytes": len(body)}, status_code=202)
+
+
+async def put_local_mode(request: Request) -> Response:
+    """Put a device in local mode or back to following its fleet (picofleet): body
+    ``{"LocalMode": true|false}``; 200 with the device record. Off, the fleet sync applies the
+    device's target to it at once (flashing it back to its fleet's release)."""
+    manager = gateway_of(request).manager
+    board = _board_or_404(request)
+    body = json_object(await json_body(request), "the request body")
+    local_mode = body.get("LocalMode")
+    if not isinstance(local_mode, bool) or set(body) != {"LocalMode"}:
+        raise ApiError(400, 'the body must be {"LocalMode": true} or {"LocalMode": false}')
+    await manager.set_local_mode(board, local_mode)
+    return JSONResponse(board.public())
 
 
 ROUTES: list[BaseRoute] = [
@@ -175,5 +211,6 @@ ROUTES: list[BaseRoute] = [
     Route("/v1/devices/{uuid}/restart", restart_device, methods=["PUT"]),
     Route("/v1/devices/{uuid}/identify", identify_device, methods=["PUT"]),
     Route("/v1/devices/{uuid}/flash", flash_device, methods=["POST"]),
+    Route("/v1/devices/{uuid}/local-mode", put_local_mode, methods=["PUT"]),
 ]
 """The device routes, for ``create_app``."""

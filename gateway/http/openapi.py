@@ -383,9 +383,17 @@ def openapi_document(reservation_max_seconds: int = DEFAULT_MAX_SECONDS) -> dict
                 "parameters": [
                     *_UUID,
                     {"name": "commit", "in": "query", "required": False, "schema": _COMMIT},
+                    {
+                        "name": "local_mode",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
+                        "description": "put the device in local mode (needed if it follows a fleet)",
+                    },
                 ],
                 "post": {
                     "summary": "Flash a UF2 image onto the device",
+                    "description": "409: reserved, or the device follows a fleet and local_mode is not true",
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -395,6 +403,23 @@ def openapi_document(reservation_max_seconds: int = DEFAULT_MAX_SECONDS) -> dict
                     "responses": {
                         "202": {"description": "queued"},
                         **error_responses(400, 404, 409, 413, 422),
+                    },
+                },
+            },
+            "/v1/devices/{uuid}/local-mode": {
+                "parameters": _UUID,
+                "put": {
+                    "summary": "Put the device in local mode, or back to following its fleet (then it is "
+                    "flashed with its target at once)",
+                    "requestBody": {
+                        "required": True,
+                        **json_content(
+                            object_schema({"LocalMode": {"type": "boolean"}}, required=["LocalMode"])
+                        ),
+                    },
+                    "responses": {
+                        "200": {"description": "the device", **json_content(DEVICE)},
+                        **error_responses(400, 404, 413),
                     },
                 },
             },

@@ -42,9 +42,33 @@ DEVICE = object_schema(
                 "sha256": {"type": "string"},
                 "commit": {"type": ["string", "null"]},
                 "version": {"type": ["string", "null"]},
+                "retry": {"type": "integer", "description": "the fleet's retry count (only when above 0)"},
             },
             nullable=True,
             description="the flash queued or under way; resumed after a power cut",
+        ),
+        "LocalMode": {
+            "type": "boolean",
+            "description": "in local mode the fleet sync leaves the board alone (docs/api.md, Local mode)",
+        },
+        "FailedRelease": object_schema(
+            {
+                "commit": {"type": "string"},
+                "reason": {"type": "string"},
+                "time": {"type": "string", "description": "UTC, ISO 8601"},
+                "retry": {"type": "integer", "description": "the fleet's retry count it failed under"},
+            },
+            nullable=True,
+            description="a release that did not run on the board and was rolled back (docs/api.md, Rollback)",
+        ),
+        "RunningImage": object_schema(
+            {
+                "sha256": {"type": "string"},
+                "commit": {"type": ["string", "null"]},
+                "version": {"type": ["string", "null"]},
+            },
+            nullable=True,
+            description="the last image the gateway flashed that booted: what a rollback returns to",
         ),
     },
     required=[*ENM_FIELDS, "Port"],

@@ -1,9 +1,11 @@
 """`picofleet flash`: a one-off flash of a UF2 onto one board through a gateway, with progress.
 
-    picofleet flash --gateway URL --device UUID FILE [--commit C] [--timeout SECONDS]
+    picofleet flash --gateway URL --device UUID FILE [--commit C] [--local-mode] [--timeout SECONDS]
 
 The file is checked locally first (a valid UF2, else one line and exit 1 before any request),
-then POSTed to ``URL/v1/devices/UUID/flash[?commit=C]``. The device record is then followed
+then POSTed to ``URL/v1/devices/UUID/flash[?commit=C][&local_mode=true]``. A board that follows a
+fleet is refused unless ``--local-mode`` puts it in local mode (the fleet leaves it alone until
+``picofleet local-mode --device UUID off``; docs/api.md, "Local mode"). The device record is then followed
 (``GET /v1/devices/UUID`` every 0.1 s): a progress bar on a terminal (bytes written from
 ``Progress``, then the steps Queued → Installing → Flashing → Starting → Idle), plain lines
 otherwise.
@@ -12,7 +14,9 @@ Exit 0 when the flash is over (the record's ``PendingFlash`` no longer holds thi
 board is Idle with the new firmware: ``Commit == C`` with ``--commit``, and the version the image
 carries (its picofleet descriptor) in ``FirmwareVersion`` when it carries one. Exit 1 with the
 gateway's reason when it refuses the image (4xx ``error``), when the board ends Broken
-(``StatusReason``), when another flash replaces this one, or after ``--timeout`` seconds.
+(``StatusReason``), when the image did not run and the board was rolled back to its previous one
+(``FailedRelease``, with ``--commit``), when another flash replaces this one, or after ``--timeout``
+seconds.
 """
 
 from __future__ import annotations
@@ -119,8 +123,18 @@ def _device(client: httpx.Client, path: str) -> dict[str, Any]:
     return record
 
 
-def _finished(record: dict[str, Any], sha256: str, commit: str | None, version: str | None) -> bool:
-    """Whether the flash is over: True on success; raises :class:`FlashFailed` on failure."""
+def _finished(
+    record: dict[str, Any],
+    sha256: str,
+    commit: str | None,
+    version: str | None,
+    failed_before: Any = None,
+) -> bool:
+    """Whether the flash is over: True on success; raises :class:`FlashFailed` on failure.
+
+    ``failed_before``: the record's ``FailedRelease`` before the flash; a new one for ``commit`` says
+    the image did not run and the board was rolled back.
+    """
     pending = record.get("PendingFlash")
     if isinstance(pending, dict):
         if pending.get("sha256") == sha256:
@@ -131,6 +145,15 @@ def _finished(record: dict[str, Any], sha256: str, commit: str | None, version: 
         raise FlashFailed(f"the flash failed: {record.get('StatusReason') or 'Broken, no reason given'}")
     if status != "Idle":
         return False
+    failed = record.get("FailedRelease")
+    if (
+        commit is not None
+        and isinstance(failed, dict)
+        and failed != failed_before
+        and failed.get("commit") == commit
+    ):
+        back = record.get("FirmwareVersion") or "its previous image"
+        raise FlashFailed(f"the image did not run ({failed.get('reason')}); rolled back to {back}")
     if commit is not None and record.get("Commit") != commit:
         raise FlashFailed(f"the board is Idle with Commit {record.get('Commit')!r}, not {commit!r}")
     running = record.get("FirmwareVersion") or ""
@@ -148,6 +171,7 @@ def flash(
     version: str | None,
     timeout: float,
     view: ProgressView,
+    local_mode: bool = False,
 ) -> dict[str, Any]:
     """POST ``data`` and follow the device until it is Idle with it; the final record.
 
@@ -158,7 +182,9 @@ def flash(
     path = f"/v1/devices/{quote(device, safe='')}"
     with httpx.Client(base_url=gateway.rstrip("/"), timeout=min(timeout, 30.0)) as client:
         before = _device(client, path)
-        params = {"commit": commit} if commit is not None else None
+        params = {"commit": commit} if commit is not None else {}
+        if local_mode:
+            params["local_mode"] = "true"
         response = client.post(
             path + "/flash",
             content=data,
@@ -187,7 +213,7 @@ def flash(
                 queued = isinstance(pending, dict) and pending.get("sha256") == sha256
                 started = started or not queued or record.get("Status") != before.get("Status")
                 view.update(record if started else {**record, "Status": "Queued", "StatusReason": None})
-                if _finished(record, sha256, commit, version):
+                if _finished(record, sha256, commit, version, before.get("FailedRelease")):
                     return record
             if time.monotonic() >= deadline:
                 where = f"{record.get('Status')}" + (
@@ -219,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
             version=version,
             timeout=args.timeout,
             view=view,
+            local_mode=args.local_mode,
         )
     except FlashFailed as error:
         view.finish()
@@ -230,7 +257,8 @@ def run(args: argparse.Namespace) -> int:
     commit = f", Commit {record.get('Commit')}" if record.get("Commit") else ""
     running = record.get("FirmwareVersion") or "unknown firmware"
     name = record.get("Name") or args.device
-    print(f"{name}: Idle, running {running}{commit} ({time.monotonic() - started:.1f} s)")
+    local = ", in local mode" if record.get("LocalMode") else ""
+    print(f"{name}: Idle, running {running}{commit}{local} ({time.monotonic() - started:.1f} s)")
     return 0
 
 
@@ -246,6 +274,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("file", metavar="FILE", help="the UF2 file")
     parser.add_argument(
         "--commit", default=None, metavar="C", help="record C as the device's Commit on success"
+    )
+    parser.add_argument(
+        "--local-mode",
+        action="store_true",
+        help="flash a board that follows a fleet: it enters local mode, and the fleet leaves it alone"
+        " until `picofleet local-mode --device UUID off`",
     )
     parser.add_argument(
         "--timeout",

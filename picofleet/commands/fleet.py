@@ -149,8 +149,21 @@ def cmd_gateways(args: argparse.Namespace) -> int:
     return 0
 
 
+def _note(board: dict[str, Any]) -> str:
+    """What the operator should know of a board beyond its status: local mode, a failed release."""
+    notes = []
+    if board.get("LocalMode"):
+        notes.append("local mode")
+    failed = board.get("FailedRelease")
+    if isinstance(failed, dict):
+        notes.append(f"release {_short(failed.get('commit'))} failed, rolled back: {failed.get('reason')}")
+    return "; ".join(notes)
+
+
 def cmd_boards(args: argparse.Namespace) -> int:
-    """List the fleet's boards: online state, commit, target commit, pin."""
+    """List the fleet's boards: online state, commit, target commit, pin, status, and a note: local
+    mode, or a release that failed on the board (rolled back) with the reason (retry it with
+    ``picofleet fleet retry FLEET UUID``)."""
     boards = call(args, "GET", f"/v1/fleets/{args.fleet}/boards")
     if args.json:
         print(json.dumps(boards))
@@ -164,10 +177,11 @@ def cmd_boards(args: argparse.Namespace) -> int:
             _short(b.get("target_commit")),
             _short(b.get("pin")),
             b.get("Status") or "",
+            _note(b),
         ]
         for b in boards
     ]
-    _table(rows, ["BOARD", "TYPE", "STATE", "COMMIT", "TARGET", "PINNED", "STATUS"])
+    _table(rows, ["BOARD", "TYPE", "STATE", "COMMIT", "TARGET", "PINNED", "STATUS", "NOTE"])
     return 0
 
 
@@ -222,6 +236,19 @@ def cmd_pin_board(args: argparse.Namespace) -> int:
 def cmd_unpin_board(args: argparse.Namespace) -> int:
     """Unpin one board: it follows the fleet again."""
     _print_board(args, call(args, "DELETE", f"/v1/fleets/{args.fleet}/boards/{args.board}/pin"))
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Flash the release that failed on a board (and was rolled back) once more."""
+    path = f"/v1/fleets/{quote(args.fleet, safe='')}/boards/{quote(args.board, safe='')}/retry"
+    answer = call(args, "POST", path)
+    if args.json:
+        print(json.dumps(answer))
+    else:
+        failed = answer.get("failed_release") or {}
+        release = _short(failed.get("commit"))
+        print(f"board {answer['LocalUUID']}: release {release} is flashed again (retry {answer['retry']})")
     return 0
 
 
@@ -319,6 +346,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         board_parser.add_argument("fleet")
         board_parser.add_argument("board", metavar="UUID")
     pin_board.add_argument("commit")
+    retry = _operator(sub, "retry", cmd_retry, "flash a release that failed on a board once more")
+    retry.add_argument("fleet")
+    retry.add_argument("board", metavar="UUID")
     logs = _operator(sub, "logs", cmd_logs, "print a board's last log lines")
     logs.add_argument("fleet")
     logs.add_argument("board", metavar="UUID")
