@@ -4,9 +4,12 @@ The file sits at the repository root::
 
     boards:
       pico2-ice:                     # a board type known to the loaded plugins
-        firmware: build/app.uf2      # path in the repo: a UF2, or an iCE40 .bin/.asc bitstream
+        firmware: build/app.uf2      # path in the repo: a UF2 the board type's bootloader accepts
+        fpga: build/top.bin          # optional, board types with an iCE40 only: a .bin or .asc
         environment: {KEY: value}    # optional, string values
         config: {KEY: value}         # optional, string values
+
+docs/fleet-api.md ("fleet.yml") documents every key, limit and refusal.
 
 :func:`validate_commit` reads everything from a bare repository with ``git ls-tree`` /
 ``git cat-file`` (no checkout; it also works in a ``pre-receive`` hook, whose quarantined objects
@@ -17,8 +20,12 @@ Refused: YAML that does not parse (with its line), a document that is not a mapp
 unknown board types (the known ones are listed), a missing firmware file, a path that is absolute
 or contains ``..``, a symlink or a submodule anywhere on the path (tree entry modes 120000 and
 160000), a file over the size limit, a UF2 with a block family the board type's bootloader does not
-accept, and any UF2 or bitstream its reader rejects (the reader's message). Bitstreams are taken
-only for board types with an iCE40 (the word ``iCE40`` in the board type's chip or description).
+accept, and any UF2 or bitstream its reader rejects (the reader's message). ``firmware:`` takes a
+UF2 only (an iCE40 bitstream there is refused: "put iCE40 images under fpga:"); ``fpga:`` takes an
+iCE40 ``.bin`` or ``.asc``, only for board types with an iCE40 (``BoardType.fpga``). An ``.asc`` is
+packed into its ``.bin`` at push (:func:`~picofleet.firmware.formats.bitstream.pack_asc`): the
+release's FPGA asset is always the ``.bin`` the board is sent, and its sha256 is the one the board
+reports once it holds it; ``kind`` keeps what was pushed.
 
 Bounded YAML (hostile input is refused while it is read, before anything is built): anchors and
 aliases are allowed, but the document may have at most :data:`MAX_YAML_NODES` nodes *with every
@@ -41,7 +48,7 @@ from typing import Any
 import yaml
 
 from picofleet.firmware.formats import uf2
-from picofleet.firmware.formats.bitstream import BitstreamError, detect_kind
+from picofleet.firmware.formats.bitstream import BitstreamError, detect_kind, pack_asc
 from picofleet.firmware.formats.bitstream import validate as validate_bitstream
 from picofleet.gateway.models import BoardType
 
@@ -51,6 +58,7 @@ __all__ = [
     "MAX_YAML_DEPTH",
     "MAX_YAML_NODES",
     "BoardRelease",
+    "FpgaRelease",
     "ManifestError",
     "Release",
     "validate_commit",
@@ -70,7 +78,7 @@ MAX_INT_DIGITS = 100
 """Integers of more digits are refused (Python would refuse past 4300 with an unhelpful hint)."""
 
 _TOP_KEYS = frozenset({"boards"})
-_BOARD_KEYS = frozenset({"firmware", "environment", "config"})
+_BOARD_KEYS = frozenset({"firmware", "fpga", "environment", "config"})
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MODE_SYMLINK, _MODE_SUBMODULE, _MODE_TREE = "120000", "160000", "040000"
 
@@ -84,18 +92,34 @@ class ManifestError(Exception):
 
 
 @dataclass(frozen=True)
+class FpgaRelease:
+    """The iCE40 image of a board type in a release: ``sha256``/``size`` of the ``.bin`` the board is
+    sent (an ``.asc`` is packed at push), ``kind`` what was pushed (``ice40-bin`` or ``ice40-asc``)."""
+
+    path: str
+    sha256: str
+    size: int
+    kind: str
+
+    def as_json(self) -> dict[str, Any]:
+        """``{"path", "sha256", "size", "kind"}``."""
+        return {"path": self.path, "sha256": self.sha256, "size": self.size, "kind": self.kind}
+
+
+@dataclass(frozen=True)
 class BoardRelease:
     """What one board type runs in a release."""
 
     firmware: str
     sha256: str
     size: int
-    kind: str  # "uf2", "ice40-bin" or "ice40-asc"
+    kind: str  # "uf2" (releases pushed before fpga: existed may hold "ice40-bin" or "ice40-asc")
     environment: dict[str, str] = field(default_factory=dict)
     config: dict[str, str] = field(default_factory=dict)
+    fpga: FpgaRelease | None = None
 
     def as_json(self) -> dict[str, Any]:
-        """The JSON form stored in releases and shown by the API."""
+        """The JSON form stored in releases and shown by the API (``fpga`` null when there is none)."""
         return {
             "firmware": self.firmware,
             "sha256": self.sha256,
@@ -103,6 +127,7 @@ class BoardRelease:
             "kind": self.kind,
             "environment": dict(self.environment),
             "config": dict(self.config),
+            "fpga": self.fpga.as_json() if self.fpga is not None else None,
         }
 
 
@@ -240,12 +265,52 @@ def _check_firmware(path: str, data: bytes, board_type: BoardType) -> tuple[str 
     if kind in ("ice40-bin", "ice40-asc"):
         if not _runs_bitstreams(board_type):
             return None, f"{path}: an iCE40 bitstream, but board type {board_type.name} has no iCE40 FPGA"
-        try:
-            validate_bitstream(data)
-        except BitstreamError as error:
-            return None, f"{path}: invalid bitstream: {error}"
-        return kind, None
-    return None, f"{path}: not a UF2 file or an iCE40 .bin/.asc bitstream"
+        return (
+            None,
+            f"{path}: an iCE40 bitstream under firmware:, which takes a UF2; put iCE40 images under fpga:",
+        )
+    return None, f"{path}: not a UF2 file"
+
+
+def _check_fpga(path: str, data: bytes) -> tuple[str | None, bytes | None, str | None]:
+    """(pushed kind, the .bin the board is sent, None) or (None, None, problem) for an ``fpga:`` file."""
+    kind = _kind_of(path, data)
+    if kind == "uf2":
+        return (
+            None,
+            None,
+            f"{path}: a UF2 under fpga:, which takes an iCE40 .bin or .asc (UF2s go under firmware:)",
+        )
+    try:
+        kind = validate_bitstream(data)
+        if kind == "ice40-asc":
+            return kind, pack_asc(data.decode("utf-8")), None
+    except BitstreamError as error:
+        return None, None, f"{path}: invalid bitstream: {error}"
+    except UnicodeDecodeError:
+        return None, None, f"{path}: invalid bitstream: an .asc must be UTF-8 text"
+    return kind, data, None
+
+
+def _read_file(
+    repo: _Repo, value: object, where: str, max_asset_bytes: int, problems: list[str]
+) -> tuple[str, bytes] | None:
+    """(normalised path, bytes) of a file fleet.yml names, or None with the problem appended."""
+    path, problem = _check_path(value, where)
+    if problem is not None:
+        problems.append(problem)
+        return None
+    assert path is not None
+    entry, problem = _lookup(repo, path, where)
+    if problem is not None:
+        problems.append(problem)
+        return None
+    assert entry is not None
+    size = entry.size if entry.size is not None else len(repo.blob(entry.sha))
+    if size > max_asset_bytes:
+        problems.append(f"{path}: {size} bytes, over the size limit of {max_asset_bytes} bytes")
+        return None
+    return path, repo.blob(entry.sha)
 
 
 def _variables(value: object, where: str, problems: list[str]) -> dict[str, str]:
@@ -420,28 +485,36 @@ def validate_commit(
         extra = sorted(_key(key) for key in spec if key not in _BOARD_KEYS)
         if extra:
             problems.append(
-                f"{where}: unknown key(s) {', '.join(extra)} (allowed: config, environment, firmware)"
+                f"{where}: unknown key(s) {', '.join(extra)} (allowed: config, environment, firmware, fpga)"
             )
         environment = _variables(spec.get("environment"), f"{where}.environment", problems)
         config = _variables(spec.get("config"), f"{where}.config", problems)
+        fpga: FpgaRelease | None = None
+        if spec.get("fpga") is not None:
+            if board_type.fpga is None:
+                problems.append(
+                    f"{where}.fpga: board type {board_type.name} has no FPGA"
+                    " (fpga: is only for board types with an iCE40, such as pico2-ice)"
+                )
+            else:
+                found = _read_file(repo, spec["fpga"], f"{where}.fpga", max_asset_bytes, problems)
+                if found is not None:
+                    fpga_path, fpga_data = found
+                    fpga_kind, packed, problem = _check_fpga(fpga_path, fpga_data)
+                    if problem is not None:
+                        problems.append(problem)
+                    else:
+                        assert fpga_kind is not None and packed is not None
+                        fpga_sha256 = hashlib.sha256(packed).hexdigest()
+                        assets[fpga_sha256] = packed
+                        fpga = FpgaRelease(fpga_path, fpga_sha256, len(packed), fpga_kind)
         if "firmware" not in spec:
             problems.append(f"{where}: missing key 'firmware' (the path of the firmware file)")
             continue
-        path, problem = _check_path(spec["firmware"], f"{where}.firmware")
-        if problem is not None:
-            problems.append(problem)
+        found = _read_file(repo, spec["firmware"], f"{where}.firmware", max_asset_bytes, problems)
+        if found is None:
             continue
-        assert path is not None
-        entry, problem = _lookup(repo, path, f"{where}.firmware")
-        if problem is not None:
-            problems.append(problem)
-            continue
-        assert entry is not None
-        size = entry.size if entry.size is not None else len(repo.blob(entry.sha))
-        if size > max_asset_bytes:
-            problems.append(f"{path}: {size} bytes, over the size limit of {max_asset_bytes} bytes")
-            continue
-        data = repo.blob(entry.sha)
+        path, data = found
         kind, problem = _check_firmware(path, data, board_type)
         if problem is not None:
             problems.append(problem)
@@ -449,7 +522,7 @@ def validate_commit(
         assert kind is not None
         sha256 = hashlib.sha256(data).hexdigest()
         assets[sha256] = data
-        releases[name] = BoardRelease(path, sha256, len(data), kind, environment, config)
+        releases[name] = BoardRelease(path, sha256, len(data), kind, environment, config, fpga)
     if problems:
         raise ManifestError(problems)
     return Release(commit, releases, assets)

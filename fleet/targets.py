@@ -161,7 +161,8 @@ def board_target(
     releases: dict[str, dict[str, Any]],
     settings: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """The target of one reported board: ``commit``, ``firmware``, ``environment``, ``config`` and,
+    """The target of one reported board: ``commit``, ``firmware``, ``fpga`` (the release's iCE40 image
+    for the board type, ``{"sha256", "size", "url"}``, or ``None``), ``environment``, ``config`` and,
     once the operator asked for one, ``retry`` (how many times a release that failed on the board
     was to be retried, ``POST /v1/fleets/<f>/boards/<uuid>/retry``: the gateway flashes a failed
     release again only when this count rises)."""
@@ -172,9 +173,13 @@ def board_target(
     environment = dict(fleet.get("env") or {})
     config = dict(fleet.get("config") or {})
     firmware: dict[str, Any] | None = None
+    fpga: dict[str, Any] | None = None
     if entry is None:
         commit = None
     else:
+        image = entry.get("fpga")
+        if isinstance(image, dict):
+            fpga = {"sha256": image["sha256"], "size": image["size"], "url": asset_url(image["sha256"])}
         environment.update(entry.get("environment") or {})
         config.update(entry.get("config") or {})
         firmware = {
@@ -188,6 +193,7 @@ def board_target(
     target: dict[str, Any] = {
         "commit": commit,
         "firmware": firmware,
+        "fpga": fpga,
         "environment": environment,
         "config": config,
     }

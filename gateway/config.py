@@ -120,6 +120,12 @@ def _optional_path(value: str) -> Path | None:
     return Path(value.strip()).expanduser() if value.strip() else None
 
 
+def _optional_app_id(value: str) -> int | None:
+    if not value.strip():
+        return None
+    return _number(value, int, 1, 2**31 - 1, "a balena application id: a whole number > 0")
+
+
 def _reservation_seconds(value: str) -> int:
     return _number(value, int, 1, 366 * 86_400, "a whole number of seconds between 1 and 31622400")
 
@@ -249,6 +255,15 @@ SETTINGS: tuple[Setting, ...] = (
         "a file holding the provisioning key (instead of provisioning_key; keep it mode 0600)",
     ),
     Setting(
+        "dependent_app_id",
+        "PICOFLEET_DEPENDENT_APP_ID",
+        None,
+        "",
+        _optional_app_id,
+        "on balena: the appId of the dependent application whose devices the boards are "
+        "(the supervisor's proxyvisor, docs/balena.md); ignored outside balena and with fleet_url",
+    ),
+    Setting(
         "assets_max_bytes",
         "PICOFLEET_ASSETS_MAX_BYTES",
         None,
@@ -325,6 +340,7 @@ class GatewayConfig:
     fleet_url: str | None
     provisioning_key: str | None
     provisioning_key_file: Path | None
+    dependent_app_id: int | None
     assets_max_bytes: int
     max_upload_bytes: int
     max_bitstream_bytes: int

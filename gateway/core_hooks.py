@@ -26,7 +26,7 @@ from mpremote.transport import TransportError
 
 from picofleet.firmware.host.errors import FirmwareError, NoAnswer, PortLost
 from picofleet.firmware.host.mpremote_install import DeadlineTransport
-from picofleet.firmware.host.protocol import FirmwareClient, random_id
+from picofleet.firmware.host.protocol import FirmwareClient, UnknownOp, random_id
 from picofleet.gateway import bootloader_drive
 from picofleet.gateway.config import GatewayConfig
 from picofleet.gateway.discovery.udev import usb_sources
@@ -37,6 +37,7 @@ from picofleet.gateway.models import (
     BoardRef,
     DiscoverySource,
     EvaluationFirmware,
+    FpgaState,
     ProgressCallback,
 )
 
@@ -107,7 +108,59 @@ def picofleet_identify(board: BoardRef, port: serial.Serial) -> BoardIdentity | 
         serial=str(answer["serial"]),
         firmware=str(answer["firmware"]),
         version=str(answer["version"]),
+        environment=_string_map(answer.get("environment")),
+        config=_string_map(answer.get("config")),
+        fpga_image=_fpga_state(answer["fpga"]) if "fpga" in answer else None,
     )
+
+
+def _string_map(value: object) -> dict[str, str] | None:
+    """A ``{name: value}`` of strings from a board's answer, or ``None`` when it is not one."""
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return None
+    return dict(value)
+
+
+def _fpga_state(value: object) -> FpgaState:
+    """An ``identify`` answer's ``fpga``: ``null`` (no image) or ``{"sha256", "configured", "error"?}``."""
+    if not isinstance(value, dict) or not isinstance(value.get("sha256"), str):
+        return FpgaState(None, False)
+    error = value.get("error")
+    return FpgaState(str(value["sha256"]), value.get("configured") is True, str(error) if error else None)
+
+
+@hookimpl(trylast=True)
+def picofleet_apply_settings(
+    board: BoardRef, port: serial.Serial, environment: dict[str, str], config: dict[str, str]
+) -> dict[str, dict[str, str]] | None:
+    """picofleet's ``settings`` op; ``None`` when the firmware does not know it or does not answer."""
+    try:
+        return _client(board, port).apply_settings(environment, config, timeout=IDENTIFY_TIMEOUT)
+    except (UnknownOp, NoAnswer):
+        return None
+    except FirmwareError as error:
+        raise BoardError(str(error)) from error
+
+
+@hookimpl(trylast=True)
+def picofleet_write_fpga_image(
+    board: BoardRef, port: serial.Serial, image: bytes | None, progress: ProgressCallback
+) -> FpgaState | None:
+    """picofleet's ``fpga_begin``/``fpga_chunk``/``fpga_end`` (``fpga_clear`` for ``None``); ``None``
+    when the firmware does not know them."""
+    client = _client(board, port)
+    try:
+        if image is None:
+            client.clear_fpga_image()
+            return FpgaState(None, False)
+        answer = client.write_fpga_image(image, progress)
+    except UnknownOp:
+        return None
+    except FirmwareError as error:
+        raise BoardError(str(error)) from error
+    return FpgaState(answer["sha256"], answer["configured"], answer.get("error"))
 
 
 def touch_1200(port: serial.Serial) -> None:

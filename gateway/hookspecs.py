@@ -42,6 +42,7 @@ if TYPE_CHECKING:
         BoardType,
         DiscoverySource,
         EvaluationFirmware,
+        FpgaState,
         ProgressCallback,
     )
 
@@ -61,6 +62,8 @@ HOOK_TIME_LIMITS: dict[str, float] = {
     "picofleet_blink": 2.5,
     "picofleet_evaluation_firmware": 5.0,
     "picofleet_install_files": 30.0,
+    "picofleet_apply_settings": 2.5,
+    "picofleet_write_fpga_image": 30.0,
 }
 """Seconds each board hook must return within: what a plugin must meet, stated once.
 
@@ -238,4 +241,39 @@ def picofleet_install_files(board: BoardRef, port: serial.Serial, files: dict[st
     board was reset, ``None`` to let the next plugin answer; the built-in default copies them
     over MicroPython's raw REPL (mpremote). Raise BoardError when the board refuses. Must
     return within 30 s.
+    """
+
+
+@hookspec(firstresult=True)
+def picofleet_apply_settings(
+    board: BoardRef, port: serial.Serial, environment: dict[str, str], config: dict[str, str]
+) -> dict[str, dict[str, str]] | None:
+    """Store a board's environment and config on the board, where they survive reboots and power cycles.
+
+    Called (in a worker thread) on a board running its application firmware, when the
+    ``Environment``/``Config`` it reported (``identify``) differ from its ``TargetEnvironment``/
+    ``TargetConfig`` — not in local mode, while paused or reserved; asked again only when the
+    target or the firmware changes. Return what the board now holds,
+    ``{"environment": {...}, "config": {...}}`` (the gateway records it as ``Environment``/``Config``),
+    or ``None`` when this plugin cannot store settings on this board (the built-in default sends
+    picofleet's ``settings`` op and answers ``None`` when the firmware does not know it). Raise
+    BoardError with the reason when the board refuses the values. Must return within 2.5 s.
+    """
+
+
+@hookspec(firstresult=True)
+def picofleet_write_fpga_image(
+    board: BoardRef, port: serial.Serial, image: bytes | None, progress: ProgressCallback
+) -> FpgaState | None:
+    """Write an iCE40 image (a ``.bin``) to a board's flash, which configures its FPGA from it at every boot.
+
+    Called (in a worker thread) on a board of a type with an FPGA running its application firmware,
+    when the image it reported (``identify``) is not its ``TargetFpgaImage`` — not in local mode,
+    while paused or reserved; asked again only when the target or the firmware changes. ``image``
+    is ``None`` when the board should hold none. Call ``progress(done, total)`` as bytes are sent.
+    Return the board's :class:`FpgaState` once it stored the image and tried it (``configured``
+    False with ``error`` when the iCE40 refused it), or ``None`` when this plugin cannot write FPGA
+    images to this board (the built-in default sends picofleet's ``fpga_begin``/``fpga_chunk``/
+    ``fpga_end`` ops and answers ``None`` when the firmware does not know them). Raise BoardError
+    with the reason when the board refuses the transfer. Must return within 30 s.
     """

@@ -198,13 +198,35 @@ class BoardRef:
 
 
 @dataclass(frozen=True)
+class FpgaState:
+    """The iCE40 image a board holds (``picofleet_identify``, ``picofleet_write_fpga_image``).
+
+    ``sha256`` of the image stored on the board (``None``: it holds none), whether the FPGA
+    ``configured`` from it (CDONE went high), and if not the board's reason (``error``).
+    """
+
+    sha256: str | None
+    configured: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class BoardIdentity:
-    """What a board's firmware says about itself (``picofleet_identify``)."""
+    """What a board's firmware says about itself (``picofleet_identify``).
+
+    The last three are optional, for firmware that stores them (picofleet-app): ``environment`` and
+    ``config`` the settings the board holds (``None``: the firmware does not say, it may not take
+    settings), ``fpga_image`` the iCE40 image it holds (``None``: no FPGA, or the firmware does not
+    say; a board with an FPGA and no image: ``FpgaState(None, False)``).
+    """
 
     board_type: str
     serial: str
     firmware: str
     version: str
+    environment: dict[str, str] | None = None
+    config: dict[str, str] | None = None
+    fpga_image: FpgaState | None = None
 
 
 ProgressCallback = Callable[[int, int], None]

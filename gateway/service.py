@@ -25,6 +25,7 @@ from picofleet.gateway.plugin_manager import Plugins, load_plugins
 from picofleet.gateway.sync import FleetSync
 from picofleet.supervisor_bridge.bridge import SupervisorBridge
 from picofleet.supervisor_bridge.environment import BalenaEnvironment
+from picofleet.supervisor_bridge.proxyvisor import proxyvisor_for
 
 log = logging.getLogger("picofleet.gateway")
 
@@ -145,6 +146,12 @@ async def run_gateway(config: GatewayConfig) -> None:
     sync_task = asyncio.create_task(sync.run()) if sync is not None else None
     if sync_task is not None:
         sync_task.add_done_callback(_log_if_failed("fleet sync"))
+    proxyvisor = proxyvisor_for(config, bridge.env, manager)  # on balena, a dependent app, no fleet
+    proxyvisor_task = None
+    if proxyvisor is not None:
+        bridge.attach(proxyvisor)
+        proxyvisor_task = asyncio.create_task(proxyvisor.run(), name="proxyvisor")
+        proxyvisor_task.add_done_callback(_log_if_failed("the balena proxyvisor"))
 
     stop = stop_on_signals()
     host, port = sock.getsockname()[:2]
@@ -170,7 +177,7 @@ async def run_gateway(config: GatewayConfig) -> None:
         await serve_app(app, sock, shutdown_trigger)
     finally:
         log.info("shutting down: closing ports")
-        for task in (sync_task, bridge_task):
+        for task in (sync_task, proxyvisor_task, bridge_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

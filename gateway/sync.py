@@ -3,12 +3,15 @@
 The fleet API is docs/fleet-api.md. The loop:
 
 * **Provisioning**, once: with ``--fleet URL --provisioning-key KEY`` the gateway asks the fleet for
-  its own key and keeps it in its database, so restarts do not provision again.
+  its own key and keeps it in its database, so restarts do not provision again. The fleet's name
+  (in the answer and in every target) is kept beside it and is every board's ``ApplicationUUID``.
 * **Target state**: a long poll (``GET /v1/gateway/state?wait=30`` with ``If-None-Match``) learns
   of a new release at once; on errors it backs off exponentially (with jitter, at most
   ENM_CONFIG_LOOP_DELAY). The last target is stored, so boards keep their targets with the fleet
   unreachable, also after a restart.
-* **Applying it**: each board's TargetCommit/TargetEnvironment/TargetConfig are set as received;
+* **Applying it**: each board's TargetCommit/TargetEnvironment/TargetConfig/TargetFpgaImage are set
+  as received (an FPGA image is downloaded into the asset cache first; the board's task writes it
+  and the settings to the board, gateway/boards/settings.py);
   a board whose Commit differs from its target gets the firmware asset (downloaded once per
   gateway into the asset cache, resumable, sha256-verified) queued as a flash with that commit —
   the flashing pipeline does the rest, respecting pause. Left alone: a board in local mode, a
@@ -18,10 +21,9 @@ The fleet API is docs/fleet-api.md. The loop:
 * **Reporting**: the boards' state (Commit, Status, online, progress...) is sent when it changed,
   at most once a second, and at every (re)connection — so after a gateway or fleet restart the
   fleet's view is corrected within one cycle (ENM issue #49).
-* **Board logs**: :class:`BoardLogQueue`, a logging handler on the ``picofleet.board*``,
-  ``picofleet.manager`` and ``picofleet.sync`` loggers, keeps every line about a board (the
-  firmware's own log lines and the gateway's status lines) in a bounded queue
-  (:data:`LOG_QUEUE_LINES`, oldest dropped and counted). After each state report, at most
+* **Board logs**: :class:`~.board_logs.BoardLogQueue` (gateway/board_logs.py), a logging handler
+  on the board loggers, keeps every line about a board (the firmware's own log lines and the
+  gateway's status lines) in a bounded queue (oldest dropped and counted). After each state report, at most
   :data:`LOG_BATCH_LINES` of them go to ``POST /v1/gateway/logs``; lines the fleet did not take
   stay queued and are sent after reconnection.
 """
@@ -29,14 +31,10 @@ The fleet API is docs/fleet-api.md. The loop:
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import json
 import logging
 import random
-import re
-import threading
-import time
 from typing import Any
 
 import httpx
@@ -44,6 +42,7 @@ import httpx
 from picofleet.common.store import Store
 from picofleet.firmware.asset_cache import AssetError
 from picofleet.firmware.formats import image, uf2
+from picofleet.gateway.board_logs import LOG_BATCH_LINES, BoardLogQueue
 from picofleet.gateway.boards.flash_job import FlashJob
 from picofleet.gateway.boards.manager import DeviceManager, FlashRefused
 from picofleet.gateway.boards.record import Status
@@ -55,93 +54,12 @@ log = logging.getLogger("picofleet.sync")
 
 GATEWAY_KEY = "fleetGatewayKey"
 GATEWAY_ID = "fleetGatewayId"
+FLEET_ID = "fleetId"
+"""The fleet the gateway was provisioned into (its name): every board's ``ApplicationUUID``."""
 TARGET = "fleetTarget"
 ETAG = "fleetTargetEtag"
 LONG_POLL_SECONDS = 30
 REPORT_INTERVAL = 1.0
-LOG_QUEUE_LINES = 10_000
-"""Board log lines kept while the fleet is unreachable; beyond that the oldest are dropped."""
-LOG_BATCH_LINES = 500
-"""Board log lines per ``POST /v1/gateway/logs`` (one request per report cycle at most)."""
-LOG_TEXT_MAX = 2048
-BOARD_LOGGERS = ("picofleet.board", "picofleet.manager", "picofleet.sync")
-"""Loggers whose lines about a board are sent (``picofleet.board.output`` propagates to the first)."""
-_OUTPUT_PREFIX = re.compile(r"\[([^\]]+)\] ")
-_LABEL = re.compile(r"^(?:.*? )?\(([^()\s]+)\): ")
-
-
-def _iso(created: float) -> str:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
-    return f"{stamp}.{int(created % 1 * 1000):03d}Z"
-
-
-class BoardLogQueue(logging.Handler):
-    """A logging handler keeping the log lines about boards, bounded, until they are sent.
-
-    A record's board is its ``board`` attribute (``extra={"board": serial}``); failing that, the
-    ``[SERIAL] `` prefix of a firmware line (``picofleet.board.output``) or the ``name (SERIAL): ``
-    label the gateway's status lines start with. Records about no board are ignored. Thread-safe:
-    hooks log from worker threads.
-    """
-
-    def __init__(self, capacity: int = LOG_QUEUE_LINES) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: collections.deque[dict[str, Any]] = collections.deque()
-        self.capacity = capacity
-        self.dropped = 0
-        self._guard = threading.Lock()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Queue the record if it is about a board (never raises)."""
-        try:
-            text = record.getMessage()
-            board = getattr(record, "board", None)
-            if record.name == "picofleet.board.output":
-                match = _OUTPUT_PREFIX.match(text)
-                if match:
-                    board = board or match.group(1)
-                    text = text[match.end() :]
-            elif board is None:
-                match = _LABEL.match(text)
-                if match:
-                    board = match.group(1)
-            if not board:
-                return
-            line = {
-                "board": str(board),
-                "time": _iso(record.created),
-                "level": record.levelname.lower(),
-                "text": text[:LOG_TEXT_MAX],
-            }
-            with self._guard:
-                if len(self.lines) >= self.capacity:
-                    self.lines.popleft()
-                    self.dropped += 1
-                self.lines.append(line)
-        except Exception:  # a log handler must never break the code that logs
-            self.handleError(record)
-
-    def peek(self, limit: int = LOG_BATCH_LINES) -> list[dict[str, Any]]:
-        """The oldest ``limit`` queued lines (left queued)."""
-        with self._guard:
-            return [self.lines[i] for i in range(min(limit, len(self.lines)))]
-
-    def sent(self, batch: list[dict[str, Any]]) -> None:
-        """Forget the lines of ``batch`` (the oldest), unless they were dropped meanwhile."""
-        with self._guard:
-            for line in batch:
-                if self.lines and self.lines[0] is line:
-                    self.lines.popleft()
-
-    def install(self) -> None:
-        """Attach to the board loggers."""
-        for name in BOARD_LOGGERS:
-            logging.getLogger(name).addHandler(self)
-
-    def uninstall(self) -> None:
-        """Detach from the board loggers."""
-        for name in BOARD_LOGGERS:
-            logging.getLogger(name).removeHandler(self)
 
 
 class SyncError(Exception):
@@ -166,6 +84,10 @@ class FleetSync:
     async def run(self) -> None:
         """Provision (once), then follow the target and report, until cancelled."""
         key = await self._gateway_key()
+        stored_target = await self.store.get_value(TARGET) or {}
+        fleet = await self.store.get_value(FLEET_ID) or stored_target.get("fleet")
+        if fleet:  # a gateway provisioned before FLEET_ID was stored learns it from its target
+            await self.manager.set_application_uuid(fleet)
         headers = {"Authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(
             base_url=self.config.fleet_url or "", headers=headers, timeout=LONG_POLL_SECONDS + 15
@@ -203,6 +125,8 @@ class FleetSync:
                 response.raise_for_status()
                 answer = response.json()
                 await self.store.set_value(GATEWAY_ID, answer["gateway"])
+                if answer.get("fleet"):
+                    await self.store.set_value(FLEET_ID, answer["fleet"])
                 await self.store.set_value(GATEWAY_KEY, answer["key"])
                 key = answer["key"]
                 log.info("provisioned into fleet %s as gateway %s", answer.get("fleet"), answer["gateway"])
@@ -223,6 +147,7 @@ class FleetSync:
                     target = response.json()
                     etag = response.headers.get("etag")
                     await self.store.set_value(TARGET, target)
+                    await self._fleet_is(target.get("fleet"))
                     await self.store.set_value(ETAG, etag)
                     await self.apply(client, target)
                 elif response.status_code != 304:
@@ -232,19 +157,27 @@ class FleetSync:
                 self.last_report = None  # the fleet may have lost what we told it: tell it again
                 await self._back_off(f"cannot follow the fleet's target: {error}")
 
+    async def _fleet_is(self, fleet: Any) -> None:
+        """The fleet (its name) the target names: stored, and every board's ``ApplicationUUID``."""
+        if isinstance(fleet, str) and fleet and fleet != self.manager.application_uuid:
+            await self.store.set_value(FLEET_ID, fleet)
+            await self.manager.set_application_uuid(fleet)
+
     async def apply(self, client: httpx.AsyncClient, target: dict[str, Any]) -> None:
         """Set every board's targets as received and queue the flashes that bring it there.
 
         Each firmware is fetched, verified and parsed once per call, however many boards need it.
         """
         jobs: dict[str, FlashJob] = {}  # sha256 -> the job built for the first board needing it
+        fetched: dict[str, bool] = {}  # FPGA image sha256 -> whether it is in the asset cache
         for uuid, board_target in (target.get("boards") or {}).items():
             board = self.manager.find(uuid)
             if board is None or not isinstance(board_target, dict):
                 continue
             commit = board_target.get("commit")
+            fpga = await self._fpga_image(client, board_target.get("fpga"), fetched)
             await self.manager.set_target(
-                board, commit, board_target.get("environment"), board_target.get("config")
+                board, commit, board_target.get("environment"), board_target.get("config"), fpga=fpga
             )
             firmware = board_target.get("firmware")
             if not firmware or commit is None or board.record.get("Commit") == commit:
@@ -306,6 +239,22 @@ class FleetSync:
                     await self.apply(client, target)
                 except Exception as error:  # the next request or new target tries again
                     log.warning("re-applying the target failed: %s", error)
+
+    async def _fpga_image(self, client: httpx.AsyncClient, fpga: Any, fetched: dict[str, bool]) -> str | None:
+        """The sha256 of a target's FPGA image (``None``: none), downloaded into the asset cache first
+        (once per apply); a failed download is logged and retried at the next apply, the board's task
+        says meanwhile that the image is not there yet."""
+        if not isinstance(fpga, dict) or not isinstance(fpga.get("sha256"), str):
+            return None
+        sha256 = str(fpga["sha256"])
+        if sha256 not in fetched:
+            try:
+                await self.manager.assets.download(client, str(fpga["url"]), sha256, fpga.get("size"))
+                fetched[sha256] = True
+            except (AssetError, httpx.HTTPError, KeyError) as error:
+                log.warning("cannot get the FPGA image %s: %s", sha256, error)
+                fetched[sha256] = False
+        return sha256
 
     async def _job(self, client: httpx.AsyncClient, firmware: dict[str, Any]) -> FlashJob:
         """Download (once, resumable), verify and parse a target's firmware: a job without a commit."""

@@ -5,5 +5,7 @@
 * :mod:`.bridge`: waits for the supervisor in the background, follows it, blinks the device.
 * :mod:`.update_lock`: balena's update lock, held while boards are flashed.
 * :mod:`.lock_plugin`: the built-in plugin ``balena_update_lock`` that hands that lock to the gateway.
+* :mod:`.proxyvisor`: the boards as dependent devices of a dependent app (balena-supervisor's
+  proxyvisor, up to v14.7.1): registration, the update/delete hooks, reports and logs.
 * :mod:`.api`: ``PUT /v1/enm/identify`` and ``GET /v1/enm/supervisor``.
 """

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -29,6 +29,9 @@ from picofleet.supervisor_bridge.supervisor_client import (
     SupervisorError,
     SupervisorUnreachable,
 )
+
+if TYPE_CHECKING:
+    from picofleet.supervisor_bridge.proxyvisor import Proxyvisor
 
 log = logging.getLogger("picofleet.supervisor")
 
@@ -61,6 +64,16 @@ class SupervisorBridge:
         self._client: SupervisorClient | None = None
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
+        self.proxyvisor: Proxyvisor | None = None
+        """The boards as the supervisor's dependent devices (supervisor_bridge/proxyvisor.py), when
+        a dependent app is configured; ``None`` otherwise."""
+
+    def attach(self, proxyvisor: Proxyvisor) -> None:
+        """Serve a dependent app: the proxyvisor works while the supervisor answers."""
+        self.proxyvisor = proxyvisor
+        proxyvisor.on_lost = self._lose
+        if self.state == READY:
+            proxyvisor.ready.set()
 
     def announce(self) -> None:
         """Say once, at start, whether the bridge is on and what balena says the device is."""
@@ -120,6 +133,8 @@ class SupervisorBridge:
             delay = min(delay * 2, BACKOFF_MAX)
         self.state = READY
         self._lost.clear()
+        if self.proxyvisor is not None:
+            self.proxyvisor.ready.set()
         info = self.device_info or {}
         log.info(
             "the balena supervisor answered after %d attempt(s) (%.1f s): supervisor %s, %s",
@@ -166,6 +181,8 @@ class SupervisorBridge:
         if self.state == READY:
             self.state, self.reason = WAITING, reason
             self._lost.set()
+            if self.proxyvisor is not None:
+                self.proxyvisor.ready.clear()
 
     # -- requests -------------------------------------------------------------------------------
     async def blink(self) -> None:
@@ -203,4 +220,5 @@ class SupervisorBridge:
             "device": self.env.device(),
             "supervisor": self.device_info,
             "applications": self.applications,
+            "dependent": self.proxyvisor.status() if self.proxyvisor is not None else None,
         }

@@ -13,6 +13,9 @@ import httpx
 
 REQUEST_TIMEOUT = 5.0
 """Seconds one request to the supervisor may take (it is local; a slower one is not answering)."""
+ASSET_TIMEOUT = 60.0
+"""Seconds without progress a dependent app's asset download may take (the supervisor may first
+have to tar it out of the app's image)."""
 
 
 class SupervisorError(Exception):
@@ -50,12 +53,15 @@ class SupervisorClient:
         self.address = address
         self._params = {"apikey": api_key} if api_key else {}
 
-    async def _request(self, method: str, path: str, *, authenticated: bool = True) -> httpx.Response:
+    async def _request(
+        self, method: str, path: str, *, authenticated: bool = True, body: Any = None
+    ) -> httpx.Response:
         try:
             response = await self.http.request(
                 method,
                 self.address + path,
                 params=self._params if authenticated else None,
+                json=body,
                 timeout=REQUEST_TIMEOUT,
             )
         except httpx.HTTPError as error:
@@ -63,13 +69,22 @@ class SupervisorClient:
                 f"the balena supervisor at {self.address} does not answer {method} {path}: {_describe(error)}"
             ) from None
         if response.status_code >= 400:
-            hint = " (is BALENA_SUPERVISOR_API_KEY right?)" if response.status_code == 401 else ""
-            raise SupervisorRefused(
-                f"the balena supervisor answered {response.status_code} {response.reason_phrase} "
-                f"to {method} {path}{hint}",
-                response.status_code,
-            )
+            raise self._refusal(method, path, response)
         return response
+
+    @staticmethod
+    def _refusal(method: str, path: str, response: httpx.Response) -> SupervisorRefused:
+        """The error for an error status; the supervisor's own (text) reason is quoted, short."""
+        if response.status_code == 401:
+            hint = " (is BALENA_SUPERVISOR_API_KEY right?)"
+        else:
+            text = " ".join(response.text.split())[:200]
+            hint = f": {text}" if text else ""
+        return SupervisorRefused(
+            f"the balena supervisor answered {response.status_code} {response.reason_phrase} "
+            f"to {method} {path}{hint}",
+            response.status_code,
+        )
 
     async def _json(self, path: str) -> dict[str, Any]:
         response = await self._request("GET", path)
@@ -98,3 +113,69 @@ class SupervisorClient:
     async def blink(self) -> None:
         """``POST /v1/blink``: the device's identification LED blinks for 15 s."""
         await self._request("POST", "/v1/blink")
+
+    # -- the proxyvisor: dependent devices (balena-supervisor up to v14.7.1, src/proxyvisor.js) ------
+    async def dependent_apps(self) -> list[dict[str, Any]]:
+        """``GET /v1/dependent-apps``: ``[{"id", "commit", "name", "config"}]``."""
+        response = await self._request("GET", "/v1/dependent-apps")
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, list):
+            raise SupervisorRefused(
+                "the balena supervisor's answer to GET /v1/dependent-apps is not a list", 502
+            )
+        return [app for app in answer if isinstance(app, dict)]
+
+    async def register_dependent(self, app_id: int) -> dict[str, Any]:
+        """``POST /v1/devices {"appId"}``: provision a dependent device of the app (201 with the
+        balena API's device: ``uuid``, ``device_name``...)."""
+        response = await self._request("POST", "/v1/devices", body={"appId": app_id})
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict) or not isinstance(answer.get("uuid"), str) or not answer["uuid"]:
+            raise SupervisorRefused("the balena supervisor's answer to POST /v1/devices has no uuid", 502)
+        return answer
+
+    async def report_dependent(self, uuid: str, fields: dict[str, Any]) -> None:
+        """``PUT /v1/devices/{uuid}``: the device's ``status``, ``is_online``, ``commit``,
+        ``environment``, ``config`` (only the fields given)."""
+        await self._request("PUT", f"/v1/devices/{uuid}", body=fields)
+
+    async def dependent_log(self, uuid: str, message: str, timestamp: int) -> None:
+        """``POST /v1/devices/{uuid}/logs {"message", "timestamp"}``: one log line of the device
+        (``timestamp`` in milliseconds since the epoch; the supervisor answers 202)."""
+        await self._request(
+            "POST", f"/v1/devices/{uuid}/logs", body={"message": message, "timestamp": timestamp}
+        )
+
+    async def dependent_asset(self, app_id: int, commit: str, max_bytes: int) -> bytes:
+        """``GET /v1/dependent-apps/{appId}/assets/{commit}``: the tar of the ``/assets`` folder of
+        the dependent app's image at that commit; a :class:`SupervisorRefused` (413) past ``max_bytes``."""
+        path = f"/v1/dependent-apps/{app_id}/assets/{commit}"
+        try:
+            async with self.http.stream(
+                "GET", self.address + path, params=self._params, timeout=ASSET_TIMEOUT
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise self._refusal("GET", path, response)
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise SupervisorRefused(
+                            f"the asset of commit {commit} is larger than {max_bytes} bytes "
+                            "(PICOFLEET_MAX_UPLOAD_BYTES)",
+                            413,
+                        )
+                    chunks.append(chunk)
+        except httpx.HTTPError as error:
+            raise SupervisorUnreachable(
+                f"the balena supervisor at {self.address} does not answer GET {path}: {_describe(error)}"
+            ) from None
+        return b"".join(chunks)

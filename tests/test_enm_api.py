@@ -97,7 +97,6 @@ def test_supervisor_hook_sets_the_targets(gateway: GatewayProcess) -> None:
         ("PUT", "/v1/enm/status", "[]", 400, "must be a JSON object"),
         ("GET", "/v1/devices/nope", None, 404, "no device with LocalUUID or ResinUUID 'nope'"),
         ("PUT", "/v1/devices/nope", "{}", 404, "no device"),
-        ("DELETE", "/v1/devices/nope", None, 404, "no device"),
         ("PUT", "/v1/devices/nope/restart", None, 404, "no device"),
         ("POST", "/v1/devices", None, 405, "method POST is not allowed"),
         ("GET", "/v2/nothing", None, 404, "no route GET /v2/nothing"),

@@ -152,7 +152,7 @@ def test_target_state_follows_pushes_pins_and_long_polls(service: FleetProcess, 
     key = service.provision(fleet.provisioning_key)["key"]
     report(service, key, boards(("b1", "pico2-ice"), ("b2", "pico2-ice"), ("old", "rp2040")))
     empty = target(service, key)["boards"]
-    assert empty["b1"] == {"commit": None, "firmware": None, "environment": {}, "config": {}}
+    assert empty["b1"] == {"commit": None, "firmware": None, "fpga": None, "environment": {}, "config": {}}
 
     first = fleet.push("2.0.0")
     state = target(service, key)
@@ -162,6 +162,7 @@ def test_target_state_follows_pushes_pins_and_long_polls(service: FleetProcess, 
         assert state["boards"][uuid] == {
             "commit": first,
             "firmware": {"sha256": sha, "size": len(data), "url": f"/v1/assets/{sha}", "kind": "uf2"},
+            "fpga": None,
             "environment": {"MODE": "lab"},
             "config": {"RATE": "5"},
         }
@@ -301,7 +302,7 @@ def test_assets_ranges_and_fleet_isolation(service: FleetProcess, tmp_path: Path
     seen = target(service, stranger)
     assert seen == {
         "fleet": "other",
-        "boards": {"z": {"commit": None, "firmware": None, "environment": {}, "config": {}}},
+        "boards": {"z": {"commit": None, "firmware": None, "fpga": None, "environment": {}, "config": {}}},
     }
 
 

@@ -104,6 +104,7 @@ def test_push_makes_a_release_and_a_second_push_moves_the_target(
         "kind": "uf2",
         "environment": {"MODE": "lab"},
         "config": {"RATE": "5"},
+        "fpga": None,
     }
     assert AssetCache(fleet_service.data / "assets").get(sha) == data
     assert fleet_service.fleet("lab")["target"] == first
@@ -201,7 +202,7 @@ REFUSALS: dict[str, tuple[Callable[[Path], None], list[str]]] = {
         lambda w: write(
             w,
             {
-                "fleet.yml": MANIFEST.replace("build/app.uf2", "fpga/top.bin"),
+                "fleet.yml": MANIFEST.replace("    environment:", "    fpga: fpga/top.bin\n    environment:"),
                 "fpga/top.bin": b"\xff\x00" * 64,
             },
         ),

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from picofleet.firmware.formats import image, uf2
+from picofleet.firmware.formats import boot_header, image, uf2
 from tests.helpers.boards import rack_boards
 from tests.helpers.fleet import FleetProcess
 from tests.helpers.gateway import GatewayProcess, running_gateway, wait_for
@@ -125,7 +125,9 @@ def test_identify_answers_200_once_the_board_blinks(gateway: GatewayProcess) -> 
 
 def test_identify_says_when_the_firmware_cannot_blink(gateway: GatewayProcess) -> None:
     serial = gateway.devices()[1]["LocalUUID"]
-    silent = uf2.from_binary(b"\x00" * 4096, image.FLASH_BASE, uf2.RP2350_ARM_S)  # boots, never answers
+    # a bootable image (IMAGE_DEF block) with no descriptor: it boots and never answers
+    body = boot_header.bootable("rp2350", b"\x00" * 4096)
+    silent = uf2.from_binary(body, image.FLASH_BASE, uf2.RP2350_ARM_S)
     flashed = httpx.post(
         f"{gateway.url}/v1/devices/{serial}/flash?commit=silent", content=silent, headers=OCTETS, timeout=10
     )

@@ -4,8 +4,15 @@ Copy this file next to main.py on the board. It implements the ``hw`` interface 
 main.py with MicroPython's ``machine`` module; the simulator has its own implementation
 (picofleet.plugins.virtual.hardware). Stock MicroPython does not honour the 1200-baud touch:
 the ``bootloader`` request of the protocol is the way into the UF2 bootloader.
+
+Files (settings, the FPGA image) live in MicroPython's flash filesystem, next to main.py; a file
+is replaced atomically: written to ``<name>.tmp``, then renamed over the old one (littlefs renames
+atomically). On a pico2-ice the iCE40 is configured by the pulse-count firmware's hardware module
+(``firmware/pico2_ice/hw_pico2_ice.py``, copied to the board as well; it needs tinyVision's
+MicroPython with the ``ice`` module), created the first time an image is configured.
 """
 
+import os
 import sys
 import time
 
@@ -35,6 +42,7 @@ class Hardware:
         self._timer = machine.Timer()
         self._blink_until = 0
         micropython.kbd_intr(-1)  # byte 0x03 is data, not Ctrl-C
+        self._ice = None  # hw_pico2_ice.Hardware, made when the FPGA is first configured
 
     def serial(self):
         """The chip's unique id as 16 upper-case hex digits (as USB reports it)."""
@@ -66,6 +74,46 @@ class Hardware:
     def bootloader(self):
         """Reboot into the ROM UF2 bootloader."""
         machine.bootloader()
+
+    def read_file(self, name):
+        """The bytes of a file of the flash filesystem, or None when there is none."""
+        try:
+            with open(name, "rb") as handle:
+                return handle.read()
+        except OSError:
+            return None
+
+    def write_file(self, name, data):
+        """Replace a file atomically: a temporary file, synced, then renamed over the old one."""
+        temp = name + ".tmp"
+        with open(temp, "wb") as handle:
+            handle.write(data)
+        if hasattr(os, "sync"):
+            os.sync()
+        os.rename(temp, name)
+
+    def remove_file(self, name):
+        """Remove a file (nothing when there is none)."""
+        try:  # noqa: SIM105 (MicroPython has no contextlib)
+            os.remove(name)
+        except OSError:
+            pass
+
+    def has_fpga(self):
+        """Whether the board carries an iCE40 (the pico2-ice)."""
+        return self._board == "pico2-ice"
+
+    def fpga_program(self, bitstream):
+        """Configure the iCE40 with hw_pico2_ice's code; raises Exception(reason) unless CDONE went high."""
+        if self._ice is None:
+            try:
+                import hw_pico2_ice
+            except ImportError as error:
+                missing = "hw_pico2_ice.py or the ice module is missing (" + str(error) + ")"
+                raise Exception("cannot configure the FPGA: " + missing) from None
+            self._ice = hw_pico2_ice.Hardware()
+            self._led_off()
+        self._ice.fpga_program(bitstream)
 
     def stdin(self):
         """The USB serial input, binary."""

@@ -1,7 +1,9 @@
 """The image descriptor that tells which picofleet firmware a flash image holds (PROTOCOL.md).
 
 Real firmware images embed it as a constant; the virtual boards read it from their flash
-contents to decide what to boot, just as picotool reads binary info from a real image.
+contents to decide what to boot, just as picotool reads binary info from a real image. The
+images built here start with the boot header of the board's chip (boot_header.py), so that a
+real or virtual bootrom boots them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import json
 import struct
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
+
+from picofleet.firmware.formats import boot_header
 
 if TYPE_CHECKING:
     from picofleet.firmware.formats.uf2 import UF2Image
@@ -25,15 +29,24 @@ def make_descriptor(name: str, version: str, board: str) -> bytes:
     return MAGIC + struct.pack("<H", len(body)) + body
 
 
-def make_app_image(name: str, version: str, board: str, size: int = 4096) -> bytes:
-    """Return a flash image of ``size`` bytes (at least the descriptor) holding the descriptor.
+def make_app_image(
+    name: str, version: str, board: str, size: int = 4096, *, chip: str | None = None, broken: bool = False
+) -> bytes:
+    """Return a bootable flash image of ``size`` bytes (at least header and descriptor) for ``board``.
 
-    The rest is deterministic filler so that two versions differ in content, as real builds do.
+    It starts with the boot header of the board's chip (``boot_header.build``: RP2040 boot2 with
+    its CRC, RP2350 IMAGE_DEF block), then the descriptor; the rest is deterministic filler so
+    that two versions differ in content, as real builds do. ``chip`` (``rp2040``/``rp2350``)
+    is needed only for a board type that is not built in (a plugin's). ``broken`` writes a boot
+    header the chip refuses (the board stays in BOOTSEL), for tests and demos of a bad release.
+    Raises :class:`ValueError` for a board type that is not built in when ``chip`` is not given.
     """
+    header = boot_header.build(chip.lower() if chip else boot_header.chip_of_board(board), broken=broken)
     descriptor = make_descriptor(name, version, board)
     filler_seed = f"{name}:{version}:{board}".encode()
-    filler = (filler_seed * (size // max(len(filler_seed), 1) + 1))[: max(size - len(descriptor), 0)]
-    return descriptor + filler
+    used = len(header) + len(descriptor)
+    filler = (filler_seed * (size // max(len(filler_seed), 1) + 1))[: max(size - used, 0)]
+    return header + descriptor + filler
 
 
 def find_descriptor(image: bytes) -> dict[str, str] | None:

@@ -5,6 +5,8 @@ Blocking, for the board plugins' hooks (which the gateway runs in worker threads
     client = FirmwareClient(port, on_log=lambda level, text: log.info("%s: %s", level, text))
     client.identify()            # {"id": 1, "ok": True, "proto": 1, "board": ..., "version": ...}
     client.request("blink", seconds=5)
+    client.apply_settings({"MODE": "lab"}, {})       # what the board stored
+    client.write_fpga_image(bitstream, progress)     # {"sha256", "configured", "error"?}
 
 Log lines that arrive while waiting for a response are handed to ``on_log``; lines that are not
 JSON objects (boot noise, another firmware's output) are skipped until the deadline.
@@ -12,7 +14,9 @@ JSON objects (boot noise, another firmware's output) are skipped until the deadl
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import logging
 import secrets
@@ -24,7 +28,16 @@ import serial
 
 from picofleet.firmware.host.errors import FirmwareError, NoAnswer, PortLost
 
-__all__ = ["MAX_ID", "FirmwareClient", "brief_reads", "forward_log", "random_id"]
+__all__ = [
+    "FPGA_CHUNK",
+    "MAX_ID",
+    "MAX_LINE",
+    "FirmwareClient",
+    "UnknownOp",
+    "brief_reads",
+    "forward_log",
+    "random_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +51,18 @@ MAX_PENDING = 64 * 1024
 
 MAX_ID = 0xFFFFFFFF
 """The largest request id (protocol version 2 carries ids as u32)."""
+MAX_LINE = 4096
+"""The longest request line the reference firmware takes (PROTOCOL.md), without its line end."""
+FPGA_CHUNK = 2048
+"""Bytes of FPGA image per ``fpga_chunk`` request (2,732 characters of base64)."""
+FPGA_CHUNK_TIMEOUT = 2.0
+"""Seconds the board has to answer one ``fpga_begin``/``fpga_chunk``/``fpga_clear``."""
+FPGA_END_TIMEOUT = 20.0
+"""Seconds the board has to store the image and configure its iCE40 (``fpga_end``)."""
+
+
+class UnknownOp(FirmwareError):
+    """The firmware answered ``unknown op '<op>'``: it does not implement that operation."""
 
 
 def random_id() -> int:
@@ -101,8 +126,13 @@ class FirmwareClient:
         in time, and a ``FirmwareError`` naming the port when it fails (board unplugged).
         """
         request_id = self._next_id
-        self._next_id += 1
         line = json.dumps({"id": request_id, "op": op, **args}, separators=(",", ":")) + "\n"
+        if len(line) - 1 > MAX_LINE:
+            raise FirmwareError(
+                f"the '{op}' request would be {len(line) - 1} bytes, over the protocol's"
+                f" {MAX_LINE}-byte line limit"
+            )
+        self._next_id += 1
         deadline = time.monotonic() + timeout
         with brief_reads(self.port):
             self.port.write(line.encode())  # no flush(): tcdrain could wait for ever on a stuck board
@@ -118,7 +148,10 @@ class FirmwareClient:
                     continue  # a late answer to an earlier request that timed out
                 if message.get("ok") is True:
                     return message
-                raise FirmwareError(f"board answered: {message.get('error', 'an error without reason')}")
+                error = str(message.get("error", "an error without reason"))
+                if error == f"unknown op '{op}'":
+                    raise UnknownOp(f"board answered: {error}")
+                raise FirmwareError(f"board answered: {error}")
 
     def identify(self, timeout: float = 2.0) -> dict:
         """Ask the firmware who it is: ``proto``, ``board``, ``serial``, ``firmware``, ``version``."""
@@ -143,6 +176,53 @@ class FirmwareClient:
     def bootloader(self, timeout: float = 2.0) -> None:
         """Make the board reboot into its UF2 bootloader (its port goes away, a drive appears)."""
         self.request("bootloader", timeout=timeout)
+
+    def apply_settings(
+        self, environment: dict[str, str], config: dict[str, str], timeout: float = 2.0
+    ) -> dict:
+        """Store ``environment`` and ``config`` on the board (``settings``); return what it stored:
+        ``{"environment": {...}, "config": {...}}``.
+
+        Raises :class:`UnknownOp` when the firmware has no ``settings`` op, :class:`FirmwareError`
+        with the board's reason when it refuses the values (or they do not fit in one request).
+        """
+        answer = self.request("settings", timeout=timeout, environment=environment, config=config)
+        applied = {key: answer.get(key) for key in ("environment", "config")}
+        if not all(isinstance(value, dict) for value in applied.values()):
+            raise FirmwareError("board answered settings without the environment and config it stored")
+        return applied
+
+    def write_fpga_image(
+        self, image: bytes, progress: Callable[[int, int], None] | None = None, chunk: int = FPGA_CHUNK
+    ) -> dict:
+        """Send an iCE40 image in chunks (``fpga_begin``, ``fpga_chunk``..., ``fpga_end``); the board
+        checks its sha256, stores it and configures its FPGA from it. Returns the board's answer:
+        ``{"sha256", "configured", "error"?}``. ``progress(done, total)`` after each chunk.
+
+        Raises :class:`UnknownOp` when the firmware has no FPGA ops, :class:`FirmwareError` with the
+        board's reason when it refuses (no FPGA, too large, sha256 mismatch).
+        """
+        sha256 = hashlib.sha256(image).hexdigest()
+        total = len(image)
+        self.request("fpga_begin", timeout=FPGA_CHUNK_TIMEOUT, sha256=sha256, size=total)
+        for offset in range(0, total, chunk):
+            data = base64.b64encode(image[offset : offset + chunk]).decode("ascii")
+            self.request("fpga_chunk", timeout=FPGA_CHUNK_TIMEOUT, offset=offset, data=data)
+            if progress is not None:
+                progress(min(offset + chunk, total), total)
+        answer = self.request("fpga_end", timeout=FPGA_END_TIMEOUT)
+        if answer.get("sha256") != sha256 or not isinstance(answer.get("configured"), bool):
+            raise FirmwareError(
+                "board answered fpga_end without the sha256 and configured state of the image"
+            )
+        result = {"sha256": sha256, "configured": answer["configured"]}
+        if not answer["configured"]:
+            result["error"] = str(answer.get("error") or "the FPGA did not configure")
+        return result
+
+    def clear_fpga_image(self) -> None:
+        """Make the board forget its stored FPGA image (``fpga_clear``; not configured at the next boot)."""
+        self.request("fpga_clear", timeout=FPGA_CHUNK_TIMEOUT)
 
     def _next_message(self, deadline: float) -> dict | None:
         """The next line that is a JSON object, or ``None`` at the deadline."""

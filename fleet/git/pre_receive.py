@@ -182,6 +182,9 @@ def main() -> int:
             say(f"  to run it: picofleet fleet pin {fleet} {short}")
         for name, board in release.boards.items():
             say(f"  {name}: {board.firmware} ({board.kind}, {board.size} bytes, sha256 {board.sha256[:16]})")
+            if board.fpga is not None:
+                image = board.fpga
+                say(f"    fpga: {image.path} ({image.kind}, .bin of {image.size} bytes, {image.sha256[:16]})")
     return 0
 
 

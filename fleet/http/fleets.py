@@ -134,9 +134,19 @@ def _board_json(
     releases: dict[str, Any],
     settings: dict[str, Any],
 ) -> dict[str, Any]:
-    """A reported board with its gateway, target, pin and own variables."""
+    """A reported board with its gateway, target, pin and own variables, and whether it is
+    ``converged``: it runs the target commit, holds the target's FPGA image (or none when the target
+    has none) and reports the target's environment and config."""
     mine = settings.get(board["LocalUUID"]) or {}
     target = board_target(board, fleet, releases, mine)
+    target_fpga = target["fpga"]["sha256"] if target.get("fpga") else None
+    converged = (
+        target["commit"] is not None
+        and board.get("Commit") == target["commit"]
+        and board.get("FpgaImage") == target_fpga
+        and board.get("Environment") == target["environment"]
+        and board.get("Config") == target["config"]
+    )
     return {
         **board,
         "gateway": gateway["id"],
@@ -146,6 +156,8 @@ def _board_json(
         "board_config": mine.get("config") or {},
         "target_environment": target["environment"],
         "target_config": target["config"],
+        "target_fpga": target_fpga,
+        "converged": converged,
     }
 
 

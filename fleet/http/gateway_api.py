@@ -168,8 +168,10 @@ async def asset(request: Request) -> Response:
     referenced = False
     for fleet in fleets:
         for release in await service.store.releases(fleet):
-            if any(b.get("sha256") == sha256 for b in (release.get("boards") or {}).values()):
-                referenced = True
+            for board in (release.get("boards") or {}).values():
+                fpga = board.get("fpga")  # the release's iCE40 image for the board type, if any
+                if sha256 in (board.get("sha256"), fpga.get("sha256") if isinstance(fpga, dict) else None):
+                    referenced = True
     path = service.assets.path_of(sha256)
     if not referenced or not path.is_file():
         raise ApiError(404, f"no asset {sha256} in a release of your fleet")

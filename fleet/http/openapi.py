@@ -66,6 +66,13 @@ RELEASE = object_schema(
         "boards": {"type": ["object", "null"], "description": "per board type: firmware, sha256, version"},
     }
 )
+REPORTED_SETTINGS = {
+    "type": ["object", "null"],
+    "maxProperties": 1024,
+    "propertyNames": {"maxLength": 128},
+    "additionalProperties": {"type": "string", "maxLength": 4096},
+    "description": "what the board holds (its identify answer)",
+}
 BOARD_REPORT = object_schema(
     {
         "LocalUUID": {"type": "string", "minLength": 1, "maxLength": 128},
@@ -76,6 +83,13 @@ BOARD_REPORT = object_schema(
         "FirmwareVersion": NULLABLE_STRING,
         "online": {"type": "boolean"},
         "Progress": {"type": ["number", "null"]},
+        "Environment": REPORTED_SETTINGS,
+        "Config": REPORTED_SETTINGS,
+        "FpgaImage": {
+            "type": ["string", "null"],
+            "pattern": SHA256["pattern"],
+            "description": "sha256 of the iCE40 image the board configured from",
+        },
         "LocalMode": {"type": "boolean", "description": "the gateway's fleet sync leaves the board alone"},
         "FailedRelease": object_schema(
             {
@@ -101,6 +115,11 @@ BOARD = {
         "board_config": STRING_MAP,
         "target_environment": STRING_MAP,
         "target_config": STRING_MAP,
+        "target_fpga": {**NULLABLE_STRING, "description": "sha256 of the target's iCE40 image, or null"},
+        "converged": {
+            "type": "boolean",
+            "description": "Commit, FpgaImage, Environment and Config all equal the board's target",
+        },
     },
 }
 GATEWAY_JSON = object_schema(

@@ -21,6 +21,7 @@ from picofleet.gateway.boards.flash_job import FlashJob
 from picofleet.gateway.boards.flashing import flash_board
 from picofleet.gateway.boards.owner import BoardOwner
 from picofleet.gateway.boards.record import LIVE_FIELDS, Status, public_form
+from picofleet.gateway.boards.settings import bring_to_target, identity_fields
 from picofleet.gateway.models import APPLICATION, BOOTLOADER, BoardError, BoardIdentity, BoardRef, Sighting
 
 log = logging.getLogger("picofleet.board")
@@ -289,8 +290,8 @@ class Board:
             await self.blink()
         if reserved:
             await self.manager.reserved_boards.serve(self)
-        elif self.record["Status"] != Status.IDLE.value:
-            await self.update(Status=Status.IDLE.value)
+        else:
+            await bring_to_target(self)  # settings and FPGA image (gateway/boards/settings.py), then Idle
 
     async def wait_for_reset(self) -> None:
         """Close the port of a board that was just reset, and wait until it is back.
@@ -387,6 +388,7 @@ class Board:
             FirmwareVersion=version,
             Port=app.devname,
             UsbPort=app.usb_port or None,
+            **identity_fields(self, identity),  # Environment, Config, FpgaImage: what the board holds
             **({"Commit": None} if drifted else {}),
         )
         if drifted:

@@ -75,6 +75,9 @@ class DeviceManager:
         """The reservation book (gateway/evaluation/reservations.py), once :meth:`serve_reservations`."""
         self.reserved_boards: ReservedBoardServer[Board] = NoReservations()
         """What serves reserved boards (gateway/evaluation/reserved_board.py)."""
+        self.application_uuid: Any = None
+        """What every board's ``ApplicationUUID`` says (:meth:`set_application_uuid`): the fleet's
+        name once provisioned into a fleet, the dependent app's appId under balena, else ``None``."""
         self.reapply = asyncio.Event()
         """Set when boards need the stored target applied again — a reservation ended, a board left
         local mode or drifted (:meth:`request_reapply`); the fleet sync waits on it."""
@@ -201,6 +204,8 @@ class DeviceManager:
     async def provision(self, board: Board, board_type: str) -> None:
         """Give a new board its stable identity and store it; from now on it is listed."""
         record = {**board.record, "BoardType": board_type}
+        if self.application_uuid is not None:
+            record["ApplicationUUID"] = self.application_uuid
         record["Name"] = board_name(record["ResinUUID"], self._names)
         self._names.add(record["Name"])  # reserved before the write: boards provisioned together differ
         try:
@@ -226,6 +231,21 @@ class DeviceManager:
             self._add_board(fresh)
             for sighting in board.sightings.values():
                 fresh.seen(sighting)
+
+    async def set_application_uuid(self, value: Any) -> None:
+        """Set ``ApplicationUUID`` on every board, and on the boards provisioned from now on."""
+        self.application_uuid = value
+        for board in self.listed():
+            await board.update(ApplicationUUID=value)
+
+    async def set_identity(self, board: Board, resin_uuid: str, name: str) -> None:
+        """Give a board the ResinUUID and Name another party gave it (the balena supervisor, when
+        it registers the board as a dependent device: supervisor_bridge/proxyvisor.py); stored."""
+        old_name = board.record.get("Name")
+        await board.update(ResinUUID=resin_uuid, Name=name)
+        if board.record.get("Name") == name and old_name != name:
+            self._names.discard(old_name)
+            self._names.add(name)
 
     def listed(self) -> list[Board]:
         """Provisioned boards, in the order they were provisioned."""
@@ -321,6 +341,7 @@ class DeviceManager:
             TargetConfig=config or {},
             TargetFpgaImage=fpga,
         )
+        board.wake.set()  # its task brings settings and FPGA image there (gateway/boards/settings.py)
 
     def request_reapply(self, reason: str) -> None:
         """Ask the fleet sync (gateway/sync.py) to apply the stored target again, now; without a
@@ -436,8 +457,8 @@ class DeviceManager:
         board.wake.set()
 
     def referenced_assets(self) -> set[str]:
-        """The assets some board still needs: its pending flash (stored or being queued) and the
-        image it runs (``RunningImage``: what a rollback returns to)."""
+        """The assets some board still needs: its pending flash (stored or being queued), the
+        image it runs (``RunningImage``: what a rollback returns to) and its target FPGA image."""
         referenced = set(self._storing)
         for board in self.boards.values():
             running = board.record.get("RunningImage")
@@ -445,6 +466,8 @@ class DeviceManager:
                 referenced.add(str(running["sha256"]))
             if board.pending_flash is not None:
                 referenced.add(board.pending_flash.sha256)
+            if board.record.get("TargetFpgaImage"):
+                referenced.add(str(board.record["TargetFpgaImage"]))  # its FPGA image, while targeted
             if isinstance(board.record.get("PendingFlash"), dict):
                 referenced.add(str(board.record["PendingFlash"].get("sha256")))
         return referenced

@@ -1,4 +1,5 @@
-"""The gateway's HTTP API, assembled: edge-node-manager's routes, byte-compatible, plus picofleet's.
+"""The gateway's HTTP API, assembled: edge-node-manager's routes (docs/api.md lists where they
+differ from ENM's), plus picofleet's.
 
 ENM routes (see docs/api.md): ``GET/PUT /v1/enm/status`` (:mod:`.status`), ``GET /v1/devices``,
 ``GET/PUT/DELETE /v1/devices/{uuid}``, ``PUT /v1/devices/{uuid}/restart`` (:mod:`.devices`). Where

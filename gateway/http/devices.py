@@ -1,7 +1,8 @@
 """The dependent devices (the boards) of the gateway's API (docs/api.md).
 
-ENM's routes, byte-compatible: ``GET /v1/devices``, ``GET/PUT/DELETE /v1/devices/{uuid}``,
-``PUT /v1/devices/{uuid}/restart`` (the supervisor's hooks); picofleet's:
+ENM's routes (docs/api.md, "Differences from ENM"): ``GET /v1/devices``,
+``GET/PUT/DELETE /v1/devices/{uuid}``, ``PUT /v1/devices/{uuid}/restart`` (the supervisor's hooks);
+picofleet's:
 ``PUT /v1/devices/{uuid}/identify`` (blink the board), ``POST /v1/devices/{uuid}/flash`` (a
 one-off UF2; a board that follows a fleet only in local mode) and
 ``PUT /v1/devices/{uuid}/local-mode``. A device is named by its LocalUUID (USB serial) or its
@@ -100,20 +101,45 @@ async def get_device(request: Request) -> Response:
 
 
 async def put_device(request: Request) -> Response:
-    """Supervisor hook: set TargetCommit, TargetEnvironment, TargetConfig (ENM)."""
+    """Supervisor hook: set TargetCommit, TargetEnvironment, TargetConfig (ENM); 200 once stored.
+
+    Serving a balena dependent app (supervisor_bridge/proxyvisor.py) it also brings the board to
+    the commit: 202 while the commit's asset is downloaded and flashed, 200 once the board runs it,
+    409/422 with the reason when it will not be flashed (docs/balena.md, "Dependent devices").
+    """
     board = _board_or_404(request)
     body = json_object(await json_body(request), "the request body")
     commit = _commit(body.get("commit"), "commit")
     environment = _string_map(body.get("environment"), "environment")
     config = _string_map(body.get("config"), "config")
+    proxyvisor = gateway_of(request).bridge.proxyvisor
+    if proxyvisor is not None:
+        answer = await proxyvisor.hook_update(board, commit, environment, config)
+        body = answer.body(board, commit)
+        if answer.status >= 400:
+            body = {"error": answer.reason, **body}
+        return JSONResponse(body, status_code=answer.status)
     await gateway_of(request).manager.set_target(board, commit, environment, config)
     return Response(status_code=200)
 
 
 async def delete_device(request: Request) -> Response:
-    """Supervisor hook: forget a device (ENM). Still plugged in, it is provisioned anew."""
-    await gateway_of(request).manager.request_delete(_board_or_404(request))
-    return Response(status_code=200)
+    """Supervisor hook: forget a device (ENM). Still plugged in, it is provisioned anew.
+
+    Idempotent, as the supervisor expects (it repeats a DELETE until answered 200): an unknown
+    uuid — already deleted — answers 200 ``{"deleted": false, "reason"}``.
+    """
+    api = gateway_of(request)
+    uuid = request.path_params["uuid"]
+    board = api.manager.find(uuid)
+    if board is None:
+        reason = f"no device with LocalUUID or ResinUUID {uuid!r} (deleted already?)"
+        return JSONResponse({"deleted": False, "reason": reason})
+    if api.bridge.proxyvisor is not None:
+        await api.bridge.proxyvisor.hook_delete(board)
+    else:
+        await api.manager.request_delete(board)
+    return JSONResponse({"deleted": True, "device": board.record.get("ResinUUID")})
 
 
 async def restart_device(request: Request) -> Response:

@@ -17,8 +17,10 @@ from picofleet.gateway.http.devices import COMMIT
 from picofleet.gateway.http.openapi_schemas import (
     BITSTREAM,
     CLIENT_NAME,
+    DELETED,
     DEVICE,
     EVALUATION_RESULT,
+    HOOK_ANSWER,
     IDENTIFY,
     NOT_COUNT_AND_SERIALS,
     NULLABLE_OBJECT,
@@ -286,7 +288,8 @@ def openapi_document(reservation_max_seconds: int = DEFAULT_MAX_SECONDS) -> dict
         "info": {
             "title": "picofleet gateway",
             "version": __version__,
-            "description": "edge-node-manager's API (byte-compatible) plus picofleet's additions",
+            "description": "edge-node-manager's API (with the differences docs/api.md lists) plus "
+            "picofleet's additions",
         },
         "paths": {
             "/v1/enm/status": {
@@ -355,11 +358,25 @@ def openapi_document(reservation_max_seconds: int = DEFAULT_MAX_SECONDS) -> dict
                             )
                         ),
                     },
-                    "responses": {**ok, **error_responses(400, 404)},
+                    "responses": {
+                        "200": {
+                            "description": "stored; serving a balena dependent app the board runs the "
+                            "commit, and the body is the HOOK_ANSWER of the 202",
+                        },
+                        "202": {
+                            "description": "serving a balena dependent app: the commit is on its way",
+                            **json_content(HOOK_ANSWER),
+                        },
+                        **error_responses(400, 404),
+                        **{
+                            str(code): {"description": "error", **json_content(HOOK_ANSWER)}
+                            for code in (409, 422, 503)
+                        },
+                    },
                 },
                 "delete": {
-                    "summary": "Supervisor hook: forget the device",
-                    "responses": {**ok, **error_responses(404)},
+                    "summary": "Supervisor hook: forget the device (idempotent: unknown uuid, 200 too)",
+                    "responses": {"200": {"description": "deleted, or unknown", **json_content(DELETED)}},
                 },
             },
             "/v1/devices/{uuid}/restart": {

@@ -102,6 +102,11 @@ SUPERVISOR = object_schema(
         "device": {"type": "object", "description": "uuid, name, appId, deviceType from balena"},
         "supervisor": {"type": ["object", "null"], "description": "the supervisor's GET /v1/device"},
         "applications": {"type": ["object", "null"], "description": "GET /v2/applications/state"},
+        "dependent": {
+            "type": ["object", "null"],
+            "description": "serving a balena dependent app: appId, app (GET /v1/dependent-apps), "
+            "registered ({LocalUUID: {uuid, name, appId}}), reason; null otherwise",
+        },
         "updateLock": object_schema(
             {
                 "enabled": {"type": "boolean"},
@@ -118,6 +123,22 @@ SUPERVISOR = object_schema(
             }
         ),
     }
+)
+
+
+HOOK_ANSWER = object_schema(
+    {
+        "device": {"type": ["string", "null"], "description": "the device's ResinUUID"},
+        "commit": {"type": ["string", "null"]},
+        "state": {"type": "string", "enum": ["applied", "downloading", "flashing", "waiting"]},
+        "reason": {"type": "string"},
+        "error": {"type": "string"},
+    },
+    description="serving a balena dependent app (docs/balena.md): where the board stands",
+)
+DELETED = object_schema(
+    {"deleted": {"type": "boolean"}, "device": {"type": ["string", "null"]}, "reason": {"type": "string"}},
+    required=["deleted"],
 )
 
 

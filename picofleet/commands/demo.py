@@ -219,6 +219,8 @@ def try_lines(
     lines += [
         f"{me} sim list --data {where}    # the virtual rack",
         f"{me} sim unplug SERIAL --data {where}    # the board turns Offline; `plug` brings it back",
+        f"{me} sim image --board pico2-ice --version 2.1.0 {shlex.quote(str(data / 'app.uf2'))}"
+        "    # a bootable image (--broken: one that stays in BOOTSEL)",
         f"{me} fleet boards {FLEET} --url {fleet_url} --token {token}",
     ]
     return lines

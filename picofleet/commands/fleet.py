@@ -132,9 +132,7 @@ def cmd_gateways(args: argparse.Namespace) -> int:
     rows = []
     for g in gateways:
         online = sum(1 for b in g["boards"] if b.get("online"))
-        converged = sum(
-            1 for b in g["boards"] if b.get("Commit") and b.get("Commit") == b.get("target_commit")
-        )
+        converged = sum(1 for b in g["boards"] if b.get("converged"))  # commit, FPGA image, env, config
         rows.append(
             [
                 g["gateway"],

@@ -9,11 +9,13 @@ file-descriptor number.
 
 Boot: the flash (``flash/<serial>.uf2``, the UF2 blocks last flashed) is read as a flat image;
 its image descriptor (``firmware/formats/image.py``) named ``picofleet-app`` boots the reference firmware
-(``firmware/app/main.py``, unchanged) behind a pty; one named ``picofleet-pulsecount`` boots the
-evaluation firmware (``firmware/pico2_ice/pulsecount.py``, unchanged) with a simulated FPGA
-(fpga.py; compiled circuits cached in ``<state>/fpga/``); another or no descriptor boots "unknown
-firmware" (a tty that never answers but honours the 1200-baud touch); empty or invalid flash
-boots the ROM bootloader, as a blank RP2 does.
+(``firmware/app/main.py``, unchanged) behind a pty, its files (settings, a pico2-ice's FPGA image,
+configured into a simulated FPGA at every boot) in ``storage/<serial>/``; one named
+``picofleet-pulsecount`` boots the evaluation firmware (``firmware/pico2_ice/pulsecount.py``,
+unchanged) with a simulated FPGA (fpga.py; compiled circuits cached in ``<state>/fpga/``); another
+or no descriptor boots "unknown firmware" (a tty that never answers but honours the 1200-baud
+touch); empty or invalid flash, or an image the chip's bootrom would not boot (no valid RP2040
+boot2 CRC / RP2350 IMAGE_DEF block: bootrom.py), boots the ROM bootloader, as a real RP2 does.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from picofleet.firmware.formats import image as fw_image
 from picofleet.firmware.formats import uf2
 from picofleet.firmware.pico2_ice import pulsecount
 from picofleet.plugins.virtual import identities
-from picofleet.plugins.virtual.bootrom import DriveWatcher, ImageAssembler, remove_drive
-from picofleet.plugins.virtual.fpga import CircuitCache, FpgaSimulator
+from picofleet.plugins.virtual.bootrom import DriveWatcher, ImageAssembler, boot_refusal, remove_drive
+from picofleet.plugins.virtual.fpga import CircuitCache, FpgaError, FpgaSimulator, simulation_mode
 from picofleet.plugins.virtual.hardware import PtyPort, SimulatedHardware, SimulatedPulseCountHardware
 
 log = logging.getLogger("picofleet.rack")
@@ -76,22 +78,26 @@ def factory_flash(board_type: str) -> bytes:
     return uf2.from_binary(image, fw_image.FLASH_BASE, identities.factory_family(board_type))
 
 
-def read_flash(path: Path) -> tuple[str, dict[str, str] | None]:
-    """What the flash file holds.
+def read_flash(path: Path, board_type: str) -> tuple[str, dict[str, str] | None]:
+    """What the flash file holds, as the bootrom of a ``board_type`` board sees it.
 
-    ``("app", descriptor)``, ``("pulsecount", descriptor)``, ``("unknown", descriptor or None)``
-    or ``("blank", None)``.
+    ``("app", descriptor)``, ``("pulsecount", descriptor)``, ``("unknown", descriptor or None)``,
+    ``("blank", None)``, or ``("unbootable", {"reason": why})`` when the chip's bootrom would not
+    boot it (no valid boot2 CRC / IMAGE_DEF block: bootrom.py's boot rule).
     """
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return "blank", None
     try:
-        _, binary = uf2.read_uf2(data).to_binary(max_size=FLASH_SIZE)
+        base, binary = uf2.read_uf2(data).to_binary(max_size=FLASH_SIZE)
     except uf2.UF2Error:
         return "blank", None
     if not binary:
         return "blank", None
+    refusal = boot_refusal(base, binary, board_type)
+    if refusal is not None:
+        return "unbootable", {"reason": refusal}
     descriptor = fw_image.find_descriptor(binary)
     if descriptor is not None and descriptor["name"] == identities.APP_FIRMWARE:
         return "app", descriptor
@@ -110,6 +116,7 @@ class VirtualBoard:
         self.flash_path = state_dir / "flash" / f"{serial}.uf2"
         self.drive_path = state_dir / "drives" / serial
         self.fpga_cache = CircuitCache(state_dir / "fpga")
+        self.storage_path = state_dir / "storage" / serial  # its flash filesystem (settings, FPGA image)
         self._emit = emit
         self._lock = threading.Lock()
         self._plugged = False
@@ -120,6 +127,7 @@ class VirtualBoard:
         self.port: str | None = None
         self.drive: str | None = None
         self.firmware: dict[str, str] | None = None
+        self.boot_error: str | None = None  # why the bootrom did not boot the flash (in BOOTSEL then)
         self.boots = 0
         self.dropped = 0
         self.flashes = 0
@@ -199,6 +207,7 @@ class VirtualBoard:
                 "port": self.port,
                 "drive": self.drive,
                 "firmware": dict(self.firmware) if self.firmware else None,
+                "boot_error": self.boot_error,
                 "led_blinking": self.state == "application" and time.monotonic() < self._blink_until,
                 "boots": self.boots,
                 "flashes": self.flashes,
@@ -279,9 +288,15 @@ class VirtualBoard:
             self._to_bootloader = False
             delay = True
             try:
-                kind, descriptor = ("blank", None) if to_bootloader else read_flash(self.flash_path)
+                kind, descriptor = (
+                    ("blank", None) if to_bootloader else read_flash(self.flash_path, self.board_type)
+                )
                 if kind == "blank":
                     self._run_bootloader()
+                elif kind == "unbootable":
+                    reason = (descriptor or {}).get("reason", "image does not boot")
+                    log.info("board %s: %s: stays in BOOTSEL", self.serial, reason)
+                    self._run_bootloader(reason)
                 else:
                     self._run_application(kind, descriptor)
             except Exception:
@@ -300,6 +315,8 @@ class VirtualBoard:
 
     def _run_application(self, kind: str, descriptor: dict[str, str] | None) -> None:
         """Boot the flashed firmware behind a fresh pty until it reboots or the board is interrupted."""
+        if kind == "app" and self.board_type == "pico2-ice":
+            self._build_stored_fpga_image()
         master, slave = os.openpty()
         try:
             path = os.ttyname(slave)
@@ -327,7 +344,9 @@ class VirtualBoard:
         self._emit("add", device)
         try:
             if kind == "app" and descriptor is not None:
-                ended = App(SimulatedHardware(self), port, port, version=descriptor["version"]).run()
+                fpga = FpgaSimulator(self.fpga_cache) if self.board_type == "pico2-ice" else None
+                hw = SimulatedHardware(self, self.storage_path, fpga)
+                ended = App(hw, port, port, version=descriptor["version"]).run()
                 if ended == "reboot":
                     time.sleep(LINGER)
             elif kind == "pulsecount" and descriptor is not None:
@@ -343,6 +362,18 @@ class VirtualBoard:
             os.close(master)  # the one place this fd is closed, by the thread that used it
             self._emit("remove", device)
 
+    def _build_stored_fpga_image(self) -> None:
+        """Build the circuit of the FPGA image picofleet-app configures at boot before the USB node
+        appears (a real board configures its iCE40 in milliseconds; the simulator may need seconds
+        to build a circuit it has not cached, and a host's identify must not wait for that)."""
+        try:
+            image = (self.storage_path / "fpga.bin").read_bytes()
+        except OSError:
+            return
+        if simulation_mode() == "netlist":
+            with contextlib.suppress(FpgaError):  # the firmware configures it and reports the failure
+                self.fpga_cache.get(image)
+
     def _run_pulsecount(self, port: PtyPort, version: str) -> None:
         """Run the evaluation firmware with a simulated FPGA until it returns; stop its count then."""
         hw = SimulatedPulseCountHardware(self, FpgaSimulator(self.fpga_cache))
@@ -353,14 +384,18 @@ class VirtualBoard:
         if ended == "reboot":
             time.sleep(LINGER)
 
-    def _run_bootloader(self) -> None:
-        """Show the bootloader drive until a complete image was flashed or the board is interrupted."""
+    def _run_bootloader(self, boot_error: str | None = None) -> None:
+        """Show the bootloader drive until a complete image was flashed or the board is interrupted.
+
+        ``boot_error``: why the bootrom did not boot the flash (``info()`` shows it meanwhile).
+        """
         watcher = DriveWatcher(self.drive_path, self.board_type)
         watcher.create()
         properties = identities.block_properties(self.board_type, self.serial, self.slot)
         with self._lock:
             self.boots += 1
             self.state, self.drive = "bootloader", str(self.drive_path)
+            self.boot_error = boot_error
             self._assembler = watcher.assembler
             device = self._device("block", str(self.drive_path), properties)
         self._emit("add", device)
@@ -389,4 +424,5 @@ class VirtualBoard:
             remove_drive(self.drive_path)
             with self._lock:
                 self.state, self.drive, self._assembler = "booting", None, None
+                self.boot_error = None
             self._emit("remove", device)

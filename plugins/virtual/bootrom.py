@@ -16,6 +16,11 @@ complete and no accepted block has arrived for the reboot delay (``PICOFLEET_SIM
 0.3 s): it is the complete group with the most blocks (of equal ones, the first to start). So
 picotool's RP2350-E10 extra block (``RP2_ABSOLUTE``, block 0 of 1) written with the image
 does not count as the image, and a file of wrong-family blocks changes nothing.
+
+**Boot rule.** At reset the bootrom boots the flash only if it holds what the real chip's bootrom
+accepts (:func:`boot_refusal`, ``firmware/formats/boot_header.py``): on an RP2040 a boot2 stage
+whose CRC-32 is right, on an RP2350 a valid IMAGE_DEF block in the first 4 KiB. Otherwise the
+board comes back in BOOTSEL, as with a blank flash.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import shutil
 import time
 from pathlib import Path
 
-from picofleet.firmware.formats import uf2
+from picofleet.firmware.formats import boot_header, uf2
 from picofleet.plugins.virtual import identities
 
 BLOCK_SIZE = 512
@@ -141,3 +146,17 @@ class DriveWatcher:
 def remove_drive(path: Path) -> None:
     """Delete a drive directory and whatever the host left in it."""
     shutil.rmtree(path, ignore_errors=True)
+
+
+def boot_refusal(base: int, binary: bytes, board_type: str) -> str | None:
+    """Why the board's bootrom would not boot a flash holding ``binary`` at address ``base``, or ``None``.
+
+    Flash below ``base`` is erased (0xff), as after a UF2 that starts past the flash's start. The
+    reason is one line starting with "image" (``boot_header.check``).
+    """
+    offset = base - boot_header.FLASH_BASE
+    if offset < 0 or offset >= uf2.RP2_FLASH_MAX:
+        return f"image is not in flash (it starts at 0x{base:08x})"
+    # only the first 4 KiB can hold the start of a boot header: past that, the start is erased
+    flash = b"\xff" * offset + binary if offset < boot_header.FIRST_BLOCK_WINDOW else b""
+    return boot_header.check(flash, identities.chip_of(board_type))

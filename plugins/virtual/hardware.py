@@ -18,20 +18,27 @@ every 0.5 s (``HANGUP_POLL_MIN``/``HANGUP_POLL_MAX``).
 Writes never block: output nobody reads is dropped once the pty buffer is full, as a USB device
 drops what the host does not fetch.
 
-:class:`SimulatedHardware` is the firmware's ``hw`` object for a virtual board;
-:class:`SimulatedPulseCountHardware` adds the simulated FPGA (fpga.py) of the pulse-count firmware.
+:class:`SimulatedHardware` is the firmware's ``hw`` object for a virtual board: its "flash
+filesystem" is a directory of the rack's state (``storage/<serial>/``, beside ``flash/<serial>.uf2``),
+so what the firmware stores there survives reboots, reflashes, unplugging and a rack restart; a
+pico2-ice's also has a simulated FPGA (fpga.py), which the reference firmware configures from its
+stored image at every boot. :class:`SimulatedPulseCountHardware` is the ``hw`` of the pulse-count
+firmware, with the simulated FPGA it evaluates bitstreams on.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import select
 import termios
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
+from picofleet.common.atomic import atomic_write_bytes
 from picofleet.plugins.virtual.fpga import FpgaSimulator
 
 MAX_LINE = 4096
@@ -42,6 +49,8 @@ HANGUP_POLL_MIN = 0.05
 """Seconds between two looks for a host opening the port, just after it appeared or was closed."""
 HANGUP_POLL_MAX = 0.5
 """... backing off (x1.5 a look) to this while nobody opens it."""
+FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+"""The names the simulated flash filesystem takes (one directory, no paths)."""
 
 
 class BoardControl(Protocol):
@@ -228,10 +237,55 @@ class PtyPort:
 
 
 class SimulatedHardware:
-    """The ``hw`` object of ``firmware/app/main.py`` on a virtual board."""
+    """The ``hw`` object of ``firmware/app/main.py`` on a virtual board.
 
-    def __init__(self, board: BoardControl) -> None:
+    ``storage`` is the board's simulated flash filesystem (a directory, made when first written;
+    ``None``: it holds nothing and refuses writes, as for the pulse-count firmware, which stores
+    nothing); ``fpga`` its simulated iCE40, or ``None`` for a board without one.
+    """
+
+    def __init__(
+        self, board: BoardControl, storage: Path | None = None, fpga: FpgaSimulator | None = None
+    ) -> None:
         self._board = board
+        self._storage = storage
+        self._fpga = fpga
+
+    def _path(self, name: str) -> Path:
+        if self._storage is None:
+            raise OSError(errno.EROFS, "this board has no flash filesystem")
+        if not FILE_NAME.fullmatch(name) or name.endswith(".tmp"):
+            raise OSError(errno.EINVAL, f"invalid file name {name!r}")
+        return self._storage / name
+
+    def read_file(self, name: str) -> bytes | None:
+        """A file of the simulated flash filesystem, or None when there is none."""
+        if self._storage is None:
+            return None
+        try:
+            return self._path(name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def write_file(self, name: str, data: bytes) -> None:
+        """Replace a file atomically (picofleet.common.atomic)."""
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, bytes(data))
+
+    def remove_file(self, name: str) -> None:
+        """Remove a file (nothing when there is none)."""
+        self._path(name).unlink(missing_ok=True)
+
+    def has_fpga(self) -> bool:
+        """Whether the board has a (simulated) iCE40."""
+        return self._fpga is not None
+
+    def fpga_program(self, bitstream: bytes) -> None:
+        """Configure the simulated FPGA (fpga.py ``program``); raises with the simulator's reason."""
+        if self._fpga is None:
+            raise OSError("this board has no FPGA")
+        self._fpga.program(bytes(bitstream))
 
     def serial(self) -> str:
         """The board's unique id."""
@@ -266,8 +320,8 @@ class SimulatedPulseCountHardware(SimulatedHardware):
     """The largest bitstream accepted, in bytes, as on a pico2-ice (an up5k .bin is 104,090)."""
 
     def __init__(self, board: BoardControl, fpga: FpgaSimulator) -> None:
-        super().__init__(board)
-        self._fpga = fpga
+        super().__init__(board, None, fpga)
+        self._simulator = fpga
 
     def slots(self) -> int:
         """Bitstreams the board can hold at once."""
@@ -279,20 +333,20 @@ class SimulatedPulseCountHardware(SimulatedHardware):
 
     def fpga_program(self, bitstream: bytes) -> None:
         """Configure the FPGA (blocks for the configure time, and until the circuit is built)."""
-        self._fpga.program(bytes(bitstream))
+        self._simulator.program(bytes(bitstream))
 
     def fpga_prepare(self, bitstream: bytes) -> None:
         """A bitstream arrived complete: the simulator starts building its circuit in the background."""
-        self._fpga.prepare(bytes(bitstream))
+        self._simulator.prepare(bytes(bitstream))
 
     def count_start(self, clock_hz: int, window_ms: int) -> None:
         """Drive CLK at ``clock_hz`` and count rising edges on ICE_27 for ``window_ms``; returns at once."""
-        self._fpga.count_start(clock_hz, window_ms)
+        self._simulator.count_start(clock_hz, window_ms)
 
     def count_result(self) -> int | None:
         """None while the window runs, then the count; raises with the reason when counting failed."""
-        return self._fpga.count_result()
+        return self._simulator.count_result()
 
     def close(self) -> None:
         """The boot ended: stop a running count."""
-        self._fpga.stop()
+        self._simulator.stop()
