@@ -3,6 +3,7 @@ README.md's "Try it", and work pasted one after the other from the demo's folder
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import signal
@@ -113,7 +114,11 @@ def test_demo_runs_fleet_and_gateway_and_the_printed_commands_work_from_one_fold
         head = git(tmp_path / "demo-data" / "example-repo", "rev-parse", "HEAD").stdout.strip()
         wait_for(
             lambda: all(
-                d["Commit"] == d["TargetCommit"] == head and d["Status"] == "Idle" for d in devices()
+                d["Commit"] == d["TargetCommit"] == head
+                and d["FpgaImage"] == d["TargetFpgaImage"] is not None
+                and d["Environment"] == d["TargetEnvironment"]
+                and d["Status"] == "Idle"
+                for d in devices()
             ),
             60,
             "every board at the pushed commit",
@@ -133,6 +138,12 @@ def test_demo_runs_fleet_and_gateway_and_the_printed_commands_work_from_one_fold
 
         pushed = json.loads(output_of("curl -s "))
         assert {d["Commit"] for d in pushed} == {head}
+        # the release's environment, config and FPGA image, as the boards report them
+        fpga = hashlib.sha256((tmp_path / "demo-data/example-repo/build/top.bin").read_bytes()).hexdigest()
+        for device in pushed:
+            assert device["Environment"] == {"GREETING": "hello"}
+            assert device["Config"] == {"LED_BLINK_MS": "250"}
+            assert device["FpgaImage"] == device["TargetFpgaImage"] == fpga
         results = [json.loads(line) for line in output_of(" evaluate ").splitlines()]
         counts = sorted((Path(r["file"]).name, r["pulses"]) for r in results)
         assert counts == [("div16.asc", 625)] * 2 + [("div4.asc", 2500)] * 2

@@ -32,7 +32,10 @@ boards:
   pico2-ice:
     firmware: build/app.uf2
     environment: {GREETING: hello}
+    config: {LED_BLINK_MS: "250"}
 """
+EXAMPLE_FPGA = "    fpga: build/top.bin\n"
+"""The manifest line of the FPGA image (the divide-by-16 counter), when the demo could build it."""
 
 
 class DemoError(Exception):
@@ -97,12 +100,17 @@ def ready_fleet(url: str, token: str) -> tuple[str, str]:
     return with_credentials(f"{url}/git/{FLEET}.git", token), key
 
 
-def example_repo(path: Path, version: str = "2.0.0") -> bool:
-    """A firmware repository to push: fleet.yml and a picofleet-app UF2 for pico2-ice."""
+def example_repo(path: Path, version: str = "2.0.0", fpga: Path | None = None) -> bool:
+    """A firmware repository to push: fleet.yml, a picofleet-app UF2 for pico2-ice and, when
+    ``fpga`` names an iCE40 ``.bin``, that image as the boards' FPGA image."""
     if (path / ".git").exists() or shutil.which("git") is None:
         return (path / ".git").exists()
     (path / "build").mkdir(parents=True, exist_ok=True)
-    (path / "fleet.yml").write_text(EXAMPLE_MANIFEST)
+    manifest = EXAMPLE_MANIFEST
+    if fpga is not None:
+        shutil.copyfile(fpga, path / "build" / "top.bin")
+        manifest = manifest.replace("    environment:", EXAMPLE_FPGA + "    environment:")
+    (path / "fleet.yml").write_text(manifest)
     app = image.make_app_image("picofleet-app", version, "pico2-ice")
     (path / "build" / "app.uf2").write_bytes(uf2.from_binary(app, image.FLASH_BASE, uf2.RP2350_ARM_S))
     identity = ["-c", "user.name=picofleet demo", "-c", "user.email=demo@picofleet.invalid"]
@@ -112,7 +120,8 @@ def example_repo(path: Path, version: str = "2.0.0") -> bool:
 
 
 def example_circuits(path: Path) -> list[Path]:
-    """Two pulse-count circuits to evaluate (divide-by-16 and divide-by-4 counters), built once.
+    """Two pulse-count circuits to evaluate (divide-by-16 and divide-by-4 counters), built once:
+    their ``.asc`` files (the ``.bin`` packed beside each, ``div16.bin``, is the release's FPGA image).
 
     Empty when yosys, nextpnr-ice40 or icepack is missing or a build fails (the demo says why).
     """
@@ -123,12 +132,13 @@ def example_circuits(path: Path) -> list[Path]:
     built = []
     for divide_by in (16, 4):
         asc = path / f"div{divide_by}.asc"
-        if not asc.exists():
+        if not asc.exists() or not asc.with_suffix(".bin").exists():
             try:
                 circuit = circuits.build(path / f"build-div{divide_by}", circuits.counter_verilog(divide_by))
             except circuits.CircuitError as error:
                 print(f"picofleet demo: no example circuits: {str(error).splitlines()[0]}", file=sys.stderr)
                 return []
+            shutil.copyfile(circuit.bin, asc.with_suffix(".bin"))
             shutil.copyfile(circuit.asc, asc)
         built.append(asc)
     return built
@@ -203,7 +213,8 @@ def try_lines(
     status = f"{gateway}/v1/enm/status"
     json_header = '-H "Content-Type: application/json"'
     lines += [
-        f"curl -s {gateway}/v1/devices    # every board: Commit == TargetCommit == the pushed commit",
+        f"curl -s {gateway}/v1/devices    # every board: Commit == TargetCommit == the pushed commit,",
+        "# Environment {GREETING: hello} and Config as the board reports them, FpgaImage == TargetFpgaImage",
         f'curl -i {json_header} -X PUT --data \'{{"targetStatus":"Paused"}}\' {status}',
         f"curl -i {status}    # currentStatus Paused: every serial port is free",
         f'curl -i {json_header} -X PUT --data \'{{"targetStatus":"Running"}}\' {status}',
@@ -248,8 +259,9 @@ def run(args: argparse.Namespace) -> int:
             args, **DEMO_DEFAULTS, usb_discovery="off", fleet_url=fleet_url, provisioning_key=key
         )
         repo = base_config.data / "example-repo"
-        has_repo = example_repo(repo)
         examples = example_circuits(base_config.data / "circuits")
+        fpga = examples[0].with_suffix(".bin") if examples else None
+        has_repo = example_repo(repo, fpga=fpga if fpga is not None and fpga.exists() else None)
     except (ConfigError, DemoError, httpx.HTTPError, subprocess.CalledProcessError) as error:
         print(f"picofleet demo: {error}", file=sys.stderr)
         if fleet is not None:
