@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import json
 import multiprocessing
 import os
 import re
@@ -32,8 +33,22 @@ BOARD_TYPE = "pico2-ice"
 # -- fleet setup -----------------------------------------------------------------------------------
 
 
+FIRMWARE_ONLY_MANIFEST = """\
+boards:
+  pico2-ice:
+    firmware: build/app.uf2
+"""
+"""A release of the firmware alone: no ``fpga:``, no ``environment:`` / ``config:``."""
+
+FPGA_CACHE = ROOT / "build" / "benchmarks" / "fpga-counter-16"
+"""Where :func:`fpga_bitstream` keeps its build (``build/`` is not versioned)."""
+
+
 def make_release_repo(work: Path, version: str = "2.0.0") -> tuple[str, bytes]:
-    """A work tree with fleet.yml and build/app.uf2 committed: (commit, the UF2's bytes)."""
+    """A work tree with fleet.yml and build/app.uf2 committed: (commit, the UF2's bytes).
+
+    The manifest is the tests' (``tests/test_fleet_git.py`` ``MANIFEST``): firmware plus
+    ``environment:`` and ``config:`` values, no ``fpga:``."""
     from tests.helpers.fleet import git
     from tests.test_fleet_git import MANIFEST, app_uf2, commit, write
 
@@ -44,6 +59,59 @@ def make_release_repo(work: Path, version: str = "2.0.0") -> tuple[str, bytes]:
     return commit(work, f"release {version}"), firmware
 
 
+def commit_release(
+    work: Path,
+    version: str,
+    *,
+    fpga: bytes | None = None,
+    environment: dict[str, str] | None = None,
+    config: dict[str, str] | None = None,
+) -> str:
+    """Commit a release to the work tree ``work`` (created on first use): ``build/app.uf2`` (the
+    pico2-ice app image of ``version``) under ``firmware:`` and, when given, ``fpga/top.bin`` under
+    ``fpga:`` and the ``environment:`` / ``config:`` values. Returns the commit."""
+    from tests.helpers.fleet import git
+    from tests.test_fleet_git import app_uf2, commit, write
+
+    if not (work / ".git").exists():
+        work.mkdir(parents=True, exist_ok=True)
+        git(work, "init", "-q", "-b", "main")
+    manifest = FIRMWARE_ONLY_MANIFEST
+    files: dict[str, bytes | str] = {"build/app.uf2": app_uf2(version)}
+    if fpga is not None:
+        manifest += "    fpga: fpga/top.bin\n"
+        files["fpga/top.bin"] = fpga
+    for key, values in (("environment", environment), ("config", config)):
+        if values:
+            manifest += f"    {key}: {json.dumps(values, sort_keys=True)}\n"  # JSON is flow YAML
+    files["fleet.yml"] = manifest
+    write(work, files)
+    return commit(work, f"release {version}")
+
+
+def fpga_bitstream() -> tuple[bytes, str]:
+    """A real iCE40UP5K ``.bin`` (the divide-by-16 pulse counter of docs/hardware.md) built by the
+    project's circuit builder :mod:`picofleet.firmware.circuits`, once: later runs reuse the build in
+    :data:`FPGA_CACHE` while its Verilog is unchanged. Returns (the bytes, ``"cached"`` or
+    ``"built in N s"``); raises ``RuntimeError`` naming the missing tools."""
+    from picofleet.firmware.circuits import build, counter_verilog, missing_tools
+
+    verilog = counter_verilog(16)
+    source, packed = FPGA_CACHE / "top.v", FPGA_CACHE / "top.bin"
+    if packed.is_file() and source.is_file() and source.read_text() == verilog:
+        return packed.read_bytes(), "cached"
+    missing = missing_tools()
+    if missing:
+        raise RuntimeError(
+            f"{', '.join(missing)} not installed (./dev setup installs them), needed to build the"
+            " FPGA image; run with --phases firmware for the firmware-only figure"
+        )
+    started = time.perf_counter()
+    packed.unlink(missing_ok=True)
+    circuit = build(FPGA_CACHE, verilog)
+    return circuit.bin.read_bytes(), f"built in {time.perf_counter() - started:.1f} s"
+
+
 def push(work: Path, url: str) -> str:
     """``git push URL main`` with the real git client; its stderr (the ``remote:`` lines)."""
     from tests.helpers.fleet import git
@@ -51,21 +119,37 @@ def push(work: Path, url: str) -> str:
     return git(work, "push", url, "main", timeout=120).stderr
 
 
-def boards_of(index: int, commit: str | None, count: int = 4) -> list[dict[str, Any]]:
-    """The full board report of simulated gateway ``index``: ``count`` pico2-ice boards."""
-    return [
-        {
-            "LocalUUID": f"sim-{index:05d}-{slot}",
-            "BoardType": BOARD_TYPE,
-            "Name": f"gw{index}-board{slot}",
-            "Commit": commit,
-            "Status": "Idle",
-            "FirmwareVersion": None,
-            "online": True,
-            "Progress": None,
-        }
-        for slot in range(count)
-    ]
+def boards_of(
+    index: int,
+    commit: str | None,
+    count: int = 4,
+    targets: dict[str, dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """The full board report of simulated gateway ``index``: ``count`` pico2-ice boards at
+    ``commit``. With ``targets`` (the target state's ``boards``), each board reports the FPGA image,
+    environment and config of its target as applied, as a real gateway does once the board confirms
+    them (gateway/sync.py ``_board_report``); without, none applied (null)."""
+    boards = []
+    for slot in range(count):
+        uuid = f"sim-{index:05d}-{slot}"
+        target = (targets or {}).get(uuid)
+        fpga = target.get("fpga") if target else None
+        boards.append(
+            {
+                "LocalUUID": uuid,
+                "BoardType": BOARD_TYPE,
+                "Name": f"gw{index}-board{slot}",
+                "Commit": commit,
+                "Status": "Idle",
+                "FirmwareVersion": None,
+                "online": True,
+                "Progress": None,
+                "Environment": target["environment"] if target else None,
+                "Config": target["config"] if target else None,
+                "FpgaImage": fpga["sha256"] if fpga else None,
+            }
+        )
+    return boards
 
 
 async def provision_gateways(
