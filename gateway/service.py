@@ -48,7 +48,7 @@ class GatewayBoards:
         """The device manager with its reservation book, evaluation scheduler and reserved-board serving."""
         manager = DeviceManager(config, store, plugins)
         reservations = ReservationBook(manager)
-        evaluations = EvaluationScheduler(manager, reservations)
+        evaluations = EvaluationScheduler(manager, reservations, manager.metrics)
         manager.serve_reservations(reservations, ReservedBoards(manager, reservations, evaluations))
         return cls(manager, reservations, evaluations)
 

@@ -78,6 +78,9 @@ class FleetSync:
         self.reservations = reservations
         self.store = store
         self.failures = 0
+        self.download_failures = 0
+        """Applies in a row in which an asset could not be downloaded (the retry's back-off)."""
+        self._download_retry: asyncio.TimerHandle | None = None
         self.last_report: str | None = None
         self.logs = BoardLogQueue()
 
@@ -170,6 +173,36 @@ class FleetSync:
         """
         jobs: dict[str, FlashJob] = {}  # sha256 -> the job built for the first board needing it
         fetched: dict[str, bool] = {}  # FPGA image sha256 -> whether it is in the asset cache
+        try:
+            downloaded = await self._apply(client, target, jobs, fetched)
+        finally:
+            self._retry_downloads(all(fetched.values()) and all(downloaded))
+
+    def _retry_downloads(self, all_downloaded: bool) -> None:
+        """After an apply in which an asset could not be downloaded, apply again later (exponential
+        back-off with jitter, at most ENM_CONFIG_LOOP_DELAY): the boards get it without a new target."""
+        if all_downloaded:
+            self.download_failures = 0
+            return
+        self.download_failures += 1
+        delay = min(self.config.config_loop_delay, 0.5 * 2 ** min(self.download_failures, 10))
+        delay *= random.uniform(0.8, 1.2)
+        log.info("an asset could not be downloaded: the target is applied again in %.1f s", delay)
+        if self._download_retry is not None:
+            self._download_retry.cancel()  # one retry pending at a time
+        self._download_retry = asyncio.get_running_loop().call_later(
+            delay, self.manager.request_reapply, "an asset could not be downloaded"
+        )
+
+    async def _apply(
+        self,
+        client: httpx.AsyncClient,
+        target: dict[str, Any],
+        jobs: dict[str, FlashJob],
+        fetched: dict[str, bool],
+    ) -> list[bool]:
+        """:meth:`apply`'s loop; returns, per firmware download tried, whether it succeeded."""
+        downloaded: list[bool] = []
         for uuid, board_target in (target.get("boards") or {}).items():
             board = self.manager.find(uuid)
             if board is None or not isinstance(board_target, dict):
@@ -201,6 +234,7 @@ class FleetSync:
                     jobs[sha256] = await self._job(client, firmware)
                 job = dataclasses.replace(jobs[sha256], commit=commit, retry=retry)
             except (AssetError, uf2.UF2Error, httpx.HTTPError) as error:
+                downloaded.append(isinstance(error, uf2.UF2Error))  # a bad image is not fetched again
                 log.warning(
                     "%s: cannot get the firmware of %s: %s",
                     board.label,
@@ -225,6 +259,7 @@ class FleetSync:
                 if retrying:
                     log.info("%s: retrying release %s (retry %d)", board.label, commit, retry)
                     await board.update(FailedRelease=None)
+        return downloaded
 
     async def _reapply_when_asked(self, client: httpx.AsyncClient) -> None:
         """Apply the stored target again whenever the device manager asks (``manager.reapply``): a

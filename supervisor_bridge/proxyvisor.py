@@ -14,7 +14,9 @@ module is the gateway's side of it. It runs only on balena (``BALENA_SUPERVISOR_
   (a tar of the ``/assets`` folder of the dependent app's image: the UF2 ``<board type>.uf2``, or
   ``firmware.uf2`` for every board type) and queues the flash with that commit. It answers ``202``
   until the board runs the commit and ``200`` once it does — the supervisor repeats an unanswered
-  (202) hook every 30 s at most and stops once one is answered 200.
+  (202) hook every 30 s at most and stops once one is answered 200. A board that no longer runs
+  its ``TargetCommit`` afterwards — it left local mode, was flashed behind the gateway's back, or
+  its reservation ended (``DeviceManager.reapply``) — is brought back to it without a new hook.
   ``DELETE /v1/devices/{uuid}`` forgets the board and its registration (still plugged in, it is
   registered anew, as ENM did).
 * **Reports**: ``PUT /v1/devices/{uuid}`` with ``status``, ``is_online``, ``commit``,
@@ -166,9 +168,11 @@ class Proxyvisor:
             len(self.ledger),
         )
         self.logs.install()
+        reapplier: asyncio.Task[None] | None = None
         try:
             async with httpx.AsyncClient(trust_env=False) as http:
                 self._client = SupervisorClient(http, self.env.address or "", self.env.api_key)
+                reapplier = asyncio.create_task(self._reapply_when_asked(), name="proxyvisor reapply")
                 while True:
                     await self.ready.wait()
                     try:
@@ -187,6 +191,8 @@ class Proxyvisor:
         finally:
             self._client = None
             self.logs.uninstall()
+            if reapplier is not None:
+                reapplier.cancel()
             for _, task in self._delivering.values():
                 task.cancel()
             for tar in self._tars.values():
@@ -334,6 +340,11 @@ class Proxyvisor:
         end); 409 when it will not be flashed (local mode, the release failed on the board), 422
         when the commit's asset holds no image the board can take, each with the reason."""
         await self.manager.set_target(board, commit, environment, config)
+        return self._bring_to(board, commit)
+
+    def _bring_to(self, board: Board, commit: str | None) -> HookAnswer:
+        """Start bringing ``board`` to ``commit`` (its asset fetched, the flash queued) unless it
+        runs it or will not be flashed; where it stands, as :meth:`hook_update` answers it."""
         serial = board.serial
         pending = board.pending_flash
         delivering = self._delivering.get(serial)
@@ -382,6 +393,23 @@ class Proxyvisor:
         task = asyncio.create_task(self._deliver(self._client, board, board_type, commit))
         self._delivering[serial] = (commit, task)
         return HookAnswer(202, DOWNLOADING, f"trying again: {previous_error}" if previous_error else None)
+
+    async def _reapply_when_asked(self) -> None:
+        """Bring boards to their stored ``TargetCommit`` whenever the device manager asks
+        (``manager.reapply``: a board left local mode, drifted, or its reservation ended), as the
+        fleet sync does with a fleet: the supervisor does not repeat a hook it was answered 200."""
+        asked = self.manager.reapply
+        while True:
+            await asked.wait()
+            asked.clear()
+            for board in self.manager.listed():
+                commit = board.record.get("TargetCommit")
+                if board.serial not in self.ledger or commit is None or board.record.get("Commit") == commit:
+                    continue
+                answer = self._bring_to(board, str(commit))
+                log.debug(
+                    "%s: target commit %s again: %s %s", board.label, commit, answer.state, answer.reason
+                )
 
     async def hook_delete(self, board: Board) -> None:
         """The supervisor's ``DELETE /v1/devices/{uuid}``: forget the board and its registration."""

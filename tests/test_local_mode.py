@@ -8,6 +8,8 @@ real `picofleet` commands.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 import subprocess
 import sys
@@ -18,10 +20,14 @@ import httpx
 import pytest
 
 from picofleet.common.atomic import atomic_write_bytes
+from picofleet.firmware.formats import uf2
+from picofleet.gateway.boards.flash_job import FlashJob
+from picofleet.gateway.boards.manager import FlashRefused
 from tests.helpers.boards import rack, rack_boards
 from tests.helpers.fleet import FleetProcess, fleet_cli, git
 from tests.helpers.gateway import GatewayProcess, idle_boards, wait_for
 from tests.test_fleet_git import MANIFEST, app_uf2, commit, write
+from tests.test_reservations import gateway_in_process
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -184,3 +190,25 @@ def test_a_board_flashed_behind_the_gateways_back_is_re_converged(
         assert "flashed behind the gateway's back" in gateway.output()
     finally:
         gateway.stop()
+
+
+def test_an_operators_flash_is_refused_when_the_fleet_gave_the_board_a_target_during_the_upload(
+    tmp_path: Path,
+) -> None:
+    async def main() -> None:
+        async with gateway_in_process(tmp_path / "gw", 1) as (wired, _):
+            manager = wired.manager
+            [board] = manager.listed()
+            manager.config = dataclasses.replace(manager.config, fleet_url="http://fleet.invalid")
+            data = app_uf2("3.0.0")
+            job = FlashJob(data, uf2.read_uf2(data).families, "3.0.0")
+            assert manager.local_mode_refusal(board) is None  # what the API checked before the upload
+            await manager.set_target(board, "c1", {}, {})  # the fleet's target arrives meanwhile
+            with pytest.raises(FlashRefused, match="follows the fleet"):
+                await manager.request_flash(board, job)
+            assert board.pending_flash is None and board.record["PendingFlash"] is None
+            assert board.record["LocalMode"] is False
+            await manager.request_flash(board, job, local_mode=True)
+            assert board.record["LocalMode"] is True and board.pending_flash is job
+
+    asyncio.run(main())

@@ -140,6 +140,45 @@ def test_a_hook_with_a_new_commit_flashes_its_asset_202_until_applied_then_200(
         assert all(isinstance(line["timestamp"], int) for line in supervisor.device_logs(uuid))
 
 
+def test_a_board_that_leaves_local_mode_is_brought_back_to_the_hook_commit_without_a_new_hook(
+    gateway_factory, supervisor: StandInSupervisor
+) -> None:  # type: ignore[no-untyped-def]
+    gateway = gateway_factory("--simulate", "1", env=balena_env(supervisor))
+    [device] = registered(gateway, supervisor, 1)
+    uuid, serial = device["ResinUUID"], device["LocalUUID"]
+    endpoint = f"{gateway.url}/v1/devices/"
+    supervisor.release(APP_ID, COMMIT, {"pico2-ice.uf2": app_uf2("2.0.0")})
+    wait_for(
+        lambda: supervisor.send_update(endpoint, uuid).status_code == 200,
+        60,
+        "the hook applied",
+        interval=0.2,
+    )
+    # from here on no hook is sent: the supervisor does not repeat one answered 200
+
+    flashed = httpx.post(
+        f"{gateway.url}/v1/devices/{serial}/flash?local_mode=true", content=app_uf2("3.0.0"), timeout=10
+    )
+    assert flashed.status_code == 202, flashed.text
+    gateway.wait_devices(
+        lambda d: d[0]["FirmwareVersion"] == "picofleet-app 3.0.0" and d[0]["Status"] == "Idle",
+        30,
+        "the operator's firmware in local mode",
+    )
+    assert gateway.devices()[0]["LocalMode"] is True and gateway.devices()[0]["Commit"] is None
+
+    assert gateway.put(f"/v1/devices/{serial}/local-mode", json={"LocalMode": False}).status_code == 200
+    gateway.wait_devices(
+        lambda d: (
+            d[0]["Commit"] == COMMIT
+            and d[0]["FirmwareVersion"] == "picofleet-app 2.0.0"
+            and d[0]["Status"] == "Idle"
+        ),
+        30,
+        "the hook's commit again, without a new hook",
+    )
+
+
 def test_delete_twice_unknown_uuid_and_an_asset_without_the_board_image(
     gateway_factory, supervisor: StandInSupervisor
 ) -> None:  # type: ignore[no-untyped-def]

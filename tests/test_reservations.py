@@ -603,12 +603,12 @@ def test_a_fleet_flash_refused_while_a_failed_reservation_claimed_the_board_is_a
                 return await capable(board, kind)
 
             book._capable = target_arrives_then_refuse_the_second  # type: ignore[method-assign]
-            book.released.clear()
+            manager.reapply.clear()
             with pytest.raises(ReservationError):
                 await book.reserve("zed", None, "pulsecount", serials=[first.serial, second.serial])
             assert book.of(first.serial) is None
             assert first.pending_flash is None  # refused while claimed...
-            assert book.released.is_set()  # ...so the sync is told to apply its target again
+            assert manager.reapply.is_set()  # ...so the sync is told to apply its target again
 
     asyncio.run(main())
 

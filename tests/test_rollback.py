@@ -20,7 +20,7 @@ import pytest
 
 from picofleet.firmware.formats import uf2
 from picofleet.firmware.formats.image import FLASH_BASE, make_app_image
-from tests.helpers.boards import rack_boards
+from tests.helpers.boards import rack_boards, wait_rack_gone
 from tests.helpers.fleet import FleetProcess, fleet_cli, git
 from tests.helpers.gateway import GatewayProcess, idle_boards, wait_for
 from tests.test_fleet_git import MANIFEST, app_uf2, commit, write
@@ -210,3 +210,31 @@ def test_a_manual_flash_with_a_commit_that_does_not_run_is_rolled_back(
     )
     assert record["FailedRelease"]["commit"] == "bad" and record["LocalMode"] is False
     assert rack_boards(gateway.data)[serial]["flashes"] == flashes + 2
+
+
+def test_a_gateway_killed_during_a_rollback_resumes_the_rollback_not_the_release(
+    fleet: FleetProcess, tmp_path: Path
+) -> None:
+    broken = non_booting_uf2(tmp_path, "3.0.0")
+    assert broken is not None
+    gateway, serial, work, first = start(fleet, tmp_path, env=NO_RETRIES)
+    try:
+        second = push(fleet, work, broken, "v3 that does not boot")
+        wait_for(
+            lambda: (device(gateway, serial)["FailedRelease"] or {}).get("commit") == second,
+            60,
+            "the release to fail (the rollback starts)",
+            interval=0.02,
+        )
+        gateway.kill()  # kill -9 while the board is flashed back
+        wait_rack_gone(gateway.data)
+        gateway.start()
+        record = wait_for(
+            lambda: rolled_back(gateway, serial, second, first, "2.0.0"), 60, "the rollback", interval=0.1
+        )
+        assert record["PendingFlash"] is None
+        # the (new) rack counts the flashes since the restart: the rollback only, not the release again
+        assert rack_boards(gateway.data)[serial]["flashes"] == 1
+        assert "was rolled back: flashing" in gateway.output()
+    finally:
+        gateway.stop()

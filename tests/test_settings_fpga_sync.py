@@ -133,6 +133,11 @@ def test_a_release_with_settings_and_an_fpga_image_converges_and_survives_a_gate
         )
         assert {b["serial"]: b["flashes"] for b in rack_list(data)} == flashes
 
+        # the supervisor's hook knows no FPGA images: its PUT leaves the fleet's one in place
+        hook = {"commit": head, "environment": {"SITE": "south", "MODE": "lab"}, "config": {"RATE": "5"}}
+        assert gateway.put(f"/v1/devices/{ice['LocalUUID']}", json=hook).status_code == 200
+        assert gateway.get(f"/v1/devices/{ice['LocalUUID']}").json()["TargetFpgaImage"] == sha256
+
         # what the gateway shows after a restart is what the boards hold: change it behind its back
         gateway.stop()
         stored = data / "virtual" / "storage" / ice["LocalUUID"] / "settings.json"

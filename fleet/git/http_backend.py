@@ -67,13 +67,17 @@ from picofleet.fleet.git.reaper import GitGroups
 from picofleet.fleet.manifest import DEFAULT_MAX_ASSET_BYTES
 from picofleet.fleet.store import FleetStore
 
-__all__ = ["FLEET_NAME", "FleetRepos", "GitHttpBackend"]
+__all__ = ["FLEET_NAME", "FleetRepos", "GitHttpBackend", "push_outcome"]
 
 log = logging.getLogger("picofleet.fleet.git")
 
 FLEET_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62})")
 """Fleet names: lowercase letters, digits and '-', starting with a letter or digit, at most 63."""
 READ_CHUNK = 64 * 1024
+PUSH_TAIL = 4096
+"""Bytes kept of the end of a push's answer: its report-status (``unpack ok``, ``ok``/``ng <ref> ...``)."""
+REFUSED_REF = re.compile(rb"[0-9a-f]{4}ng refs/")
+"""A report-status pkt-line refusing a ref."""
 STAGED_GRACE = 60.0
 """Seconds a staged release whose commit no ref reaches is kept (its push may still be moving it)."""
 SETTLE_INTERVAL = 1.0
@@ -123,6 +127,8 @@ class FleetRepos:
         self._unsettled: set[str] = set()
         self._settling: asyncio.Task[None] | None = None
         self.on_release: Callable[[str], None] | None = None
+        self.on_push: Callable[[str, str], None] | None = None
+        """Called with the fleet and the outcome of every push: accepted, refused or failed."""
         """Called with the fleet's name after a release of it was recorded (the service wakes waiters)."""
 
     def path_of(self, fleet: str) -> Path:
@@ -242,6 +248,16 @@ class FleetRepos:
             else:
                 self._unsettled.discard(fleet)
             return recorded
+
+
+def push_outcome(tail: bytes) -> str:
+    """A push's outcome from the end of git's answer: refused when the pre-receive hook declined it,
+    accepted when the pack was unpacked and no ref refused, failed otherwise."""
+    if b"pre-receive hook declined" in tail:
+        return "refused"
+    if b"unpack ok" in tail and not REFUSED_REF.search(tail):
+        return "accepted"
+    return "failed"
 
 
 def _basic_password(header: str) -> tuple[str, str] | None:
@@ -379,6 +395,7 @@ class GitHttpBackend:
                 return
             await send({"type": "http.response.start", "status": status, "headers": response_headers})
             held: bytes | None = None
+            tail = b""  # the end of a push's answer: its report-status says whether the hook declined
             while chunk := await stdout.read(READ_CHUNK):
                 if not is_push:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
@@ -386,10 +403,13 @@ class GitHttpBackend:
                 if held is not None:
                     await send({"type": "http.response.body", "body": held, "more_body": True})
                 held = chunk
+                tail = (tail + chunk)[-PUSH_TAIL:]
             await process.wait()
             self.repos.groups.forget(process.pid)  # at once: once reaped, its number can be reused
             await pump
             if is_push:
+                if self.repos.on_push is not None:
+                    self.repos.on_push(fleet, push_outcome(tail))
                 try:
                     await self.repos.ingest(fleet)
                 except Exception:

@@ -5,7 +5,8 @@ Operator routes (:mod:`.fleets`, :mod:`.pins`, :mod:`.variables`) take the admin
 ``Authorization: Bearer <token>``; git takes it as the basic-auth password (see
 :mod:`picofleet.fleet.git.http_backend`); the routes gateways call (:mod:`.gateway_api`) take the
 gateway's own key as ``Authorization: Bearer <key>``; :mod:`.internal` serves the front workers;
-``GET /openapi.json`` describes them all (:mod:`.openapi`).
+``GET /openapi.json`` describes them all (:mod:`.openapi`); ``GET /metrics`` (no token) is Prometheus'
+text format, and every request is counted by route template (:mod:`.metrics`).
 Handlers are plain functions reading the :class:`~.context.FleetService` from ``app.state``; they
 raise :class:`~picofleet.common.http.errors.ApiError`, which :mod:`picofleet.common.http.handlers`
 answers as ``{"error": message}``, as it does unknown routes (404) and wrong methods (405).
@@ -16,12 +17,13 @@ from __future__ import annotations
 from functools import partial
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from picofleet.common.http.handlers import exception_handlers
 from picofleet.fleet.git.http_backend import GitHttpBackend
-from picofleet.fleet.http import fleets, gateway_api, internal, openapi, pins, variables
+from picofleet.fleet.http import fleets, gateway_api, internal, metrics, openapi, pins, variables
 from picofleet.fleet.http.context import FleetService
 from picofleet.fleet.state_checks import PlainChecks
 
@@ -70,12 +72,17 @@ def create_app(service: FleetService) -> ASGIApp:
         Route("/v1/internal/changes", internal.change_feed, methods=["GET"]),
         Route("/v1/internal/seen", internal.gateways_seen, methods=["POST"]),
         *openapi.ROUTES,
+        Route("/metrics", metrics.get_metrics, methods=["GET"]),
         Route(
             "/git/{fleet}.git/{path:path}",
             GitHttpBackend(service.repos, service.admin_token),
             methods=["GET", "POST"],
         ),
     ]
-    app = Starlette(routes=routes, exception_handlers=exception_handlers())
+    app = Starlette(
+        routes=routes,
+        exception_handlers=exception_handlers(),
+        middleware=[Middleware(metrics.RequestCounter, service=service)],
+    )
     app.state.fleet = service
     return PlainChecks(app, service.answer_known)

@@ -23,9 +23,10 @@ from starlette.types import Send
 from picofleet.common.http.auth import bearer_token
 from picofleet.firmware.asset_cache import AssetCache
 from picofleet.fleet.git.http_backend import FleetRepos
+from picofleet.fleet.http.metrics import STATE_PATH, FleetMetrics
 from picofleet.fleet.state_checks import send_target
 from picofleet.fleet.store import BoardLogs, FleetStore, key_hash, now_iso
-from picofleet.fleet.targets import encode_target, gateway_target
+from picofleet.fleet.targets import encode_target, etag_matches, gateway_target
 
 __all__ = ["FleetService", "GatewayAuth", "service_of"]
 
@@ -66,7 +67,16 @@ class FleetService:
         """Per gateway: lines it posted for boards it has not reported (this run)."""
         self.logs_dropped: dict[str, int] = {}
         """Per gateway: lines it says it dropped from its own full queue (its last word)."""
-        repos.on_release = self.fleet_changed
+        self.metrics = FleetMetrics()
+        """The event metrics ``GET /metrics`` serves (fleet/http/metrics.py)."""
+        repos.on_release = self.release_recorded
+        repos.on_push = self.metrics.push_done
+
+    def release_recorded(self, fleet: str) -> None:
+        """A release of ``fleet`` was recorded (the git backend's ``on_release``): counted, and the
+        fleet's gateways woken."""
+        self.metrics.releases.labels(fleet).inc()
+        self.fleet_changed(fleet)
 
     # -- change tracking ------------------------------------------------------------------------
 
@@ -167,6 +177,8 @@ class FleetService:
         document, etag = current
         await send_target(send, etag, document, if_none_match, self.generation)
         self._last_seen[auth.id] = now_iso()
+        status = "304" if etag_matches(if_none_match, etag) else "200"
+        self.metrics.requests.labels(STATE_PATH, "GET", status).inc()  # answered before routing
         return True
 
     def seen_by_key_hash(self, digests: list[str], when: str) -> int:

@@ -150,7 +150,7 @@ async def target_state(request: Request) -> Response:
         remaining = deadline - loop.time()
         if remaining <= 0 or service.closing:
             return Response(status_code=304, headers=headers)
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(TimeoutError), service.metrics.long_poll(gateway.id):
             await asyncio.wait_for(changed.wait(), remaining)
 
 

@@ -11,7 +11,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from picofleet import __version__
-from picofleet.common.http.openapi import ERROR, error_responses, json_content, object_schema
+from picofleet.common.http.openapi import (
+    ERROR,
+    METRICS_PATH,
+    error_responses,
+    json_content,
+    object_schema,
+)
 from picofleet.fleet.git.http_backend import FLEET_NAME
 from picofleet.fleet.http.gateway_api import MAX_LOG_BATCH, MAX_WAIT
 from picofleet.fleet.http.internal import MAX_SEEN_BATCH
@@ -548,6 +554,7 @@ def openapi_document() -> dict[str, Any]:
                     "responses": GIT_RESPONSES,
                 },
             },
+            "/metrics": METRICS_PATH,
             "/openapi.json": {
                 "get": {
                     "summary": "This document",

@@ -37,6 +37,7 @@ from picofleet.gateway import bootloader_drive
 from picofleet.gateway.boards.flash_job import FlashJob
 from picofleet.gateway.boards.record import Status
 from picofleet.gateway.config import GatewayConfig
+from picofleet.gateway.metrics import GatewayMetrics
 from picofleet.gateway.models import APPLICATION, BOOTLOADER, BoardError, BoardRef, BoardType, Sighting
 
 log = logging.getLogger("picofleet.board")
@@ -88,6 +89,11 @@ class FlashingHost(Protocol):
 
     async def run_blocking(self, function: Callable[..., T], *args: Any) -> T:
         """Run blocking drive I/O in the board I/O thread pool."""
+        ...
+
+    @property
+    def metrics(self) -> GatewayMetrics:
+        """The gateway's event metrics: flashes started and finished, their durations."""
         ...
 
 
@@ -208,15 +214,30 @@ async def flash_board(board: FlashTarget, job: FlashJob) -> None:
 
     Raises BoardError after the last failed attempt (or when the rollback could not be done: the
     reason says why); returns normally once the board runs the image, or runs its previous image
-    again after a rollback (``FailedRelease`` then says what failed).
+    again after a rollback (``FailedRelease`` then says what failed). Counted in
+    ``board.manager.metrics`` (a flash the gateway's stop cancels is neither finished nor failed).
     """
-    async with board.manager.updating():
-        try:
-            await _flash_with_retries(board, job)
-        except ImageNotRunning as error:
-            if not is_release(job):
-                raise
-            await _roll_back(board, job, error)
+    metrics = board.manager.metrics
+    board_type = str(board.record.get("BoardType") or "unknown")
+    metrics.flashes_started.labels(board_type).inc()
+    started = time.monotonic()
+    outcome = "failed"
+    try:
+        async with board.manager.updating():
+            try:
+                await _flash_with_retries(board, job)
+                outcome = "succeeded"
+            except ImageNotRunning as error:
+                if not is_release(job):
+                    raise
+                await _roll_back(board, job, error)
+                outcome = "rolled_back"
+    except asyncio.CancelledError:
+        outcome = ""
+        raise
+    finally:
+        if outcome:
+            metrics.flash_finished(board_type, outcome, time.monotonic() - started)
 
 
 async def _roll_back(board: FlashTarget, job: FlashJob, error: ImageNotRunning) -> None:
@@ -343,8 +364,15 @@ async def _flash_once(board: FlashTarget, job: FlashJob, *, rollback: bool = Fal
     done: dict[str, Any] = {"Status": Status.IDLE.value, "Commit": job.commit}
     if not job.evaluation:
         done["RunningImage"] = {"sha256": job.sha256, "commit": job.commit, "version": job.version}
-    if not rollback and job.commit is not None:
-        done["FailedRelease"] = None  # a release that runs: nothing failed any more
+    failed = board.record.get("FailedRelease")
+    if (
+        not rollback
+        and job.commit is not None
+        and job.commit in (board.record.get("TargetCommit"), (failed or {}).get("commit"))
+    ):
+        # the board's target (a new release, a retry) runs: nothing failed any more. Another commit
+        # (the previous one, flashed back by a rollback resumed after a restart) leaves it recorded.
+        done["FailedRelease"] = None
     await board.update(**done)
 
 

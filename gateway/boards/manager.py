@@ -9,6 +9,7 @@ current status turns Paused only once no board task holds a port or is mid-opera
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import logging
 from collections.abc import Callable, Iterable
@@ -27,6 +28,7 @@ from picofleet.gateway.boards.record import PORT_IDENTITY, loaded_form, new_reco
 from picofleet.gateway.boards.shared_lock import SharedUpdateLock
 from picofleet.gateway.config import GatewayConfig
 from picofleet.gateway.hookspecs import HOOK_TIME_LIMITS, UF2_WRITE_RATE
+from picofleet.gateway.metrics import GatewayMetrics
 from picofleet.gateway.models import APPLICATION, BOOTLOADER, BoardError, BoardType, Sighting
 from picofleet.gateway.plugin_manager import Plugins
 
@@ -48,6 +50,12 @@ TARGET_STATUS_KEY = "targetStatus"
 DEVICES = "devices"
 
 
+class KeepFpgaImage(enum.Enum):
+    """:meth:`DeviceManager.set_target`'s default ``fpga``: leave ``TargetFpgaImage`` as it is."""
+
+    KEEP = "keep"
+
+
 class FlashRefused(BoardError):
     """A flash the board must not take now: it is reserved, or (for the fleet's flashes) in local
     mode (the API answers 409)."""
@@ -62,6 +70,8 @@ class DeviceManager:
         self.plugins = plugins
         self.board_types: dict[str, BoardType] = plugins.board_types
         self.assets = AssetCache(config.assets_directory, config.assets_max_bytes)
+        self.metrics = GatewayMetrics()
+        """The gateway's event metrics (gateway/metrics.py), served by ``GET /metrics``."""
         self.boards: dict[str, Board] = {}
         self.target_status = RUNNING
         self._keys: dict[str, str] = {}  # sighting key -> serial
@@ -331,16 +341,28 @@ class DeviceManager:
 
     # -- requests from the API ------------------------------------------------------------------
     async def set_target(
-        self, board: Board, commit: Any, environment: Any, config: Any, fpga: str | None = None
+        self,
+        board: Board,
+        commit: Any,
+        environment: Any,
+        config: Any,
+        fpga: str | KeepFpgaImage | None = KeepFpgaImage.KEEP,
     ) -> None:
         """The ENM device hook (and the fleet's target): record the target commit, environment,
-        config and FPGA image (its sha256, or ``None``)."""
-        await board.update(
-            TargetCommit=commit,
-            TargetEnvironment=environment or {},
-            TargetConfig=config or {},
-            TargetFpgaImage=fpga,
-        )
+        config and FPGA image (its sha256, or ``None`` for none).
+
+        The supervisor's hook (``PUT /v1/devices/{uuid}``) knows no FPGA images: it passes no
+        ``fpga`` and leaves ``TargetFpgaImage`` as the fleet set it (else its PUT would have the
+        board's FPGA image erased). Only the fleet sync sets it.
+        """
+        fields: dict[str, Any] = {
+            "TargetCommit": commit,
+            "TargetEnvironment": environment or {},
+            "TargetConfig": config or {},
+        }
+        if not isinstance(fpga, KeepFpgaImage):
+            fields["TargetFpgaImage"] = fpga
+        await board.update(**fields)
         board.wake.set()  # its task brings settings and FPGA image there (gateway/boards/settings.py)
 
     def request_reapply(self, reason: str) -> None:
@@ -418,7 +440,9 @@ class DeviceManager:
         ``local_mode``: the operator's flash puts the board in local mode (stored with the job).
         ``from_fleet``: the fleet sync's flash, refused (:class:`FlashRefused`) for a board in local
         mode — checked with the job's storing, so an operator's flash in local mode is never
-        replaced by the fleet's.
+        replaced by the fleet's. An operator's flash without ``local_mode`` of a board that follows a
+        fleet (:meth:`local_mode_refusal`) is refused there too: the fleet may have given the board
+        its target while the upload was read.
 
         A reserved board (or one being reserved) only takes its evaluation firmware: any other
         job raises :class:`FlashRefused`. From that check on the board counts as being flashed
@@ -443,6 +467,10 @@ class DeviceManager:
                 async with board.update_lock:
                     if from_fleet and board.record.get("LocalMode"):
                         raise FlashRefused(f"device {board.serial} is in local mode")
+                    if not (from_fleet or local_mode or job.evaluation):
+                        refusal = self.local_mode_refusal(board)
+                        if refusal is not None:
+                            raise FlashRefused(refusal)
                     fields: dict[str, Any] = {"PendingFlash": job.stored()}
                     if local_mode:
                         fields["LocalMode"] = True
@@ -480,8 +508,29 @@ class DeviceManager:
             log.warning("asset cache collection failed: %s", error)
 
     async def _resume_flash(self, board: Board) -> None:
-        """At start: requeue the flash a board's record says was pending."""
+        """At start: requeue the flash a board's record says was pending.
+
+        A pending release that the record says failed (``FailedRelease``, same commit, no newer
+        retry) was being rolled back when the gateway stopped: the rollback is resumed (its
+        ``RunningImage``), not the release that did not run.
+        """
         pending = board.record["PendingFlash"]
+        failed, running = board.record.get("FailedRelease"), board.record.get("RunningImage")
+        if (
+            isinstance(pending, dict)
+            and isinstance(failed, dict)
+            and isinstance(running, dict)
+            and running.get("sha256")
+            and failed.get("commit") == pending.get("commit")
+            and int(pending.get("retry") or 0) <= int(failed.get("retry") or 0)
+        ):
+            log.info(
+                "%s: the gateway stopped while release %s was rolled back: flashing %s back",
+                board.label,
+                failed.get("commit"),
+                running.get("commit") or running["sha256"][:12],
+            )
+            pending = {key: running.get(key) for key in ("sha256", "commit", "version")}
         try:
             image = await asyncio.to_thread(self.assets.get, str(pending.get("sha256", "")))
             parsed = await asyncio.to_thread(uf2.read_uf2, image)

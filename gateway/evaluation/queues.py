@@ -26,6 +26,7 @@ from picofleet.gateway.evaluation.bitstream_store import BitstreamStore
 from picofleet.gateway.evaluation.board_session import BoardSession, preference
 from picofleet.gateway.evaluation.interfaces import B, BoardKeeper, ReservationLookup
 from picofleet.gateway.evaluation.jobs import Evaluation, EvaluationRefused, Unit
+from picofleet.gateway.metrics import GatewayMetrics
 
 log = logging.getLogger("picofleet.evaluations")
 
@@ -47,9 +48,13 @@ MAX_UNITS = 100_000
 class EvaluationQueues(Generic[B]):
     """Queued evaluation work, the units claimed by boards, and their results."""
 
-    def __init__(self, manager: BoardKeeper[B], reservations: ReservationLookup) -> None:
+    def __init__(
+        self, manager: BoardKeeper[B], reservations: ReservationLookup, metrics: GatewayMetrics | None = None
+    ) -> None:
         self.manager = manager
         self.reservations = reservations
+        self.metrics = metrics or GatewayMetrics()
+        """Where evaluations and their results are counted (the device manager's, in the gateway)."""
         config = manager.config
         self.bitstreams = BitstreamStore(
             config.data / "bitstreams", config.assets_max_bytes, self.referenced_bitstreams
@@ -139,6 +144,7 @@ class EvaluationQueues(Generic[B]):
             mode,
             len(evaluation.units),
         )
+        self.metrics.evaluations_submitted.inc()
         for serial in woken:
             self._wake(serial)
         self.watch()
@@ -273,11 +279,13 @@ class EvaluationQueues(Generic[B]):
         else:
             result["error"] = error
         evaluation.add(result)
+        self.metrics.bitstream_results.labels("counted" if error is None else "failed").inc()
         try:
             self.reservations.events.publish(evaluation.name, {"event": "evaluation_result", **result})
         except Exception:
             log.exception("publishing an evaluation result failed")
         if evaluation.done:
+            self.metrics.evaluations_completed.inc()
             log.info(
                 "evaluation %s done: %d result(s), %d failed",
                 evaluation.id,

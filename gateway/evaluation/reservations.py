@@ -59,9 +59,6 @@ class ReservationBook:
     def __init__(self, manager: DeviceManager) -> None:
         self.manager = manager
         self.events = EventBus()
-        self.released = manager.reapply
-        """Set whenever a board was released (the fleet sync then re-applies its target): the device
-        manager's ``reapply``, the one event the sync waits on."""
         self._reservations: dict[str, Reservation] = {}
         self._claimed: set[str] = set()  # boards the reserve under way took (not stored yet)
         self.clients = Clients()
@@ -187,7 +184,8 @@ class ReservationBook:
                 unreserved = [serial for serial in self._claimed if serial not in self._reservations]
                 self._claimed.clear()  # the lock is held: every claim is this request's
                 if unreserved:
-                    self.released.set()  # a fleet flash refused while they were claimed: apply it now
+                    # a fleet flash refused while they were claimed: apply it now
+                    self.manager.request_reapply("a reservation that was not made freed its boards")
             self._wake([reservation.serial for reservation in made])
             self._changed.set()
         return minted or str(token), made
@@ -391,7 +389,7 @@ class ReservationBook:
             )
             self.events.publish(reservation.name, event)
         self._wake([reservation.serial for reservation in reservations])
-        self.released.set()
+        self.manager.request_reapply("reservations ended")  # released boards get their fleet firmware
         self._changed.set()
 
     def _wake(self, serials: Iterable[str]) -> None:

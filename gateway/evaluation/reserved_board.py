@@ -86,7 +86,7 @@ class ReservedBoards:
             try:
                 await self.manager.request_flash(board, job)
             except FlashRefused:  # the reservation ended meanwhile: Commit is null, so the sync
-                self.book.released.set()  # re-applies the fleet's target to it
+                self.manager.request_reapply(f"{board.label} was released")  # re-applies the target
             return
         if firmware.files and done != INSTALLED:
             if self.book.of(board.serial) is not reservation:

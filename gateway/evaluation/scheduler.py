@@ -45,6 +45,7 @@ from picofleet.gateway.evaluation.board_session import BoardLost, BoardSession, 
 from picofleet.gateway.evaluation.interfaces import B, BoardKeeper, ReservationLookup
 from picofleet.gateway.evaluation.jobs import DEFAULT_ARGS, Evaluation, EvaluationRefused, Unit
 from picofleet.gateway.evaluation.queues import EvaluationQueues
+from picofleet.gateway.metrics import GatewayMetrics
 from picofleet.gateway.models import APPLICATION, BoardError
 
 __all__ = ["EvaluationRefused", "EvaluationScheduler"]
@@ -68,9 +69,11 @@ class EvaluationScheduler(Generic[B]):
     Protocols of gateway/evaluation/interfaces.py say.
     """
 
-    def __init__(self, manager: BoardKeeper[B], reservations: ReservationLookup) -> None:
+    def __init__(
+        self, manager: BoardKeeper[B], reservations: ReservationLookup, metrics: GatewayMetrics | None = None
+    ) -> None:
         self.manager = manager
-        self.queues: EvaluationQueues[B] = EvaluationQueues(manager, reservations)
+        self.queues: EvaluationQueues[B] = EvaluationQueues(manager, reservations, metrics)
         self.connect: Callable[[Any, Callable[[str, str], None]], Any] = PulseCountBoard
         """Makes the firmware client of an open port (a fake in unit tests)."""
         self.answer_margin = ANSWER_MARGIN

@@ -10,7 +10,8 @@ for an unknown device or route, 405 for a wrong method, 413 for an oversize uplo
 gateway is, :mod:`.identity`); reservations and the event
 websocket (:mod:`.reservations`); bitstreams and evaluations (:mod:`.evaluations`); the balena routes
 ``PUT /v1/enm/identify`` and ``GET /v1/enm/supervisor`` (supervisor_bridge/api.py). ``GET
-/openapi.json`` describes them all (:mod:`.openapi`).
+/openapi.json`` describes them all (:mod:`.openapi`); ``GET /metrics`` is Prometheus' text format
+(:mod:`.metrics`).
 
 Handlers are plain functions reading the :class:`~.context.GatewayApi` from ``app.state``; they raise
 :class:`~picofleet.common.http.errors.ApiError`, which :mod:`picofleet.common.http.handlers` answers
@@ -27,7 +28,7 @@ from picofleet.gateway.boards.manager import DeviceManager
 from picofleet.gateway.evaluation.reservations import ReservationBook
 from picofleet.gateway.evaluation.scheduler import EvaluationScheduler
 from picofleet.gateway.features import Features
-from picofleet.gateway.http import devices, identity, openapi, status
+from picofleet.gateway.http import devices, identity, metrics, openapi, status
 from picofleet.gateway.http import evaluations as evaluations_api
 from picofleet.gateway.http import reservations as reservations_api
 from picofleet.gateway.http.context import GatewayApi, bridge_off
@@ -59,6 +60,7 @@ def create_app(
         *reservations_api.ROUTES,
         *evaluations_api.ROUTES,
         *supervisor_api.ROUTES,
+        *metrics.ROUTES,
     ]
     app = Starlette(routes=routes, exception_handlers=exception_handlers())
     app.state.gateway = GatewayApi(
@@ -70,4 +72,5 @@ def create_app(
         bridge=bridge or bridge_off(),
         features=features or Features(),
     )
+    app.state.metrics = metrics.metrics_registry(app.state.gateway)
     return app

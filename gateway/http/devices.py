@@ -208,7 +208,7 @@ async def flash_device(request: Request) -> Response:
     job.commit = commit
     try:
         await manager.request_flash(board, job, local_mode=local_mode)
-    except FlashRefused as error:  # reserved (also while the upload was being read)
+    except FlashRefused as error:  # reserved, or following a fleet (also since the upload was read)
         raise ApiError(409, str(error)) from None
     except BoardError as error:  # the asset cache could not store it (disk full, read-only)
         raise ApiError(507, str(error)) from None

@@ -11,7 +11,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from picofleet import __version__
-from picofleet.common.http.openapi import ERROR, error_responses, json_content, object_schema
+from picofleet.common.http.openapi import (
+    ERROR,
+    METRICS_PATH,
+    error_responses,
+    json_content,
+    object_schema,
+)
 from picofleet.gateway.http.context import gateway_of
 from picofleet.gateway.http.devices import COMMIT
 from picofleet.gateway.http.openapi_schemas import (
@@ -458,6 +464,7 @@ def openapi_document(reservation_max_seconds: int = DEFAULT_MAX_SECONDS) -> dict
             },
             **_reservation_paths(reservation_max_seconds),
             **_evaluation_paths(),
+            "/metrics": METRICS_PATH,
             "/openapi.json": {
                 "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}
             },

@@ -25,3 +25,14 @@ def json_content(schema: dict[str, Any]) -> dict[str, Any]:
 def error_responses(*codes: int) -> dict[str, Any]:
     """The error answers ``codes``, each a JSON ``{"error"}``."""
     return {str(code): {"description": "error", **json_content(ERROR)} for code in codes}
+
+
+METRICS_PATH: dict[str, Any] = {
+    "get": {
+        "summary": "Prometheus metrics, text exposition format (no token)",
+        "responses": {
+            "200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}
+        },
+    }
+}
+"""``GET /metrics`` of both services (gateway/http/metrics.py, fleet/http/metrics.py)."""
