@@ -222,7 +222,13 @@ class FleetSync:
             failed = board.record.get("FailedRelease")
             retrying = isinstance(failed, dict) and failed.get("commit") == commit
             if isinstance(failed, dict) and retrying and int(failed.get("retry") or 0) >= retry:
-                continue  # no flash loop: only a new release or a retry (a higher count) flashes it again
+                # no flash loop: only a new release or a retry (a higher count) flashes it again
+                if board.record.get("Status") == Status.IDLE and not board.record.get("StatusReason"):
+                    await board.update(
+                        StatusReason=f"release {commit} did not run on this board ({failed.get('reason')});"
+                        " not flashed again until a new release or `picofleet fleet retry`"
+                    )
+                continue
             if self.reservations.of(board.serial) is not None:
                 continue  # not even fetched: a reserved board is flashed once released (_reapply_when_asked)
             pending = board.pending_flash

@@ -183,6 +183,22 @@ def test_an_image_the_bootrom_refuses_is_rolled_back_at_once(fleet: FleetProcess
         )
         assert "came back in its UF2 bootloader" in record["FailedRelease"]["reason"]
         assert rack_boards(gateway.data)[serial]["flashes"] == flashes + 2
+
+        # an operator's own image in local mode, then back to the fleet, whose target failed here:
+        # not flashed again, and the board says why
+        own = tmp_path / "own.uf2"
+        own.write_bytes(app_uf2("9.9.9"))
+        flash = ("flash", "--gateway", gateway.url, "--device", serial)
+        assert picofleet(*flash, "--local-mode", str(own)).returncode == 0
+        handed_back = picofleet("local-mode", "--gateway", gateway.url, "--device", serial, "off")
+        assert handed_back.returncode == 0, handed_back.stderr
+        record = wait_for(
+            lambda: (d := device(gateway, serial))["StatusReason"] and d, 30, "the board to say why it waits"
+        )
+        assert f"release {second} did not run on this board" in record["StatusReason"]
+        assert "picofleet fleet retry" in record["StatusReason"]
+        assert (record["Status"], record["FirmwareVersion"]) == ("Idle", "picofleet-app 9.9.9")
+        assert rack_boards(gateway.data)[serial]["flashes"] == flashes + 3  # only the operator's
     finally:
         gateway.stop()
 
