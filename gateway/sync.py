@@ -173,8 +173,9 @@ class FleetSync:
         """
         jobs: dict[str, FlashJob] = {}  # sha256 -> the job built for the first board needing it
         fetched: dict[str, bool] = {}  # FPGA image sha256 -> whether it is in the asset cache
+        downloaded: list[bool] = []  # per firmware download tried, whether it succeeded
         try:
-            downloaded = await self._apply(client, target, jobs, fetched)
+            await self._apply(client, target, jobs, fetched, downloaded)
         finally:
             self._retry_downloads(all(fetched.values()) and all(downloaded))
 
@@ -200,9 +201,10 @@ class FleetSync:
         target: dict[str, Any],
         jobs: dict[str, FlashJob],
         fetched: dict[str, bool],
-    ) -> list[bool]:
-        """:meth:`apply`'s loop; returns, per firmware download tried, whether it succeeded."""
-        downloaded: list[bool] = []
+        downloaded: list[bool],
+    ) -> None:
+        """:meth:`apply`'s loop; appends to ``downloaded``, per firmware download tried, whether it
+        succeeded (also when a later board raises: :meth:`apply` schedules the retry regardless)."""
         for uuid, board_target in (target.get("boards") or {}).items():
             board = self.manager.find(uuid)
             if board is None or not isinstance(board_target, dict):
@@ -265,7 +267,6 @@ class FleetSync:
                 if retrying:
                     log.info("%s: retrying release %s (retry %d)", board.label, commit, retry)
                     await board.update(FailedRelease=None)
-        return downloaded
 
     async def _reapply_when_asked(self, client: httpx.AsyncClient) -> None:
         """Apply the stored target again whenever the device manager asks (``manager.reapply``): a

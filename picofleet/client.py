@@ -191,6 +191,18 @@ def error_of(response: httpx.Response) -> str:
     return response.reason_phrase + (f": {text}" if text else "")
 
 
+def device_record(response: httpx.Response) -> dict[str, Any]:
+    """The device record a gateway answered with; ``ValueError`` (a one-line reason) when the body
+    is not a JSON object."""
+    try:
+        record = response.json()
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise ValueError("the gateway answered something that is not a device record")
+    return record
+
+
 def _server_now(response: httpx.Response) -> float:
     """The gateway's clock from the ``Date`` header (expiry is in its time), else ours."""
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.fleet import FleetProcess, fleet_cli, git
-from tests.helpers.fleet_repo import next_release, work_tree
+from tests.helpers.fleet_repo import fleet_with_a_release, next_release, work_tree
 from tests.test_fleet_git import MANIFEST, commit, write
 
 pytestmark = pytest.mark.timeout(120)
@@ -40,10 +40,7 @@ def remote_lines(stderr: str) -> list[str]:
 def test_another_branch_makes_a_release_to_pin_not_a_deploy(
     fleet_service: FleetProcess, tmp_path: Path
 ) -> None:
-    fleet_service.create_fleet("branches")
-    url = fleet_service.push_url("branches")
-    work, first = work_tree(tmp_path / "work")
-    git(work, "push", "-q", url, "main")
+    url, work, first = fleet_with_a_release(fleet_service, "branches", tmp_path / "work")
     assert fleet_service.fleet("branches")["target"] == first
 
     dev = next_release(work, "2.1.0")
@@ -73,10 +70,7 @@ def test_another_branch_makes_a_release_to_pin_not_a_deploy(
 
 
 def test_tags_are_checked_like_branches(fleet_service: FleetProcess, tmp_path: Path) -> None:
-    fleet_service.create_fleet("tags")
-    url = fleet_service.push_url("tags")
-    work, first = work_tree(tmp_path / "work")
-    git(work, "push", "-q", url, "main")
+    url, work, first = fleet_with_a_release(fleet_service, "tags", tmp_path / "work")
 
     tagged = next_release(work, "3.0.0")
     git(work, "tag", "-a", "-m", "three", "v3")  # an annotated tag: checked at its commit
@@ -108,10 +102,7 @@ def test_tags_are_checked_like_branches(fleet_service: FleetProcess, tmp_path: P
 def test_force_push_of_the_deploy_branch_to_an_older_commit_says_it_rolls_back(
     fleet_service: FleetProcess, tmp_path: Path
 ) -> None:
-    fleet_service.create_fleet("rollback")
-    url = fleet_service.push_url("rollback")
-    work, first = work_tree(tmp_path / "work")
-    git(work, "push", "-q", url, "main")
+    url, work, first = fleet_with_a_release(fleet_service, "rollback", tmp_path / "work")
     second = next_release(work, "2.1.0")
     forward = git(work, "push", url, "main")
     assert "WARNING" not in forward.stderr

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.fleet import FleetProcess, git
+from tests.helpers.fleet_repo import next_release, push_first_release
 from tests.helpers.gateway import GatewayProcess, idle_boards, wait_for
-from tests.test_fleet_git import MANIFEST, app_uf2, commit, write
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -45,18 +45,13 @@ def test_push_converges_two_gateways_and_a_board_pin_takes_one_back(
             idle_boards(gateway, 2)
 
         work = tmp_path / "repo"
-        work.mkdir()
-        git(work, "init", "-q", "-b", "main")
-        write(work, {"fleet.yml": MANIFEST, "build/app.uf2": app_uf2("2.0.0")})
-        first = commit(work, "v2")
-        git(work, "push", "-q", fleet.push_url("lab"), "main")
+        first = push_first_release(fleet, work)
         wait_for(converged(gateways, lambda _: first), 60, "every board at the first release", interval=0.2)
         device = gateways[0].devices()[0]
         assert device["FirmwareVersion"] == "picofleet-app 2.0.0"
         assert device["TargetEnvironment"]["MODE"] == "lab"
 
-        write(work, {"build/app.uf2": app_uf2("3.0.0")})
-        second = commit(work, "v3")
+        second = next_release(work, "3.0.0")
         git(work, "push", "-q", fleet.push_url("lab"), "main")
         wait_for(converged(gateways, lambda _: second), 60, "every board at the second release", interval=0.2)
 

@@ -25,8 +25,9 @@ from picofleet.gateway.boards.flash_job import FlashJob
 from picofleet.gateway.boards.manager import FlashRefused
 from tests.helpers.boards import rack, rack_boards
 from tests.helpers.fleet import FleetProcess, fleet_cli, git
+from tests.helpers.fleet_repo import next_release, push_first_release
 from tests.helpers.gateway import GatewayProcess, idle_boards, wait_for
-from tests.test_fleet_git import MANIFEST, app_uf2, commit, write
+from tests.test_fleet_git import app_uf2
 from tests.test_reservations import gateway_in_process
 
 pytestmark = pytest.mark.timeout(180)
@@ -66,30 +67,33 @@ def fleet_board(fleet: FleetProcess, serial: str) -> dict[str, Any]:
 
 
 def start(
-    fleet: FleetProcess, tmp_path: Path, env: dict[str, str] | None = None
+    fleet: FleetProcess, tmp_path: Path, env: dict[str, str] | None = None, boards: int = 1
 ) -> tuple[GatewayProcess, str, Path, str]:
-    """A fleet "lab" with a gateway (settings ``env``) of one virtual board converged on its first
-    release (2.0.0): the gateway, the board's serial, the work tree and the first commit."""
+    """A fleet "lab" with a gateway (settings ``env``) of ``boards`` virtual boards converged on its
+    first release (2.0.0): the gateway, the first board's serial, the work tree and the first commit."""
     key = fleet.create_fleet("lab")["provisioning_key"]
     gateway = GatewayProcess(
-        tmp_path / "gw", "--simulate", "1", "--fleet", fleet.url, f"--provisioning-key={key}", env=env
+        tmp_path / "gw", "--simulate", str(boards), "--fleet", fleet.url, f"--provisioning-key={key}", env=env
     ).start()
-    serial = idle_boards(gateway, 1)[0]["LocalUUID"]
+    serials = [d["LocalUUID"] for d in idle_boards(gateway, boards)]
     work = tmp_path / "repo"
-    work.mkdir()
-    git(work, "init", "-q", "-b", "main")
-    write(work, {"fleet.yml": MANIFEST, "build/app.uf2": app_uf2("2.0.0")})
-    first = commit(work, "v2")
-    git(work, "push", "-q", fleet.push_url("lab"), "main")
-    wait_for(lambda: at(gateway, serial, first, "2.0.0"), 60, "the board at the first release", interval=0.1)
-    return gateway, serial, work, first
+    first = push_first_release(fleet, work)
+    for serial in serials:
+        wait_for(
+            lambda serial=serial: at(gateway, serial, first, "2.0.0"),
+            60,
+            "the boards at the first release",
+            interval=0.1,
+        )
+    return gateway, serials[0], work, first
 
 
 def test_a_board_following_the_fleet_is_flashed_by_hand_only_in_local_mode(
     fleet: FleetProcess, tmp_path: Path
 ) -> None:
-    gateway, serial, work, first = start(fleet, tmp_path)
+    gateway, serial, work, first = start(fleet, tmp_path, boards=2)
     try:
+        [witness] = [d["LocalUUID"] for d in gateway.devices() if d["LocalUUID"] != serial]
         flashes = rack_boards(gateway.data)[serial]["flashes"]
         url = f"{gateway.url}/v1/devices/{serial}/flash"
 
@@ -127,14 +131,13 @@ def test_a_board_following_the_fleet_is_flashed_by_hand_only_in_local_mode(
         listed = fleet_cli(fleet, "boards", "lab")
         assert listed.returncode == 0 and "local mode" in listed.stdout, listed.stdout
 
-        # a new release is not applied to it
+        # a new release is not applied to it; the board beside it, flashed by the same sync pass from the
+        # same download, shows the pass is over
         flashes = rack_boards(gateway.data)[serial]["flashes"]
-        write(work, {"build/app.uf2": app_uf2("3.0.0")})
-        second = commit(work, "v3")
+        second = next_release(work, "3.0.0")
         git(work, "push", "-q", fleet.push_url("lab"), "main")
-        wait_for(
-            lambda: device(gateway, serial)["TargetCommit"] == second, 30, "the new target", interval=0.1
-        )
+        wait_for(lambda: at(gateway, witness, second, "3.0.0"), 60, "the other board at the new release")
+        assert device(gateway, serial)["TargetCommit"] == second
         still = device(gateway, serial)
         assert (still["Commit"], still["FirmwareVersion"], still["PendingFlash"]) == (
             None,

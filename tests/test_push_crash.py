@@ -34,7 +34,7 @@ from picofleet.fleet.git.http_backend import STAGED_GRACE, FleetRepos
 from picofleet.fleet.git.pre_receive import ENV_DATA, ENV_FLEET, release_path
 from picofleet.fleet.store import FleetStore
 from tests.helpers.fleet import GIT_IDENTITY, FleetProcess, git
-from tests.helpers.fleet_repo import next_release, work_tree
+from tests.helpers.fleet_repo import fleet_with_a_release, next_release, work_tree
 from tests.helpers.wait import wait_for
 
 T = TypeVar("T")
@@ -93,10 +93,7 @@ def test_a_push_cut_off_by_a_crash_leaves_no_git_child_and_moves_nothing(tmp_pat
     leftovers: dict[int, str] = {}
     reaper: list[int] = []
     try:
-        service.create_fleet("crash")
-        url = service.push_url("crash")
-        work, first = work_tree(tmp_path / "work")
-        git(work, "push", "-q", url, "main")
+        url, work, first = fleet_with_a_release(service, "crash", tmp_path / "work")
         assert service.fleet("crash")["target"] == first
         second = next_release(work, "2.1.0")
 
@@ -192,10 +189,7 @@ def test_releases_staged_around_a_crash_are_ingested_by_whichever_service_is_up(
     service = FleetProcess(tmp_path / "data").start()
     data = service.data
     try:
-        service.create_fleet("staged")
-        url = service.push_url("staged")
-        work, first = work_tree(tmp_path / "work")
-        git(work, "push", "-q", url, "main")
+        url, work, first = fleet_with_a_release(service, "staged", tmp_path / "work")
         service.kill()
 
         scratch = tmp_path / "scratch.git"

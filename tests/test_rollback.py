@@ -5,8 +5,8 @@ a new release; a board with no earlier image is Broken with that reason.
 
 A real fleet service, a real gateway process with a virtual board, the real git client and the
 real `picofleet` commands. The bad release is an image whose firmware does not answer
-``identify`` (it boots, but not the version the image promises) — and, where `picofleet sim image
---broken` exists, one the virtual bootrom refuses (the board comes back in its bootloader).
+``identify`` (it boots, but not the version the image promises), and `picofleet sim image
+--broken`'s, which the virtual bootrom refuses (the board comes back in its bootloader).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ def silent_uf2(version: str) -> bytes:
     )
 
 
-def non_booting_uf2(tmp_path: Path, version: str) -> bytes | None:
-    """`picofleet sim image --broken`'s image (its bootrom refuses it), or None where there is none."""
+def non_booting_uf2(tmp_path: Path, version: str) -> bytes:
+    """`picofleet sim image --broken`'s image (its bootrom refuses it)."""
     out = tmp_path / f"broken-{version}.uf2"
     command = [sys.executable, "-m", "picofleet.cli", "sim", "image", "--board", "pico2-ice"]
     result = subprocess.run(
@@ -50,7 +50,8 @@ def non_booting_uf2(tmp_path: Path, version: str) -> bytes | None:
         timeout=60,
         check=False,
     )
-    return out.read_bytes() if result.returncode == 0 and out.is_file() else None
+    assert result.returncode == 0, result.stderr
+    return out.read_bytes()
 
 
 def push(fleet: FleetProcess, work: Path, image: bytes, message: str) -> str:
@@ -172,8 +173,6 @@ def test_without_an_earlier_image_the_board_is_broken_and_says_so(
 
 def test_an_image_the_bootrom_refuses_is_rolled_back_at_once(fleet: FleetProcess, tmp_path: Path) -> None:
     broken = non_booting_uf2(tmp_path, "3.0.0")
-    if broken is None:
-        pytest.skip("`picofleet sim image --broken` is not there (virtual bootroms boot any image)")
     gateway, serial, work, first = start(fleet, tmp_path, env=NO_RETRIES)
     try:
         flashes = rack_boards(gateway.data)[serial]["flashes"]
@@ -232,7 +231,6 @@ def test_a_gateway_killed_during_a_rollback_resumes_the_rollback_not_the_release
     fleet: FleetProcess, tmp_path: Path
 ) -> None:
     broken = non_booting_uf2(tmp_path, "3.0.0")
-    assert broken is not None
     gateway, serial, work, first = start(fleet, tmp_path, env=NO_RETRIES)
     try:
         second = push(fleet, work, broken, "v3 that does not boot")

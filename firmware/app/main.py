@@ -305,7 +305,10 @@ class App:
         actual = binascii.hexlify(digest.digest()).decode()
         if actual != sha256:
             return "sha256 mismatch: the data received hashes to " + actual + ": transfer dropped"
-        data = bytes(data)
+        try:  # noqa: SIM105 (MicroPython has no contextlib)
+            data = bytes(data)  # the ice module reads a bytes object: one copy here, not one per use
+        except MemoryError:
+            pass  # keep the bytearray: it is stored as it is; hw.fpga_program copies it or says why not
         self.hw.write_file(FPGA_FILE, data)
         state = self.configure_fpga(data, sha256)
         if not state["configured"]:

@@ -43,6 +43,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from picofleet.firmware.formats import uf2
+
 RP2040 = "rp2040"
 RP2350 = "rp2350"
 CHIPS = (RP2040, RP2350)
@@ -91,7 +93,7 @@ EXE_TBYB_BITS = 0x8000
 
 SRAM_END_RP2350 = 0x20082000
 """The initial stack pointer of the vector table :func:`build` puts before the block."""
-FLASH_BASE = 0x10000000
+FLASH_BASE = uf2.RP2_FLASH_BASE
 
 _WORD = struct.Struct("<I")
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from picofleet.firmware.formats.uf2 import UF2Image
 
 MAGIC = b"PFIMAGE1"
-FLASH_BASE = 0x10000000
+FLASH_BASE = boot_header.FLASH_BASE
 """Where RP2040/RP2350 application images start (XIP flash)."""
 
 

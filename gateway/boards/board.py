@@ -21,7 +21,7 @@ from picofleet.gateway.boards.flash_job import FlashJob
 from picofleet.gateway.boards.flashing import flash_board
 from picofleet.gateway.boards.owner import BoardOwner
 from picofleet.gateway.boards.record import LIVE_FIELDS, Status, public_form
-from picofleet.gateway.boards.settings import bring_to_target, identity_fields
+from picofleet.gateway.boards.settings import TargetMemo, bring_to_target, identity_fields
 from picofleet.gateway.models import APPLICATION, BOOTLOADER, BoardError, BoardIdentity, BoardRef, Sighting
 
 log = logging.getLogger("picofleet.board")
@@ -81,6 +81,7 @@ class Board:
         self.task: asyncio.Task[None] | None = None
         self.evaluation_ready = False  # reserved, running the evaluation firmware, port open
         self.bootloader_arrivals = 0  # bootloader drives that appeared (flashing: the image did not boot)
+        self.target_memo = TargetMemo()  # settings/FPGA attempts not to repeat (gateway/boards/settings.py)
 
     # -- identity -------------------------------------------------------------------------
     @property

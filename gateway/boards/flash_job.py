@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from picofleet.firmware.asset_cache import sha256_of
+from picofleet.firmware.asset_cache import AssetCache, AssetError, sha256_of
+from picofleet.firmware.formats import uf2
 
 
 @dataclass
@@ -35,3 +36,21 @@ class FlashJob:
         if self.retry:
             stored["retry"] = self.retry
         return stored
+
+    @classmethod
+    def from_stored(cls, assets: AssetCache, stored: object) -> FlashJob:
+        """The job a record's ``PendingFlash`` (or ``RunningImage``) names, its image read back from
+        the asset cache, which verifies its sha256. Blocking I/O and parsing: call it in a worker
+        thread. Raises AssetError (also for a record that is not such an object) or UF2Error."""
+        if not isinstance(stored, dict) or not isinstance(stored.get("sha256"), str):
+            raise AssetError(f"not a stored flash: {stored!r:.80}")
+        image = assets.get(stored["sha256"])
+        parsed = uf2.read_uf2(image)
+        return cls(
+            image,
+            parsed.families,
+            stored.get("version"),
+            stored.get("commit"),
+            stored["sha256"],  # verified by assets.get: not hashed again
+            retry=int(stored.get("retry") or 0),
+        )

@@ -258,8 +258,7 @@ async def _roll_back(board: FlashTarget, job: FlashJob, error: ImageNotRunning) 
         )
     assert isinstance(running, dict)
     try:
-        data = await board.manager.run_blocking(board.manager.assets.get, sha256)
-        parsed = await board.manager.run_blocking(uf2.read_uf2, data)
+        back = await board.manager.run_blocking(FlashJob.from_stored, board.manager.assets, running)
     except (AssetError, uf2.UF2Error) as missing:
         await board.update(FailedRelease=failed)
         raise BoardError(
@@ -273,16 +272,16 @@ async def _roll_back(board: FlashTarget, job: FlashJob, error: ImageNotRunning) 
     await board.update(
         FailedRelease=failed, StatusReason=f"release {job.commit} did not run; returning to {previous}"
     )
-    back = FlashJob(data, parsed.families, running.get("version"), running.get("commit"), sha256)
     try:
-        await _flash_with_retries(board, back, rollback=True)
+        await _flash_with_retries(
+            board, back, rollback=f"rolled back to {previous}: release {job.commit} did not run: {error}"
+        )
     except BoardError as again:
         raise BoardError(f"{error}; flashing it back to {previous} failed too: {again}") from None
     log.info("%s: rolled back to %s", board.label, previous)
-    await board.update(StatusReason=f"rolled back to {previous}: release {job.commit} did not run: {error}")
 
 
-async def _flash_with_retries(board: FlashTarget, job: FlashJob, *, rollback: bool = False) -> None:
+async def _flash_with_retries(board: FlashTarget, job: FlashJob, *, rollback: str | None = None) -> None:
     attempts = 1 + board.manager.config.update_retries
     for attempt in range(1, attempts + 1):
         try:
@@ -308,7 +307,10 @@ async def _flash_with_retries(board: FlashTarget, job: FlashJob, *, rollback: bo
             await asyncio.sleep(delay)
 
 
-async def _flash_once(board: FlashTarget, job: FlashJob, *, rollback: bool = False) -> None:
+async def _flash_once(board: FlashTarget, job: FlashJob, *, rollback: str | None = None) -> None:
+    """One attempt at flashing ``job``; ``rollback`` (a flash back to the previous image) is the
+    StatusReason shown in the same update that shows the board Idle again, so no one sees it Idle
+    on the old commit without saying why."""
     board_type = board.manager.board_types[str(board.record["BoardType"])]
     check_families(job.families, board_type)
     if not board.sightings and not await board.wait_for(lambda: bool(board.sightings), PRESENCE_TIMEOUT):
@@ -362,6 +364,8 @@ async def _flash_once(board: FlashTarget, job: FlashJob, *, rollback: bool = Fal
     if job.version is not None and not running.endswith(f" {job.version}"):
         raise ImageNotRunning(f"came back running {running}, expected version {job.version}")
     done: dict[str, Any] = {"Status": Status.IDLE.value, "Commit": job.commit}
+    if rollback is not None:
+        done["StatusReason"] = rollback
     if not job.evaluation:
         done["RunningImage"] = {"sha256": job.sha256, "commit": job.commit, "version": job.version}
     failed = board.record.get("FailedRelease")

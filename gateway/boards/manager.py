@@ -532,19 +532,10 @@ class DeviceManager:
             )
             pending = {key: running.get(key) for key in ("sha256", "commit", "version")}
         try:
-            image = await asyncio.to_thread(self.assets.get, str(pending.get("sha256", "")))
-            parsed = await asyncio.to_thread(uf2.read_uf2, image)
-        except (AssetError, uf2.UF2Error, AttributeError) as error:
+            board.pending_flash = await asyncio.to_thread(FlashJob.from_stored, self.assets, pending)
+        except (AssetError, uf2.UF2Error) as error:
             log.error("%s: the flash pending before the restart cannot be resumed: %s", board.label, error)
             await board.update(PendingFlash=None, StatusReason=f"pending flash dropped: {error}")
             return
-        board.pending_flash = FlashJob(
-            image,
-            parsed.families,
-            pending.get("version"),
-            pending.get("commit"),
-            str(pending["sha256"]),
-            retry=int(pending.get("retry") or 0),
-        )  # assets.get verified the sha256: not hashed again on the event loop
         log.info("%s: resuming the flash pending before the restart (%s)", board.label, pending.get("sha256"))
         board.wake.set()

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,14 +38,15 @@ from picofleet.gateway.models import BoardError, BoardIdentity, FpgaState
 if TYPE_CHECKING:
     from picofleet.gateway.boards.board import Board
 
-__all__ = ["bring_to_target", "identity_fields"]
+__all__ = ["TargetMemo", "bring_to_target", "identity_fields"]
 
 log = logging.getLogger("picofleet.board")
 
 
 @dataclass
-class _Memo:
-    """What the gateway knows of one board beyond its record (kept while the gateway runs)."""
+class TargetMemo:
+    """What the gateway knows of one board beyond its record (``Board.target_memo``, kept while the
+    gateway runs)."""
 
     fpga: FpgaState | None = None  # what the board said it holds (identify, or the last write)
     settings_key: tuple[Any, ...] | None = None  # the attempt that could not be done, not repeated
@@ -56,22 +56,12 @@ class _Memo:
     shown: str | None = None  # the StatusReason this module last showed
 
 
-_memos: weakref.WeakKeyDictionary[Board, _Memo] = weakref.WeakKeyDictionary()
-
-
-def _memo(board: Board) -> _Memo:
-    memo = _memos.get(board)
-    if memo is None:
-        memo = _memos[board] = _Memo()
-    return memo
-
-
 def identity_fields(board: Board, identity: BoardIdentity | None) -> dict[str, Any]:
     """The record fields a board's ``identify`` answer sets: ``Environment``, ``Config`` (what the
     board holds, ``None`` when its firmware does not say) and ``FpgaImage`` (the sha256 of the image
     its FPGA configured from, else ``None``)."""
     fpga = identity.fpga_image if identity is not None else None
-    _memo(board).fpga = fpga
+    board.target_memo.fpga = fpga
     return {
         "Environment": identity.environment if identity is not None else None,
         "Config": identity.config if identity is not None else None,
@@ -93,7 +83,7 @@ async def bring_to_target(board: Board) -> None:
 
 async def _show_idle(board: Board, reason: str | None) -> None:
     """Idle, with ``reason`` as StatusReason; a reason someone else set is left alone."""
-    memo = _memo(board)
+    memo = board.target_memo
     if board.record["Status"] != Status.IDLE.value:
         await board.update(Status=Status.IDLE.value, **({"StatusReason": reason} if reason else {}))
     elif board.record.get("StatusReason") != reason and (
@@ -109,7 +99,7 @@ def _running(board: Board) -> str:
 
 async def _settings(board: Board) -> str | None:
     """Apply the target environment/config when the board holds others; a note when it cannot."""
-    memo = _memo(board)
+    memo = board.target_memo
     environment = dict(board.record.get("TargetEnvironment") or {})
     config = dict(board.record.get("TargetConfig") or {})
     held = (board.record.get("Environment"), board.record.get("Config"))
@@ -160,7 +150,7 @@ async def _settings(board: Board) -> str | None:
 
 async def _fpga(board: Board) -> str | None:
     """Write the target FPGA image when the board holds another; a note when it cannot or it failed."""
-    memo = _memo(board)
+    memo = board.target_memo
     target = board.record.get("TargetFpgaImage")
     held = memo.fpga
     held_sha = held.sha256 if held is not None else None

@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import httpx
 
-from picofleet.client import error_of
+from picofleet.client import device_record, error_of
 from picofleet.commands.console import StatusLine, add_gateway_flag, bar, positive_seconds
 from picofleet.firmware.formats import bitstream, image, uf2
 
@@ -115,12 +115,9 @@ def _device(client: httpx.Client, path: str) -> dict[str, Any]:
     if response.status_code != 200:
         raise FlashFailed(error_of(response))
     try:
-        record = response.json()
-    except ValueError:
-        record = None
-    if not isinstance(record, dict):
-        raise FlashFailed("the gateway answered something that is not a device record")
-    return record
+        return device_record(response)
+    except ValueError as error:
+        raise FlashFailed(str(error)) from None
 
 
 def _finished(

@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import httpx
 
-from picofleet.client import error_of
+from picofleet.client import device_record, error_of
 from picofleet.commands.console import add_gateway_flag
 
 
@@ -42,11 +42,9 @@ def run(args: argparse.Namespace) -> int:
     if response.status_code != 200:
         return _fail(f"{error_of(response)} (HTTP {response.status_code})")
     try:
-        record = response.json()
-    except ValueError:
-        record = None
-    if not isinstance(record, dict):
-        return _fail("the gateway answered something that is not a device record")
+        record = device_record(response)
+    except ValueError as error:
+        return _fail(str(error))
     if args.json:
         print(json.dumps(record))
         return 0

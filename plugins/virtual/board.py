@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from picofleet.common.atomic import atomic_write_bytes
-from picofleet.firmware.app.main import App
+from picofleet.firmware.app.main import FPGA_FILE, App
 from picofleet.firmware.formats import image as fw_image
 from picofleet.firmware.formats import uf2
 from picofleet.firmware.pico2_ice import pulsecount
@@ -367,7 +367,7 @@ class VirtualBoard:
         appears (a real board configures its iCE40 in milliseconds; the simulator may need seconds
         to build a circuit it has not cached, and a host's identify must not wait for that)."""
         try:
-            image = (self.storage_path / "fpga.bin").read_bytes()
+            image = (self.storage_path / FPGA_FILE).read_bytes()
         except OSError:
             return
         if simulation_mode() == "netlist":

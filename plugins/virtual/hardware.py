@@ -321,7 +321,7 @@ class SimulatedPulseCountHardware(SimulatedHardware):
 
     def __init__(self, board: BoardControl, fpga: FpgaSimulator) -> None:
         super().__init__(board, None, fpga)
-        self._simulator = fpga
+        self._simulator = fpga  # the parent's ``_fpga``, typed as present: this board always has one
 
     def slots(self) -> int:
         """Bitstreams the board can hold at once."""
@@ -330,10 +330,6 @@ class SimulatedPulseCountHardware(SimulatedHardware):
     def max_bitstream(self) -> int:
         """The largest bitstream accepted, in bytes."""
         return self.MAX_BITSTREAM
-
-    def fpga_program(self, bitstream: bytes) -> None:
-        """Configure the FPGA (blocks for the configure time, and until the circuit is built)."""
-        self._simulator.program(bytes(bitstream))
 
     def fpga_prepare(self, bitstream: bytes) -> None:
         """A bitstream arrived complete: the simulator starts building its circuit in the background."""

@@ -31,3 +31,10 @@ def push_first_release(fleet: FleetProcess, work: Path, version: str = "2.0.0", 
     _, head = work_tree(work, version)
     git(work, "push", "-q", fleet.push_url(name), "main")
     return head
+
+
+def fleet_with_a_release(fleet: FleetProcess, name: str, work: Path) -> tuple[str, Path, str]:
+    """A new fleet ``name`` on ``fleet`` to which a new work tree at ``work`` pushed its first release
+    (picofleet-app 2.0.0): (push url, work tree, commit)."""
+    fleet.create_fleet(name)
+    return fleet.push_url(name), work, push_first_release(fleet, work, name=name)
