@@ -21,6 +21,7 @@ from pathlib import Path
 from picofleet.common.errors import ConfigError
 from picofleet.common.http.server import bind_socket, bind_unix_socket, serve_app, stop_on_signals
 from picofleet.common.store import StoreLockedError
+from picofleet.fleet import dashboard
 from picofleet.fleet.git.http_backend import FleetRepos
 from picofleet.fleet.http.app import create_app
 from picofleet.fleet.http.context import FleetService
@@ -127,7 +128,7 @@ async def run_fleet(
         f"picofleet fleet listening on http://{bound_host}:{bound_port} (data in {data}{suffix})", flush=True
     )
     try:
-        app = create_app(service)
+        app = create_app(service, pages=dashboard.ROUTES)
         if front is not None:
             await front.start()
         await serve_app(app, socks, shutdown)

@@ -171,6 +171,7 @@ class FleetStore:
                 "ref": release.get("ref"),
                 "created": release.get("created") or now_iso(),
                 "boards": release["boards"],
+                "message": release.get("message"),  # the commit's subject line
             }
         )
 

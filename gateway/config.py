@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,23 @@ def _optional_text(value: str) -> str | None:
     return value.strip() or None
 
 
+API_KEY_MIN_LENGTH = 16
+
+
+def _optional_api_key(value: str) -> str | None:
+    """``PICOFLEET_API_KEY``: empty (no key: the API is open, as ENM's), or 16 to 4096 printable
+    ASCII characters without spaces (it travels in the ``X-Api-Key`` header)."""
+    value = value.strip()
+    if not value:
+        return None
+    if not API_KEY_MIN_LENGTH <= len(value) <= 4096 or not all(33 <= ord(c) <= 126 for c in value):
+        raise ValueError(
+            f"must be {API_KEY_MIN_LENGTH} to 4096 printable ASCII characters without spaces "
+            "(e.g. the output of `openssl rand -hex 24`)"
+        )
+    return value
+
+
 def _optional_path(value: str) -> Path | None:
     return Path(value.strip()).expanduser() if value.strip() else None
 
@@ -140,6 +157,8 @@ class Setting:
     default: str
     parse: Callable[[str], Any]
     help: str
+    secret: bool = False
+    """A secret: its value is never shown (not in an error about it, nor in the config's repr)."""
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -255,6 +274,24 @@ SETTINGS: tuple[Setting, ...] = (
         "a file holding the provisioning key (instead of provisioning_key; keep it mode 0600)",
     ),
     Setting(
+        "api_key",
+        "PICOFLEET_API_KEY",
+        None,
+        "",
+        _optional_api_key,
+        "a key the API's state-changing ENM routes then require (X-Api-Key, or the control panel's "
+        "sign-in; docs/api.md); none: the API is open, as ENM's",
+        secret=True,
+    ),
+    Setting(
+        "api_key_file",
+        "PICOFLEET_API_KEY_FILE",
+        "--api-key-file",
+        "",
+        _optional_path,
+        "a file holding the API key (instead of api_key; keep it mode 0600)",
+    ),
+    Setting(
         "dependent_app_id",
         "PICOFLEET_DEPENDENT_APP_ID",
         None,
@@ -340,6 +377,8 @@ class GatewayConfig:
     fleet_url: str | None
     provisioning_key: str | None
     provisioning_key_file: Path | None
+    api_key: str | None = field(repr=False)
+    api_key_file: Path | None
     dependent_app_id: int | None
     assets_max_bytes: int
     max_upload_bytes: int
@@ -419,7 +458,8 @@ def load_config(
         try:
             resolved[setting.name] = setting.parse(raw)
         except ValueError as error:
-            raise ConfigError(f"invalid {setting.name} {raw!r} (from {source}): {error}") from None
+            shown = "value" if setting.secret else repr(raw)
+            raise ConfigError(f"invalid {setting.name} {shown} (from {source}): {error}") from None
         sources[setting.name] = source
     if resolved["provisioning_key_file"] is not None:
         if resolved["provisioning_key"] is not None:
@@ -428,18 +468,29 @@ def load_config(
                 f"(from {sources['provisioning_key_file']}) both give the provisioning key: give one"
             )
         resolved["provisioning_key"] = read_key_file(resolved["provisioning_key_file"])
+    if resolved["api_key_file"] is not None:
+        if resolved["api_key"] is not None:
+            raise ConfigError(
+                f"api_key (from {sources['api_key']}) and api_key_file "
+                f"(from {sources['api_key_file']}) both give the API key: give one"
+            )
+        key = read_key_file(resolved["api_key_file"], "api_key_file")
+        try:
+            resolved["api_key"] = _optional_api_key(key)
+        except ValueError as error:
+            raise ConfigError(f"the key in api_key_file {resolved['api_key_file']} {error}") from None
     return GatewayConfig(**resolved)
 
 
-def read_key_file(path: Path) -> str:
-    """The provisioning key in ``path`` (surrounding white space dropped), else ConfigError."""
+def read_key_file(path: Path, setting: str = "provisioning_key_file") -> str:
+    """The key in ``path`` (surrounding white space dropped), else ConfigError naming ``setting``."""
     try:
         with open(path, encoding="utf-8") as handle:
             key = handle.read(4097).strip()
     except OSError as error:
-        raise ConfigError(f"cannot read provisioning_key_file {path}: {error.strerror}") from None
+        raise ConfigError(f"cannot read {setting} {path}: {error.strerror}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"provisioning_key_file {path} is not UTF-8 text") from None
+        raise ConfigError(f"{setting} {path} is not UTF-8 text") from None
     if not key or len(key) > 4096 or len(key.split()) != 1:
-        raise ConfigError(f"provisioning_key_file {path} must hold the key alone, on one line")
+        raise ConfigError(f"{setting} {path} must hold the key alone, on one line")
     return key

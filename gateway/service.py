@@ -21,6 +21,7 @@ from picofleet.gateway.evaluation.reserved_board import ReservedBoards
 from picofleet.gateway.evaluation.scheduler import EvaluationScheduler
 from picofleet.gateway.features import Features
 from picofleet.gateway.http.app import create_app
+from picofleet.gateway.panel import ROUTES as PANEL_ROUTES
 from picofleet.gateway.plugin_manager import Plugins, load_plugins
 from picofleet.gateway.sync import FleetSync
 from picofleet.supervisor_bridge.bridge import SupervisorBridge
@@ -48,7 +49,7 @@ class GatewayBoards:
         """The device manager with its reservation book, evaluation scheduler and reserved-board serving."""
         manager = DeviceManager(config, store, plugins)
         reservations = ReservationBook(manager)
-        evaluations = EvaluationScheduler(manager, reservations, manager.metrics)
+        evaluations = EvaluationScheduler(manager, reservations, manager.metrics, manager.changes)
         manager.serve_reservations(reservations, ReservedBoards(manager, reservations, evaluations))
         return cls(manager, reservations, evaluations)
 
@@ -168,6 +169,7 @@ async def run_gateway(config: GatewayConfig) -> None:
             evaluations=boards.evaluations,
             bridge=bridge,
             features=features,
+            pages=PANEL_ROUTES,
         )
 
         async def shutdown_trigger() -> None:

@@ -18,9 +18,12 @@ The fleet API is docs/fleet-api.md. The loop:
   reserved one, and one on which that commit failed (``FailedRelease``) until the fleet asks for a
   retry (the target's ``retry`` count rises). ``DeviceManager.reapply`` makes it apply the stored
   target again (a reservation ended, a board left local mode or drifted).
-* **Reporting**: the boards' state (Commit, Status, online, progress...) is sent when it changed,
-  at most once a second, and at every (re)connection — so after a gateway or fleet restart the
-  fleet's view is corrected within one cycle (ENM issue #49).
+* **Reporting**: the boards' state (Commit, Status, online, progress...) is sent when it changed —
+  the reporter waits on the device manager's change signal (``manager.changes``), so the fleet
+  hears of a change within ~0.3 s, at most one report every :data:`REPORT_MIN_GAP` s (a burst of
+  progress updates is one report) — and at every (re)connection, so after a gateway or fleet
+  restart the fleet's view is corrected within one cycle (ENM issue #49). Without a change it
+  still looks every :data:`REPORT_INTERVAL` s (board log lines, a report that failed).
 * **Board logs**: :class:`~.board_logs.BoardLogQueue` (gateway/board_logs.py), a logging handler
   on the board loggers, keeps every line about a board (the firmware's own log lines and the
   gateway's status lines) in a bounded queue (oldest dropped and counted). After each state report, at most
@@ -60,6 +63,10 @@ TARGET = "fleetTarget"
 ETAG = "fleetTargetEtag"
 LONG_POLL_SECONDS = 30
 REPORT_INTERVAL = 1.0
+"""Seconds the reporter waits for a change before it looks anyway (queued log lines), and waits
+after a report the fleet did not take."""
+REPORT_MIN_GAP = 0.25
+"""The shortest time between two reports (changes meanwhile are coalesced into the next)."""
 
 
 class SyncError(Exception):
@@ -310,19 +317,33 @@ class FleetSync:
 
     # -- reporting ----------------------------------------------------------------------------------
     async def _report_forever(self, client: httpx.AsyncClient) -> None:
-        while True:
-            report = {"boards": [self._board_report(board.record) for board in self.manager.listed()]}
-            text = json.dumps(report, sort_keys=True)
-            if text != self.last_report:
-                try:
-                    response = await client.put("/v1/gateway/state", json=report)
-                    response.raise_for_status()
-                    self.last_report = text
-                except httpx.HTTPError as error:
-                    log.debug("report to the fleet failed (retried): %s", error)
-            if text == self.last_report:  # the fleet knows the boards the lines are about
-                await self._send_logs(client)
-            await asyncio.sleep(REPORT_INTERVAL)
+        """Report the boards' state whenever it changed (see the module docstring), and send their
+        log lines once the fleet knows the boards."""
+        loop = asyncio.get_running_loop()
+        logs_sent = loop.time() - REPORT_INTERVAL
+        with self.manager.changes.subscribe() as changes:
+            while True:
+                started = loop.time()
+                report = {"boards": [self._board_report(board.record) for board in self.manager.listed()]}
+                text = json.dumps(report, sort_keys=True)
+                failed = False
+                if text != self.last_report:
+                    try:
+                        response = await client.put("/v1/gateway/state", json=report)
+                        response.raise_for_status()
+                        self.last_report = text
+                    except httpx.HTTPError as error:
+                        failed = True
+                        log.debug("report to the fleet failed (retried): %s", error)
+                # once the fleet knows the boards the lines are about; one batch a second at most
+                if text == self.last_report and loop.time() - logs_sent >= REPORT_INTERVAL:
+                    logs_sent = loop.time()
+                    await self._send_logs(client)
+                if failed:
+                    await asyncio.sleep(REPORT_INTERVAL)  # changes meanwhile stay pending
+                else:
+                    await changes.wait(REPORT_INTERVAL)
+                await asyncio.sleep(max(0.0, started + REPORT_MIN_GAP - loop.time()))
 
     async def _send_logs(self, client: httpx.AsyncClient) -> None:
         """Send the oldest queued board log lines (one batch); on failure they stay queued."""

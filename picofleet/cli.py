@@ -14,7 +14,18 @@ import sys
 
 from picofleet import __version__
 
-COMMANDS = ("gateway", "demo", "plugins", "sim", "firmware", "flash", "local_mode", "fleet", "evaluate")
+COMMANDS = (
+    "gateway",
+    "demo",
+    "plugins",
+    "sim",
+    "firmware",
+    "flash",
+    "local_mode",
+    "fleet",
+    "evaluate",
+    "login",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

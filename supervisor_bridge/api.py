@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from picofleet.common.http.errors import ApiError
 from picofleet.gateway.http.context import gateway_of
+from picofleet.gateway.http.guard import require_key
 from picofleet.gateway.models import APPLICATION
 from picofleet.supervisor_bridge import lock_plugin, update_lock
 from picofleet.supervisor_bridge.bridge import BLINK_SECONDS, BridgeOff
@@ -28,6 +29,7 @@ __all__ = ["ROUTES", "identify_gateway", "supervisor_status"]
 
 async def identify_gateway(request: Request) -> Response:
     """Blink the device's LED (through the supervisor) and, with IDENTIFY_BOARDS, the boards'."""
+    require_key(request)
     api = gateway_of(request)
     try:
         await api.bridge.blink()

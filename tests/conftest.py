@@ -12,6 +12,8 @@ from tests.helpers.fleet import FleetProcess
 from tests.helpers.fpga import FpgaBuild, session_counter
 from tests.helpers.gateway import GatewayProcess
 
+pytest_plugins = ["tests.helpers.browser"]
+
 
 @pytest.fixture
 def gateway_factory(tmp_path: Path) -> Iterator:

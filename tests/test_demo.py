@@ -93,6 +93,25 @@ def test_demo_runs_fleet_and_gateway_and_the_printed_commands_work_from_one_fold
         printed = printed_commands(log.read_text())
         token = (tmp_path / "demo-data" / "fleet" / "admin-token").read_text().strip()
 
+        # the two pages it prints answer, and signing in to the dashboard as it says works
+        pages = dict(
+            re.findall(r"^  (fleet dashboard|gateway control panel): +(http://\S+)", log.read_text(), re.M)
+        )
+        assert pages == {
+            "fleet dashboard": f"http://127.0.0.1:{fleet_port}/",
+            "gateway control panel": f"{url}/",
+        }, log.read_text()
+        for page in pages.values():
+            answer = httpx.get(page, timeout=10)
+            assert answer.status_code == 200 and "text/html" in answer.headers["content-type"], page
+        token_file = re.search(r"the admin token is in (\S+)\)", log.read_text())
+        assert token_file and (tmp_path / token_file[1]).read_text().strip() == token
+        with httpx.Client(base_url=pages["fleet dashboard"], timeout=10, follow_redirects=True) as browser:
+            assert browser.post("/login", data={"token": token}).status_code == 200
+            assert "picofleet_session" in browser.cookies
+            fleet_page = browser.get("/fleets/demo")  # signed out, it would redirect to the login form
+            assert fleet_page.status_code == 200 and fleet_page.url.path == "/fleets/demo"
+
         # README.md's "Try it" is what `./dev demo` prints (.venv/bin/picofleet, ports 1337 and 8080)
         program = f"{sys.executable} -m picofleet.cli"
         as_in_readme = [

@@ -62,7 +62,7 @@ from typing import Any
 from starlette.responses import PlainTextResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from picofleet.fleet.git.pre_receive import ENV_DATA, ENV_FLEET, ENV_MAX
+from picofleet.fleet.git.pre_receive import ENV_DATA, ENV_FLEET, ENV_MAX, MAX_SUBJECT
 from picofleet.fleet.git.reaper import GitGroups
 from picofleet.fleet.manifest import DEFAULT_MAX_ASSET_BYTES
 from picofleet.fleet.store import FleetStore
@@ -235,6 +235,9 @@ class FleetRepos:
                         )
                         await asyncio.to_thread(path.unlink, missing_ok=True)
                         continue
+                if not isinstance(release.get("message"), str):  # staged by a hook before messages
+                    _, subject = await _git(git_dir, "log", "-1", "--format=%s", commit)
+                    release["message"] = subject[:MAX_SUBJECT]
                 await self.store.record_release(fleet, release, make_target=tip == commit)
                 recorded.append(commit)
                 if self.on_release is not None:

@@ -47,6 +47,8 @@ MAX_LINE = 200
 """Characters per line sent to the git client (without git's ``remote: `` prefix)."""
 MAX_PROBLEMS = 20
 """Reasons printed per refused ref; the rest are counted."""
+MAX_SUBJECT = 200
+"""The longest release ``message`` kept (a commit's subject line, cut)."""
 DEFAULT_DEPLOY_REF = "refs/heads/main"
 ENV_DATA, ENV_FLEET, ENV_MAX = "PICOFLEET_FLEET_DATA", "PICOFLEET_FLEET_NAME", "PICOFLEET_MAX_ASSET_BYTES"
 
@@ -78,6 +80,13 @@ def _git(git_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def deploy_ref(git_dir: Path) -> str:
     """The fleet's deploy branch as a ref: what the repository's ``HEAD`` names."""
     return _git(git_dir, "symbolic-ref", "--quiet", "HEAD").stdout.strip() or DEFAULT_DEPLOY_REF
+
+
+def commit_subject(git_dir: Path, commit: str) -> str:
+    """The subject line of ``commit``'s message (at most :data:`MAX_SUBJECT` characters): the
+    release's ``message`` the operator's views show."""
+    subject = _git(git_dir, "log", "-1", "--format=%s", commit).stdout.strip()
+    return subject[:MAX_SUBJECT]
 
 
 def _is_ancestor(git_dir: Path, older: str, newer: str) -> bool:
@@ -172,7 +181,8 @@ def main() -> int:
                 cache.put(blob)
         path = release_path(data, fleet, release.commit)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, {"fleet": fleet, "ref": ref, "created": now_iso(), **release.as_json()})
+        staged = {"fleet": fleet, "ref": ref, "created": now_iso(), **release.as_json()}
+        atomic_write_json(path, {**staged, "message": commit_subject(git_dir, release.commit)})
         short = release.commit[:12]
         if ref == deploy:
             say(f"{ref}: release {short} accepted and deployed ({branch} is the deploy branch)")

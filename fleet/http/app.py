@@ -1,12 +1,13 @@
 """The fleet service's HTTP application (Starlette), assembled: every route, the JSON error
 handlers, the git backend; the contract is written down in ``docs/fleet-api.md``.
 
-Operator routes (:mod:`.fleets`, :mod:`.pins`, :mod:`.variables`) take the admin token as
-``Authorization: Bearer <token>``; git takes it as the basic-auth password (see
-:mod:`picofleet.fleet.git.http_backend`); the routes gateways call (:mod:`.gateway_api`) take the
-gateway's own key as ``Authorization: Bearer <key>``; :mod:`.internal` serves the front workers;
-``GET /openapi.json`` describes them all (:mod:`.openapi`); ``GET /metrics`` (no token) is Prometheus'
-text format, and every request is counted by route template (:mod:`.metrics`).
+Operator routes (:mod:`.fleets`, :mod:`.pins`, :mod:`.variables`, the live :mod:`.events`) take the
+admin token as ``Authorization: Bearer <token>`` or the dashboard's session cookie; git takes
+it as the basic-auth password (see :mod:`picofleet.fleet.git.http_backend`); the routes gateways
+call (:mod:`.gateway_api`) take the gateway's own key as ``Authorization: Bearer <key>``;
+:mod:`.internal` serves the front workers; ``GET /openapi.json`` describes them all
+(:mod:`.openapi`); ``GET /metrics`` (no token) is Prometheus' text format, and every request is
+counted by route template (:mod:`.metrics`).
 Handlers are plain functions reading the :class:`~.context.FleetService` from ``app.state``; they
 raise :class:`~picofleet.common.http.errors.ApiError`, which :mod:`picofleet.common.http.handlers`
 answers as ``{"error": message}``, as it does unknown routes (404) and wrong methods (405).
@@ -14,16 +15,17 @@ answers as ``{"error": message}``, as it does unknown routes (404) and wrong met
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from picofleet.common.http.handlers import exception_handlers
 from picofleet.fleet.git.http_backend import GitHttpBackend
-from picofleet.fleet.http import fleets, gateway_api, internal, metrics, openapi, pins, variables
+from picofleet.fleet.http import events, fleets, gateway_api, internal, metrics, openapi, pins, variables
 from picofleet.fleet.http.context import FleetService
 from picofleet.fleet.state_checks import PlainChecks
 
@@ -47,8 +49,11 @@ def _variable_routes() -> list[Route]:
     ]
 
 
-def create_app(service: FleetService) -> ASGIApp:
-    """The fleet service's ASGI application: Starlette, behind :class:`.state_checks.PlainChecks`."""
+def create_app(service: FleetService, pages: Sequence[BaseRoute] = ()) -> ASGIApp:
+    """The fleet service's ASGI application: Starlette, behind :class:`.state_checks.PlainChecks`.
+
+    ``pages`` are the dashboard's routes (``picofleet.fleet.dashboard``, a layer above this one,
+    passed in by fleet/service.py)."""
     routes = [
         Route("/v1/fleets", fleets.create_fleet, methods=["POST"]),
         Route("/v1/fleets", fleets.list_fleets, methods=["GET"]),
@@ -56,6 +61,7 @@ def create_app(service: FleetService) -> ASGIApp:
         Route(f"{FLEET}/releases", fleets.list_releases, methods=["GET"]),
         Route(f"{FLEET}/provisioning-key", fleets.rotate_provisioning_key, methods=["POST"]),
         Route(f"{FLEET}/gateways", fleets.list_gateways, methods=["GET"]),
+        Route(f"{FLEET}/events", events.fleet_events, methods=["GET"]),
         Route(f"{FLEET}/boards", fleets.list_boards, methods=["GET"]),
         Route(f"{BOARD}/logs", fleets.board_logs, methods=["GET"]),
         Route(f"{FLEET}/pin", pins.pin_fleet, methods=["PUT"]),
@@ -78,6 +84,7 @@ def create_app(service: FleetService) -> ASGIApp:
             GitHttpBackend(service.repos, service.admin_token),
             methods=["GET", "POST"],
         ),
+        *pages,
     ]
     app = Starlette(
         routes=routes,

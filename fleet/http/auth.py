@@ -1,5 +1,10 @@
-"""Who is calling the fleet service: the operator (the admin token) or a gateway (its own key),
-both as ``Authorization: Bearer <token>``; and the fleet or board an operator's path names.
+"""Who is calling the fleet service: the operator (the admin token as ``Authorization: Bearer
+<token>``, or the dashboard's session cookie) or a gateway (its own key, as a bearer token); and
+the fleet or board an operator's path names.
+
+A request authenticated by the session cookie that changes something (POST, PUT, DELETE …) must
+also carry the ``X-Picofleet-Request`` header (CSRF; see :mod:`picofleet.common.web.sessions`),
+else 403.
 
 Each helper returns what it found or raises an :class:`~picofleet.common.http.errors.ApiError`
 (401 with ``WWW-Authenticate``, 404), answered by the application's exception handler.
@@ -14,6 +19,7 @@ from starlette.requests import Request
 
 from picofleet.common.http.auth import bearer_token
 from picofleet.common.http.errors import ApiError
+from picofleet.common.web.sessions import CSRF_HEADER, needs_csrf_header
 from picofleet.fleet.http.context import GatewayAuth, service_of
 
 __all__ = [
@@ -50,10 +56,21 @@ class GatewayKeyRequired(ApiError):
 
 
 def is_admin(request: Request) -> bool:
-    """Whether the request carries the admin token."""
+    """Whether the request carries the admin token, or the dashboard's valid session cookie (then
+    a request that changes something without the CSRF header is refused: 403)."""
+    service = service_of(request)
     presented = bearer_token(request.headers)
-    token = service_of(request).admin_token
-    return presented is not None and secrets.compare_digest(presented.encode(), token.encode())
+    if presented is not None:
+        return secrets.compare_digest(presented.encode(), service.admin_token.encode())
+    if service.sessions.subject(request) is None:
+        return False
+    if needs_csrf_header(request):
+        raise ApiError(
+            403,
+            f"a signed-in request that changes something needs the {CSRF_HEADER} header"
+            " (the dashboard's requests send it)",
+        )
+    return True
 
 
 def require_admin(request: Request) -> None:

@@ -10,17 +10,32 @@ database access; long polls wait on the event, never poll. One more counter, the
 ``X-Picofleet-Generation`` and ``GET /v1/internal/changes`` streams it, which is how the front
 workers of ``--workers N`` (:mod:`picofleet.fleet.workers.front_worker`) know when their cached
 answers are stale.
+
+**Live events.** Separately, :attr:`FleetService.changes` (a coalescing
+:class:`~picofleet.common.changes.ChangeHub`) is told what an operator's view shows changed — a
+fleet (:func:`fleet_key`: a push, a pin, a variable, a retry) or one gateway (:func:`gateway_key`:
+its report changed its boards, it was provisioned) — and :attr:`FleetService.log_followers` hands
+new board log lines to the streams following them (:class:`LogFollowers`, bounded per follower);
+``GET /v1/fleets/{name}/events`` (:mod:`.events`) serves both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import hashlib
+import hmac
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from starlette.requests import Request
 from starlette.types import Send
 
+from picofleet.common.changes import ChangeHub
 from picofleet.common.http.auth import bearer_token
+from picofleet.common.web.sessions import LoginThrottle, SessionCookies
 from picofleet.firmware.asset_cache import AssetCache
 from picofleet.fleet.git.http_backend import FleetRepos
 from picofleet.fleet.http.metrics import STATE_PATH, FleetMetrics
@@ -28,7 +43,101 @@ from picofleet.fleet.state_checks import send_target
 from picofleet.fleet.store import BoardLogs, FleetStore, key_hash, now_iso
 from picofleet.fleet.targets import encode_target, etag_matches, gateway_target
 
-__all__ = ["FleetService", "GatewayAuth", "service_of"]
+__all__ = [
+    "FleetService",
+    "GatewayAuth",
+    "LogFollower",
+    "LogFollowers",
+    "fleet_key",
+    "gateway_key",
+    "service_of",
+]
+
+SESSION_PURPOSE = b"picofleet dashboard session"
+"""What the session cookies' signing key is derived for (HMAC-SHA256 of the admin token)."""
+SEEN_EVENT_S = 60.0
+"""A gateway that only polls is a live-views change this often (its ``last_seen`` moved on)."""
+FOLLOWER_LINES = 1000
+"""Log lines a live-events follower may have pending; beyond, its oldest are dropped (counted)."""
+
+
+def fleet_key(fleet: str) -> str:
+    """The change key of a fleet-wide change (its record, releases, pins, variables)."""
+    return f"fleet:{fleet}"
+
+
+def gateway_key(fleet: str, gateway_id: str) -> str:
+    """The change key of one gateway of ``fleet`` (its board report, its provisioning)."""
+    return f"gateway:{fleet}:{gateway_id}"
+
+
+class LogFollower:
+    """One live-events stream's pending board log lines: at most ``limit``, the oldest dropped
+    (and counted) when it falls further behind, so a reader that stalls costs bounded memory."""
+
+    def __init__(self, board: str | None, limit: int = FOLLOWER_LINES) -> None:
+        self.board = board
+        """The board followed, or ``None`` for all of the fleet's boards."""
+        self.limit = limit
+        self._lines: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
+        self._dropped = 0
+        self._ready = asyncio.Event()
+
+    def add(self, board: str, line: dict[str, Any]) -> None:
+        """A new line of ``board`` (kept if this follower follows that board)."""
+        if self.board is not None and board != self.board:
+            return
+        if len(self._lines) >= self.limit:
+            self._lines.popleft()
+            self._dropped += 1
+        self._lines.append((board, line))
+        self._ready.set()
+
+    def pending(self) -> int:
+        """How many lines wait (at most ``limit``)."""
+        return len(self._lines)
+
+    async def wait(self, timeout: float | None = None) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+        """The ``(board, line)`` pairs added since the last call and how many were dropped meanwhile,
+        waiting up to ``timeout`` seconds for one (``None``: forever); nothing when none came."""
+        if not self._lines:
+            self._ready.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._ready.wait()
+            except TimeoutError:
+                return [], 0
+        lines, dropped = list(self._lines), self._dropped
+        self._lines.clear()
+        self._dropped = 0
+        self._ready.clear()
+        return lines, dropped
+
+
+class LogFollowers:
+    """The fan-out of new board log lines to the live-events streams following them, per fleet."""
+
+    def __init__(self) -> None:
+        self._followers: dict[str, set[LogFollower]] = {}
+
+    def publish(self, fleet: str, board: str, line: dict[str, Any]) -> None:
+        """A new log line of ``board`` in ``fleet`` (as ``GET …/logs`` answers it)."""
+        for follower in self._followers.get(fleet, ()):
+            follower.add(board, line)
+
+    @contextlib.contextmanager
+    def follow(self, fleet: str, board: str | None) -> Iterator[LogFollower]:
+        """Follow ``fleet``'s new lines of ``board`` (``None``: of every board) for the ``with`` block."""
+        follower = LogFollower(board)
+        self._followers.setdefault(fleet, set()).add(follower)
+        try:
+            yield follower
+        finally:
+            followers = self._followers.get(fleet)
+            if followers is not None:
+                followers.discard(follower)
+                if not followers:
+                    del self._followers[fleet]
 
 
 class GatewayAuth:
@@ -62,6 +171,7 @@ class FleetService:
         self._fleet_views: dict[str, tuple[int, Any]] = {}
         self._auth: dict[str, GatewayAuth] = {}
         self._last_seen: dict[str, str] = {}
+        self._seen_published: dict[str, float] = {}
         self.logs = BoardLogs()
         self.logs_ignored: dict[str, int] = {}
         """Per gateway: lines it posted for boards it has not reported (this run)."""
@@ -69,6 +179,17 @@ class FleetService:
         """Per gateway: lines it says it dropped from its own full queue (its last word)."""
         self.metrics = FleetMetrics()
         """The event metrics ``GET /metrics`` serves (fleet/http/metrics.py)."""
+        self.changes: ChangeHub[str] = ChangeHub()
+        """What the operator's views show changed (:func:`fleet_key`, :func:`gateway_key`)."""
+        self.log_followers = LogFollowers()
+        """New board log lines, to the live-events streams following them."""
+        self.sessions = SessionCookies(
+            hmac.new(admin_token.encode(), SESSION_PURPOSE, hashlib.sha256).digest()
+        )
+        """The dashboard's session cookies, signed with a key derived from the admin token (a new
+        token ends every session)."""
+        self.login_throttle = LoginThrottle()
+        """Wrong admin tokens on the dashboard's login form, per client address."""
         repos.on_release = self.release_recorded
         repos.on_push = self.metrics.push_done
 
@@ -106,6 +227,7 @@ class FleetService:
         """Something of ``fleet`` that targets depend on changed: invalidate and wake long polls."""
         self._fleet_gen[fleet] = self._fleet_gen.get(fleet, 0) + 1
         self._wake(fleet)
+        self.changes.publish(fleet_key(fleet))
 
     def gateway_changed(self, gateway: GatewayAuth) -> None:
         """The gateway's board set changed: invalidate its target and wake its long polls."""
@@ -133,7 +255,7 @@ class FleetService:
             if record is None:
                 return None
             auth = self._auth[digest] = GatewayAuth(record["id"], record["fleet"])
-        self._last_seen[auth.id] = now_iso()
+        self._seen(auth, now_iso())
         return auth
 
     def _current(self, gateway: GatewayAuth) -> tuple[tuple[int, int], tuple[bytes, str] | None]:
@@ -176,7 +298,7 @@ class FleetService:
             return False
         document, etag = current
         await send_target(send, etag, document, if_none_match, self.generation)
-        self._last_seen[auth.id] = now_iso()
+        self._seen(auth, now_iso())
         status = "304" if etag_matches(if_none_match, etag) else "200"
         self.metrics.requests.labels(STATE_PATH, "GET", status).inc()  # answered before routing
         return True
@@ -188,9 +310,18 @@ class FleetService:
         for digest in digests:
             auth = self._auth.get(digest)
             if auth is not None:
-                self._last_seen[auth.id] = when
+                self._seen(auth, when)
                 known += 1
         return known
+
+    def _seen(self, auth: GatewayAuth, when: str) -> None:
+        """Note the gateway as seen at ``when``; at most every :data:`SEEN_EVENT_S` seconds per
+        gateway this is a change the live views hear of (a quiet gateway is not shown as stale)."""
+        self._last_seen[auth.id] = when
+        now = time.monotonic()
+        if now - self._seen_published.get(auth.id, -SEEN_EVENT_S) >= SEEN_EVENT_S:
+            self._seen_published[auth.id] = now
+            self.changes.publish(gateway_key(auth.fleet, auth.id))
 
     def last_seen(self, record: dict[str, Any]) -> str | None:
         """When the gateway last called the fleet (this run's memory, else the stored report time)."""

@@ -27,11 +27,13 @@ __all__ = [
     "board_logs",
     "create_fleet",
     "fleet_json",
+    "gateways_json",
     "get_fleet",
     "list_boards",
     "list_fleets",
     "list_gateways",
     "list_releases",
+    "releases_json",
     "rotate_provisioning_key",
 ]
 
@@ -105,12 +107,17 @@ async def get_fleet(request: Request) -> JSONResponse:
 
 
 async def list_releases(request: Request) -> JSONResponse:
-    """``GET /v1/fleets/{name}/releases``: the releases (commit, ref, created, boards), oldest first."""
+    """``GET /v1/fleets/{name}/releases``: the releases (commit, ref, created, message, boards),
+    oldest first."""
     fleet = await admin_fleet(request)
+    return JSONResponse(await releases_json(request, fleet))
+
+
+async def releases_json(request: Request, fleet: dict[str, Any]) -> list[dict[str, Any]]:
+    """The fleet's releases as ``GET …/releases`` answers them: commit, ref, created, boards and
+    ``message`` (the commit's subject line), oldest first."""
     releases = await service_of(request).store.releases(fleet["name"])
-    return JSONResponse(
-        [{key: r.get(key) for key in ("commit", "ref", "created", "boards")} for r in releases]
-    )
+    return [{key: r.get(key) for key in ("commit", "ref", "created", "message", "boards")} for r in releases]
 
 
 # -- gateways and boards as the operator sees them ----------------------------------------------
@@ -163,25 +170,30 @@ def _board_json(
 
 async def list_gateways(request: Request) -> JSONResponse:
     """``GET /v1/fleets/{name}/gateways``: the gateways with last_seen and their boards."""
-    fleet = await admin_fleet(request)
+    return JSONResponse(await gateways_json(request, await admin_fleet(request)))
+
+
+async def gateways_json(
+    request: Request, fleet: dict[str, Any], only: set[str] | None = None
+) -> list[dict[str, Any]]:
+    """The fleet's gateways as ``GET …/gateways`` answers them (just those ``only`` names, if given)."""
     service = service_of(request)
     gateways, releases, settings = await _fleet_view(request, fleet)
-    return JSONResponse(
-        [
-            {
-                "gateway": g["id"],
-                "name": g.get("name"),
-                "created": g.get("created"),
-                "last_seen": service.last_seen(g),
-                "logs": {  # board log lines lost on the way (since this service started)
-                    "dropped": service.logs_dropped.get(g["id"], 0),
-                    "ignored": service.logs_ignored.get(g["id"], 0),
-                },
-                "boards": [_board_json(b, g, fleet, releases, settings) for b in g.get("boards") or []],
-            }
-            for g in gateways
-        ]
-    )
+    return [
+        {
+            "gateway": g["id"],
+            "name": g.get("name"),
+            "created": g.get("created"),
+            "last_seen": service.last_seen(g),
+            "logs": {  # board log lines lost on the way (since this service started)
+                "dropped": service.logs_dropped.get(g["id"], 0),
+                "ignored": service.logs_ignored.get(g["id"], 0),
+            },
+            "boards": [_board_json(b, g, fleet, releases, settings) for b in g.get("boards") or []],
+        }
+        for g in gateways
+        if only is None or g["id"] in only
+    ]
 
 
 async def list_boards(request: Request) -> JSONResponse:

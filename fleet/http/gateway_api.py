@@ -15,7 +15,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from picofleet.common.http.errors import ApiError
 from picofleet.common.http.reading import json_body, query_number
 from picofleet.fleet.http.auth import is_admin, require_gateway
-from picofleet.fleet.http.context import service_of
+from picofleet.fleet.http.context import gateway_key, service_of
 from picofleet.fleet.state_checks import GENERATION_HEADER
 from picofleet.fleet.store import key_hash, now_iso
 from picofleet.fleet.targets import MAX_BOARDS, BoardReportError, etag_matches, new_key, validate_report
@@ -39,7 +39,8 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 async def provision(request: Request) -> JSONResponse:
     """``POST /v1/gateways {"provisioning_key", "name"?}``: register a gateway in the key's fleet;
     201 ``{"gateway", "key", "fleet"}`` (the key is shown only here); wrong key: 401."""
-    store = service_of(request).store
+    service = service_of(request)
+    store = service.store
     body = await json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("provisioning_key"), str):
         raise ApiError(400, 'the body must be JSON: {"provisioning_key": "...", "name": "optional"}')
@@ -61,6 +62,7 @@ async def provision(request: Request) -> JSONResponse:
             "boards": [],
         }
     )
+    service.changes.publish(gateway_key(fleet["name"], gateway_id))
     return JSONResponse({"gateway": gateway_id, "key": key, "fleet": fleet["name"]}, status_code=201)
 
 
@@ -73,10 +75,13 @@ async def report_state(request: Request) -> JSONResponse:
     except BoardReportError as error:
         raise ApiError(400, str(error)) from None
     record = await service.store.gateway(gateway.id)
-    before = [(b["LocalUUID"], b["BoardType"]) for b in (record or {}).get("boards") or []]
+    reported = (record or {}).get("boards") or []
+    before = [(b["LocalUUID"], b["BoardType"]) for b in reported]
     await service.store.report_boards(gateway.id, boards, now_iso())
     if before != [(b["LocalUUID"], b["BoardType"]) for b in boards]:
         service.gateway_changed(gateway)
+    if reported != boards:  # live views show the boards' status, progress, commit …
+        service.changes.publish(gateway_key(gateway.fleet, gateway.id))
     return JSONResponse({"gateway": gateway.id, "boards": len(boards)})
 
 
@@ -114,7 +119,9 @@ async def post_logs(request: Request) -> JSONResponse:
     accepted = ignored = 0
     for board, entry in checked:
         if board in reported:
-            service.logs.add(gateway.fleet, board, {**entry, "gateway": gateway.id})
+            line = {**entry, "gateway": gateway.id}
+            service.logs.add(gateway.fleet, board, line)
+            service.log_followers.publish(gateway.fleet, board, line)
             accepted += 1
         else:
             ignored += 1

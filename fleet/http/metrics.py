@@ -57,6 +57,11 @@ class FleetMetrics:
             "Target-state long polls (?wait=N) held open now.",
             registry=self.registry,
         )
+        self.event_streams = Gauge(
+            "picofleet_fleet_event_streams",
+            "Live event streams (GET /v1/fleets/{name}/events) open now.",
+            registry=self.registry,
+        )
         self.pushes = Counter(
             "picofleet_fleet_pushes",
             "git pushes to fleet repositories, by fleet and outcome: accepted, refused (the pre-receive"

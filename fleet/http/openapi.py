@@ -69,6 +69,7 @@ RELEASE = object_schema(
         "commit": {"type": "string"},
         "ref": NULLABLE_STRING,
         "created": {"type": "string"},
+        "message": {**NULLABLE_STRING, "description": "the commit's subject line"},
         "boards": {"type": ["object", "null"], "description": "per board type: firmware, sha256, version"},
     }
 )
@@ -261,6 +262,38 @@ def _operator_paths() -> dict[str, Any]:
                 "The fleet's gateways, last seen, with their boards",
                 _json("gateways", {"type": "array", "items": GATEWAY_JSON}),
                 (404,),
+            ),
+        },
+        f"{fleet}/events": {
+            "parameters": [
+                NAME_PARAMETER,
+                {
+                    "name": "logs",
+                    "in": "query",
+                    "required": False,
+                    "description": "follow new log lines of one board (its LocalUUID) or of every board (*)",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+                },
+                {
+                    "name": "boards",
+                    "in": "query",
+                    "required": False,
+                    "description": "0: no fleet and gateway events (a follower of log lines only)",
+                    "schema": {"type": "string", "enum": ["0", "1"], "default": "1"},
+                },
+            ],
+            "get": _op(
+                "The fleet's live events (Server-Sent Events; docs/fleet-api.md, Live events)",
+                {
+                    "200": {
+                        "description": "an endless text/event-stream: `fleet` (the whole view, first and"
+                        " after fleet-wide changes), `gateway` (one gateway after its report changed),"
+                        " `logs` ({board, gateway, lines, dropped}); a `: keep-alive` comment every 15 s",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    }
+                },
+                (400, 404),
+                security=[*ADMIN, {"session": []}],
             ),
         },
         f"{fleet}/boards": {
@@ -526,6 +559,13 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "securitySchemes": {
                 "admin": {"type": "http", "scheme": "bearer", "description": "the operator's admin token"},
+                "session": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "picofleet_session",
+                    "description": "the dashboard's session cookie (POST /login); every operator route takes"
+                    " it, and a PUT, POST or DELETE with it also needs the X-Picofleet-Request header",
+                },
                 "gateway": {
                     "type": "http",
                     "scheme": "bearer",

@@ -14,7 +14,10 @@ whichever process the gateway reached, with no database and no hop.
   current target (304 when ``If-None-Match`` names the ETag, else 200 with the document), exactly
   as the primary answers; otherwise forwarded, and the primary's answer cached.
 * Everything else (operators, provisioning, reports, logs, assets, ``git push``, long polls with
-  ``?wait=N``) is forwarded to the primary over its Unix socket, streamed both ways.
+  ``?wait=N``) is forwarded to the primary over its Unix socket, streamed both ways. An event stream
+  (``text/event-stream``, which never ends by itself) is relayed until its reader disconnects, or
+  does not take a write for :data:`STREAM_WRITE_TIMEOUT` seconds (as the primary's own rule); the
+  upstream connection is closed then, so the primary ends the stream too.
 * It follows the primary's change feed (``GET /v1/internal/changes``). A cached answer carries the
   primary's generation (``X-Picofleet-Generation``, read before the target was) and is used only
   while that is the feed's current generation: any change that can move a target empties the cache.
@@ -64,6 +67,8 @@ FEED_READ_TIMEOUT_S = 30.0
 """The feed sends a line at least every 10 s; silence this long means the link is dead."""
 RECONNECT_MAX_S = 2.0
 PARENT_CHECK_S = 1.0
+STREAM_WRITE_TIMEOUT = 30.0
+"""Seconds an event stream's write to its reader may block before the reader is dropped."""
 SERVER_SET = frozenset({"date", "server"})
 """Response headers Hypercorn sets itself (forwarded, they would appear twice)."""
 HOP_BY_HOP = frozenset(
@@ -83,8 +88,8 @@ NOT_FORWARDED_BACK = HOP_BY_HOP | SERVER_SET
 
 
 class ClientGone(Exception):
-    """The client disconnected while its request body was being forwarded (the upstream exchange
-    is abandoned, its connection closed)."""
+    """The client disconnected while its request body was being forwarded, or while an event stream
+    was relayed to it (the upstream exchange is abandoned, its connection closed)."""
 
 
 class TargetCache:
@@ -259,6 +264,9 @@ class FrontWorker:
                 out = [(k, v) for k, v in response.headers if k.decode("latin-1") not in NOT_FORWARDED_BACK]
                 started = True
                 await send({"type": "http.response.start", "status": response.status, "headers": out})
+                if body is None and (response.header(b"content-type") or "").startswith("text/event-stream"):
+                    await _relay_stream(response, receive, send)
+                    return
                 kept: list[bytes] = []  # a target-state answer is kept for the cache as it goes by
                 async for chunk in response.body():
                     if digest is not None:
@@ -280,6 +288,36 @@ class FrontWorker:
         etag, generation = response.header(b"etag"), response.header(GENERATION_FIELD)
         if etag and generation and generation.isdigit():
             self.cache.put(digest, int(generation), etag, document)
+
+
+async def _relay_stream(response: UpstreamResponse, receive: Receive, send: Send) -> None:
+    """Relay an event stream's body until it ends, or raise :class:`ClientGone` as soon as its
+    reader disconnects (a stream only ends from the primary's side, so it would be relayed into a
+    closed connection forever otherwise)."""
+
+    async def relay() -> None:
+        async for chunk in response.body():
+            message = {"type": "http.response.body", "body": chunk, "more_body": True}
+            await asyncio.wait_for(send(message), STREAM_WRITE_TIMEOUT)
+        await send({"type": "http.response.body", "body": b""})
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    relaying, watching = asyncio.create_task(relay()), asyncio.create_task(disconnected())
+    try:
+        await asyncio.wait({relaying, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (relaying, watching):
+            task.cancel()
+        await asyncio.gather(relaying, watching, return_exceptions=True)
+    if relaying.cancelled():  # the reader left first
+        raise ClientGone
+    try:
+        relaying.result()  # the primary's error, if any
+    except TimeoutError:  # a reader that does not read: dropped
+        raise ClientGone from None
 
 
 async def _request_body(receive: Receive) -> AsyncIterator[bytes]:

@@ -179,6 +179,7 @@ class Board:
             if self.provisioned and not changed.keys() <= LIVE_FIELDS:
                 await self.manager.persist({**self.record, **changed})
             self.record = {**self.record, **changed}
+        self.changed()
         if "Status" in changed:
             reason = self.record.get("StatusReason")
             log.info("%s: %s%s", self.label, changed["Status"], f" ({reason})" if reason else "")
@@ -187,6 +188,17 @@ class Board:
         """Live flash progress (not stored); safe to call on the event loop only."""
         percent = round(100 * done / total, 1) if total else 100.0
         self.record = {**self.record, "Progress": {"done": done, "total": total, "percent": percent}}
+        self.changed()
+
+    def clear_progress(self) -> None:
+        """No operation in progress any more (``Progress`` null; not stored); the event loop only."""
+        if self.record.get("Progress") is not None:
+            self.record = {**self.record, "Progress": None}
+            self.changed()
+
+    def changed(self) -> None:
+        """Tell live watchers (``manager.changes``) that this board's record changed."""
+        self.manager.changes.publish(f"device:{self.serial}")
 
     # -- the task ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -500,7 +512,7 @@ class Board:
             await self.finish_job(job)
         finally:
             self.busy = False
-            self.record = {**self.record, "Progress": None}
+            self.clear_progress()
 
     async def finish_job(self, job: FlashJob) -> None:
         """The job is done (or failed for good): drop it, unless a newer job replaced it meanwhile."""
@@ -511,4 +523,5 @@ class Board:
             if self.provisioned and not self.forgotten:
                 await self.manager.persist({**self.record, "PendingFlash": None})
             self.record = {**self.record, "PendingFlash": None}
+        self.changed()
         await self.manager.collect_assets()

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
+from picofleet.common.changes import ChangeHub
 from picofleet.common.store import Store
 from picofleet.firmware.asset_cache import AssetCache, AssetError
 from picofleet.firmware.formats import uf2
@@ -74,6 +75,10 @@ class DeviceManager:
         """The gateway's event metrics (gateway/metrics.py), served by ``GET /metrics``."""
         self.boards: dict[str, Board] = {}
         self.target_status = RUNNING
+        self.changes: ChangeHub[str] = ChangeHub()
+        """What changed, for live watchers (the event stream, the fleet reporter): ``"device:<LocalUUID>"``
+        (a board's record: status, progress, firmware, port...), ``"devices"`` (a board listed or
+        forgotten), ``"status"`` (pause/run), ``"reservations"`` and ``"evaluations"``."""
         self._keys: dict[str, str] = {}  # sighting key -> serial
         self._executor = ThreadPoolExecutor(max_workers=128, thread_name_prefix="board-io")
         self._timers: set[asyncio.TimerHandle] = set()
@@ -224,6 +229,7 @@ class DeviceManager:
             self._names.discard(record["Name"])
             raise
         board.record, board.provisioned = record, True
+        self.changes.publish("devices")
         log.info(
             "provisioned %s %s as %s (%s)", board_type, board.serial, record["Name"], record["ResinUUID"]
         )
@@ -235,6 +241,7 @@ class DeviceManager:
             board.forgotten = True
         self._names.discard(board.record.get("Name"))
         self.boards.pop(board.serial, None)
+        self.changes.publish("devices")
         log.info("deleted %s", board.label)
         if board.sightings:
             fresh = Board(self, new_record(board.serial, str(board.record["BoardType"])), provisioned=False)
@@ -331,6 +338,7 @@ class DeviceManager:
         """Store the new target status, then let every board task act on it."""
         await self.store.set_value(TARGET_STATUS_KEY, status)
         self.target_status = status
+        self.changes.publish("status")
         log.info("gateway target status %s", status)
         self._wake_all(self.boards.values())
 
@@ -478,6 +486,7 @@ class DeviceManager:
                         await self.persist({**board.record, **fields})
                     board.record = {**board.record, **fields}
                     board.pending_flash = job
+                    board.changed()
             finally:
                 self._storing.discard(job.sha256)
         finally:

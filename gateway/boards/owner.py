@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, TypeVar
 
+from picofleet.common.changes import ChangeHub
 from picofleet.gateway.boards.flashing import FlashingHost
 
 BoardT = TypeVar("BoardT", contravariant=True)
@@ -92,6 +93,11 @@ class BoardOwner(FlashingHost, Protocol[BoardT]):
     @property
     def paused(self) -> bool:
         """Whether the gateway's target status is Paused."""
+        ...
+
+    @property
+    def changes(self) -> ChangeHub[str]:
+        """Where a board publishes that its record changed (``"device:<LocalUUID>"``)."""
         ...
 
     async def call_hook(self, name: str, **kwargs: Any) -> Any:

@@ -187,7 +187,7 @@ async def _fpga(board: Board) -> str | None:
         log.warning("%s: %s", board.label, memo.fpga_note)
         return memo.fpga_note
     finally:
-        board.record = {**board.record, "Progress": None}
+        board.clear_progress()
     if state is None or not isinstance(state, FpgaState):
         memo.fpga_key = key
         memo.fpga_note = (

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any, Generic
 
+from picofleet.common.changes import ChangeHub
 from picofleet.gateway.evaluation.bitstream_store import BitstreamStore
 from picofleet.gateway.evaluation.board_session import BoardSession, preference
 from picofleet.gateway.evaluation.interfaces import B, BoardKeeper, ReservationLookup
@@ -49,12 +50,19 @@ class EvaluationQueues(Generic[B]):
     """Queued evaluation work, the units claimed by boards, and their results."""
 
     def __init__(
-        self, manager: BoardKeeper[B], reservations: ReservationLookup, metrics: GatewayMetrics | None = None
+        self,
+        manager: BoardKeeper[B],
+        reservations: ReservationLookup,
+        metrics: GatewayMetrics | None = None,
+        changes: ChangeHub[str] | None = None,
     ) -> None:
         self.manager = manager
         self.reservations = reservations
         self.metrics = metrics or GatewayMetrics()
         """Where evaluations and their results are counted (the device manager's, in the gateway)."""
+        self.changes: ChangeHub[str] = changes if changes is not None else ChangeHub()
+        """Where ``"evaluations"`` is published when one is queued or gets a result (the device
+        manager's ``changes``, in the gateway: the event stream shows the progress)."""
         config = manager.config
         self.bitstreams = BitstreamStore(
             config.data / "bitstreams", config.assets_max_bytes, self.referenced_bitstreams
@@ -136,6 +144,7 @@ class EvaluationQueues(Generic[B]):
             woken = targets
         self.evaluations[evaluation.id] = evaluation
         self._forget_old()
+        self.changes.publish("evaluations")
         log.info(
             "evaluation %s of %s: %d bitstream(s), mode %s, %d unit(s)",
             evaluation.id,
@@ -215,6 +224,7 @@ class EvaluationQueues(Generic[B]):
             queue.remove(chosen)
             chosen.running_on = board.serial
             chosen.attempts += 1
+            self.changes.publish("evaluations")
             return chosen
         return None
 
@@ -279,6 +289,7 @@ class EvaluationQueues(Generic[B]):
         else:
             result["error"] = error
         evaluation.add(result)
+        self.changes.publish("evaluations")
         self.metrics.bitstream_results.labels("counted" if error is None else "failed").inc()
         try:
             self.reservations.events.publish(evaluation.name, {"event": "evaluation_result", **result})

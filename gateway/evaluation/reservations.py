@@ -12,7 +12,9 @@ Protocol of gateway/boards/owner.py.
 Every change is published to the client's events (gateway/evaluation/events.py): ``reservation_ready``,
 ``reservation_ending`` (:data:`ENDING_NOTICE` before the end, or at once for a shorter
 reservation) and ``reservation_ended`` (``reason``: ``ended``, ``expired``, ``failed`` with the
-``error``, or ``deleted``).
+``error``, or ``deleted``). Every change of the book (made, extended, ready, ended) also publishes
+``"reservations"`` on the device manager's change signal (``manager.changes``: the gateway's
+event stream, gateway/http/events.py).
 """
 
 from __future__ import annotations
@@ -188,6 +190,7 @@ class ReservationBook:
                     self.manager.request_reapply("a reservation that was not made freed its boards")
             self._wake([reservation.serial for reservation in made])
             self._changed.set()
+            self.manager.changes.publish("reservations")
         return minted or str(token), made
 
     async def extend(
@@ -205,6 +208,7 @@ class ReservationBook:
                 reservation.warned = False
             await self.stored.write(changed)
             self._changed.set()
+            self.manager.changes.publish("reservations")
         return targets
 
     async def end(self, name: str, token: str | None, serials: list[str] | None = None) -> list[Reservation]:
@@ -245,6 +249,7 @@ class ReservationBook:
             if reservation is None or reservation.state == state:
                 return
             reservation.state = state
+            self.manager.changes.publish("reservations")
             try:
                 await self.stored.write([reservation])
             except Exception as error:  # the state is live information: a failed write costs nothing
@@ -391,6 +396,7 @@ class ReservationBook:
         self._wake([reservation.serial for reservation in reservations])
         self.manager.request_reapply("reservations ended")  # released boards get their fleet firmware
         self._changed.set()
+        self.manager.changes.publish("reservations")
 
     def _wake(self, serials: Iterable[str]) -> None:
         for serial in serials:

@@ -36,6 +36,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Generic
 
+from picofleet.common.changes import ChangeHub
 from picofleet.firmware.asset_cache import AssetError
 from picofleet.firmware.host.errors import FirmwareError, NoAnswer, PortLost
 from picofleet.firmware.host.pulsecount import PulseCountBoard
@@ -66,14 +67,19 @@ class EvaluationScheduler(Generic[B]):
     """Queued evaluation work (``queues``) and the boards doing it.
 
     ``manager`` is the device manager and ``reservations`` the reservation book, as far as the
-    Protocols of gateway/evaluation/interfaces.py say.
+    Protocols of gateway/evaluation/interfaces.py say; ``changes`` is where ``"evaluations"`` is
+    published when an evaluation is queued or makes progress (the device manager's ``changes``).
     """
 
     def __init__(
-        self, manager: BoardKeeper[B], reservations: ReservationLookup, metrics: GatewayMetrics | None = None
+        self,
+        manager: BoardKeeper[B],
+        reservations: ReservationLookup,
+        metrics: GatewayMetrics | None = None,
+        changes: ChangeHub[str] | None = None,
     ) -> None:
         self.manager = manager
-        self.queues: EvaluationQueues[B] = EvaluationQueues(manager, reservations, metrics)
+        self.queues: EvaluationQueues[B] = EvaluationQueues(manager, reservations, metrics, changes)
         self.connect: Callable[[Any, Callable[[str, str], None]], Any] = PulseCountBoard
         """Makes the firmware client of an open port (a fake in unit tests)."""
         self.answer_margin = ANSWER_MARGIN
@@ -88,6 +94,11 @@ class EvaluationScheduler(Generic[B]):
     def evaluations(self) -> dict[str, Evaluation]:
         """The evaluations by id: running ones, and the newest finished ones."""
         return self.queues.evaluations
+
+    @property
+    def changes(self) -> ChangeHub[str]:
+        """Where ``"evaluations"`` is published (see the class docstring)."""
+        return self.queues.changes
 
     def submit(
         self,

@@ -27,6 +27,7 @@ from picofleet.gateway.boards.flash_job import FlashJob
 from picofleet.gateway.boards.flashing import check_image
 from picofleet.gateway.boards.manager import FlashRefused
 from picofleet.gateway.http.context import gateway_of
+from picofleet.gateway.http.guard import require_key
 from picofleet.gateway.models import APPLICATION, BoardError, BoardType
 
 __all__ = [
@@ -107,6 +108,7 @@ async def put_device(request: Request) -> Response:
     the commit: 202 while the commit's asset is downloaded and flashed, 200 once the board runs it,
     409/422 with the reason when it will not be flashed (docs/balena.md, "Dependent devices").
     """
+    require_key(request, supervisor_hook=True)
     board = _board_or_404(request)
     body = json_object(await json_body(request), "the request body")
     commit = _commit(body.get("commit"), "commit")
@@ -129,6 +131,7 @@ async def delete_device(request: Request) -> Response:
     Idempotent, as the supervisor expects (it repeats a DELETE until answered 200): an unknown
     uuid — already deleted — answers 200 ``{"deleted": false, "reason"}``.
     """
+    require_key(request, supervisor_hook=True)
     api = gateway_of(request)
     uuid = request.path_params["uuid"]
     board = api.manager.find(uuid)
@@ -144,6 +147,7 @@ async def delete_device(request: Request) -> Response:
 
 async def restart_device(request: Request) -> Response:
     """Supervisor hook: restart a device (ENM). Done when the board is online and the gateway runs."""
+    require_key(request)
     await gateway_of(request).manager.request_restart(_board_or_404(request))
     return Response(status_code=200)
 
@@ -159,6 +163,7 @@ async def identify_device(request: Request) -> Response:
     Broken, or its firmware cannot blink; 502 the blink failed; 504 the board did not get to it
     within ``BLINK_WAIT`` seconds.
     """
+    require_key(request)
     manager = gateway_of(request).manager
     board = _board_or_404(request)
     if manager.paused:
@@ -193,6 +198,7 @@ async def flash_device(request: Request) -> Response:
     ``?local_mode=true``, which puts it in local mode: the fleet sync leaves it alone until
     ``PUT /v1/devices/{uuid}/local-mode {"LocalMode": false}``.
     """
+    require_key(request)
     manager = gateway_of(request).manager
     board = _board_or_404(request)
     commit = _commit(request.query_params.get("commit"), "the commit query parameter")
@@ -219,6 +225,7 @@ async def put_local_mode(request: Request) -> Response:
     """Put a device in local mode or back to following its fleet (picofleet): body
     ``{"LocalMode": true|false}``; 200 with the device record. Off, the fleet sync applies the
     device's target to it at once (flashing it back to its fleet's release)."""
+    require_key(request)
     manager = gateway_of(request).manager
     board = _board_or_404(request)
     body = json_object(await json_body(request), "the request body")

@@ -88,6 +88,11 @@ class LiveCollector(Collector):
         units.add_metric(["queued"], queued)
         units.add_metric(["running"], running)
         yield units
+        yield GaugeMetricFamily(
+            "picofleet_gateway_event_streams",
+            "Open GET /v1/gateway/events streams (control panels and other watchers).",
+            value=self.api.event_streams,
+        )
 
 
 class RegistryCollector(Collector):

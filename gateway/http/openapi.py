@@ -39,7 +39,7 @@ from picofleet.gateway.http.openapi_schemas import (
 )
 from picofleet.gateway.http.reservations import MAX_COUNT
 
-__all__ = ["ROUTES", "openapi", "openapi_document"]
+__all__ = ["EVENTS_PATH", "KEYED", "ROUTES", "SECURITY_SCHEMES", "openapi", "openapi_document"]
 
 DEFAULT_MAX_SECONDS = 86_400
 """The default ``reservation_max_seconds`` (gateway/config.py), for a document built without a gateway."""
@@ -55,6 +55,46 @@ _UUID = [
 ]
 
 _BEARER = "Authorization: Bearer <token> of the client name (403 otherwise)"
+
+KEYED: list[dict[str, list[str]]] = [{}, {"apiKey": []}, {"panelSession": []}]
+"""The security of the state-changing ENM routes: none unless PICOFLEET_API_KEY is set; then the key
+(``X-Api-Key``) or the control panel's session (gateway/http/guard.py)."""
+_KEYED_ERRORS = error_responses(401, 403)
+"""What a guarded route answers without the key (401), or from a session without the CSRF header (403)."""
+SECURITY_SCHEMES: dict[str, Any] = {
+    "apiKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-Api-Key",
+        "description": "The gateway's PICOFLEET_API_KEY, when one is set (docs/api.md, \"Protecting a "
+        'gateway on 0.0.0.0"): the state-changing ENM routes then answer 401 without it. Reads, the '
+        "event stream and the reservation routes (their client tokens) need no key.",
+    },
+    "panelSession": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": "picofleet_session",
+        "description": "The control panel's session, after signing in with the key; an unsafe method "
+        "also needs the X-Picofleet-Request header (403 otherwise)",
+    },
+}
+
+EVENTS_PATH: dict[str, Any] = {
+    "get": {
+        "summary": 'The gateway\'s live events (Server-Sent Events; docs/api.md, "Live events")',
+        "description": "On connect: `devices` (GET /v1/devices), `status` (GET /v1/enm/status), "
+        "`reservations` (GET /v1/reservations), `evaluations` (the running evaluations with their "
+        "progress); then `device` (one record after it changed), `device-removed` ({uuid}), `status`, "
+        "`reservations`, `evaluations` (at most 5 a second) as things change. Coalesced: the latest "
+        "state, never a backlog; a `: keep-alive` comment every 15 s; no key needed.",
+        "responses": {
+            "200": {
+                "description": "an endless text/event-stream",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            }
+        },
+    }
+}
 
 _COMMIT = {
     "type": "string",
@@ -314,15 +354,18 @@ def openapi_document(reservation_max_seconds: int = DEFAULT_MAX_SECONDS) -> dict
                             )
                         ),
                     },
-                    "responses": {**ok, **error_responses(400)},
+                    "security": KEYED,
+                    "responses": {**ok, **error_responses(400), **_KEYED_ERRORS},
                 },
             },
             "/v1/enm/identify": {
                 "put": {
                     "summary": "Blink the Pi's LED through the balena supervisor, to find the gateway",
+                    "security": KEYED,
                     "responses": {
                         "200": {"description": "blinking", **json_content(IDENTIFY)},
                         **error_responses(409, 502, 503),
+                        **_KEYED_ERRORS,
                     },
                 },
             },
@@ -351,6 +394,9 @@ def openapi_document(reservation_max_seconds: int = DEFAULT_MAX_SECONDS) -> dict
                 },
                 "put": {
                     "summary": "Supervisor hook: target commit, environment and config",
+                    "description": "With an API key set, the key is needed, except while the gateway "
+                    "serves a balena dependent app (the supervisor sends none)",
+                    "security": KEYED,
                     "requestBody": {
                         "required": True,
                         **json_content(
@@ -374,6 +420,7 @@ def openapi_document(reservation_max_seconds: int = DEFAULT_MAX_SECONDS) -> dict
                             **json_content(HOOK_ANSWER),
                         },
                         **error_responses(400, 404),
+                        **_KEYED_ERRORS,
                         **{
                             str(code): {"description": "error", **json_content(HOOK_ANSWER)}
                             for code in (409, 422, 503)
@@ -382,14 +429,19 @@ def openapi_document(reservation_max_seconds: int = DEFAULT_MAX_SECONDS) -> dict
                 },
                 "delete": {
                     "summary": "Supervisor hook: forget the device (idempotent: unknown uuid, 200 too)",
-                    "responses": {"200": {"description": "deleted, or unknown", **json_content(DELETED)}},
+                    "security": KEYED,
+                    "responses": {
+                        "200": {"description": "deleted, or unknown", **json_content(DELETED)},
+                        **_KEYED_ERRORS,
+                    },
                 },
             },
             "/v1/devices/{uuid}/restart": {
                 "parameters": _UUID,
                 "put": {
                     "summary": "Supervisor hook: restart the device",
-                    "responses": {**ok, **error_responses(404)},
+                    "security": KEYED,
+                    "responses": {**ok, **error_responses(404), **_KEYED_ERRORS},
                 },
             },
             "/v1/devices/{uuid}/identify": {
@@ -399,7 +451,8 @@ def openapi_document(reservation_max_seconds: int = DEFAULT_MAX_SECONDS) -> dict
                     "description": "409: paused, not running its firmware, busy (flashed or restarted), "
                     "Broken, or its firmware cannot blink; 502: the blink failed; 504: the board did "
                     "not get to it within 10 s",
-                    "responses": {**ok, **error_responses(404, 409, 502, 504)},
+                    "security": KEYED,
+                    "responses": {**ok, **error_responses(404, 409, 502, 504), **_KEYED_ERRORS},
                 },
             },
             "/v1/devices/{uuid}/flash": {
@@ -423,9 +476,11 @@ def openapi_document(reservation_max_seconds: int = DEFAULT_MAX_SECONDS) -> dict
                             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
                         },
                     },
+                    "security": KEYED,
                     "responses": {
                         "202": {"description": "queued"},
                         **error_responses(400, 404, 409, 413, 422),
+                        **_KEYED_ERRORS,
                     },
                 },
             },
@@ -440,9 +495,11 @@ def openapi_document(reservation_max_seconds: int = DEFAULT_MAX_SECONDS) -> dict
                             object_schema({"LocalMode": {"type": "boolean"}}, required=["LocalMode"])
                         ),
                     },
+                    "security": KEYED,
                     "responses": {
                         "200": {"description": "the device", **json_content(DEVICE)},
                         **error_responses(400, 404, 413),
+                        **_KEYED_ERRORS,
                     },
                 },
             },
@@ -462,6 +519,7 @@ def openapi_document(reservation_max_seconds: int = DEFAULT_MAX_SECONDS) -> dict
                     },
                 },
             },
+            "/v1/gateway/events": EVENTS_PATH,
             **_reservation_paths(reservation_max_seconds),
             **_evaluation_paths(),
             "/metrics": METRICS_PATH,
@@ -469,6 +527,7 @@ def openapi_document(reservation_max_seconds: int = DEFAULT_MAX_SECONDS) -> dict
                 "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}
             },
         },
+        "components": {"securitySchemes": SECURITY_SCHEMES},
     }
 
 

@@ -13,6 +13,7 @@ from picofleet.common.http.errors import ApiError
 from picofleet.common.http.reading import json_body, json_object
 from picofleet.gateway.boards.manager import PAUSED, RUNNING
 from picofleet.gateway.http.context import gateway_of
+from picofleet.gateway.http.guard import require_key
 
 __all__ = ["ROUTES", "get_status", "put_status"]
 
@@ -25,6 +26,7 @@ async def get_status(request: Request) -> Response:
 
 async def put_status(request: Request) -> Response:
     """Pause or run the gateway: ``{"targetStatus": "Paused" | "Running"}`` (ENM)."""
+    require_key(request)
     body = json_object(await json_body(request), "the request body")
     target = body.get("targetStatus")
     if target not in (PAUSED, RUNNING):

@@ -237,6 +237,24 @@ def try_lines(
     return lines
 
 
+def page_lines(*, fleet_url: str, gateway: str, token_file: Path) -> list[str]:
+    """The two pages to open in a browser, and how to sign in to each.
+
+    The fleet dashboard (the fleet service's ``/``) asks for the admin token: ``PICOFLEET_ADMIN_TOKEN``
+    when set, else the file the fleet service wrote. The gateway's control panel (its ``/``) is open
+    unless ``PICOFLEET_API_KEY`` is set, then it asks for that key.
+    """
+    if os.environ.get("PICOFLEET_ADMIN_TOKEN"):
+        token = "the admin token is $PICOFLEET_ADMIN_TOKEN"
+    else:
+        token = f"the admin token is in {token_file}"
+    key = "sign in with $PICOFLEET_API_KEY" if os.environ.get("PICOFLEET_API_KEY") else "no sign-in"
+    return [
+        f"fleet dashboard:       {fleet_url}/    (sign in: {token})",
+        f"gateway control panel: {gateway}/    ({key})",
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the demo: a fleet service on :8080 and a gateway on :1337 with 4 virtual pico2-ice boards.
 
@@ -279,11 +297,22 @@ def run(args: argparse.Namespace) -> int:
         data=config.data,
     )
     suggestions = "\n".join(f"  {line}" for line in lines)
+    pages = "\n".join(
+        f"  {line}"
+        for line in page_lines(
+            fleet_url=fleet_url,
+            gateway=f"http://{host}:{config.port}",
+            token_file=base_config.data / "fleet" / "admin-token",
+        )
+    )
     print(
         f"""
 picofleet demo: a fleet service ({fleet_url}, log in {base_config.data / "fleet" / "fleet.log"}) and a
-gateway with 4 virtual pico2-ice boards (data in {config.data}/). Ctrl-C stops both. Try, in another
-terminal in this folder:
+gateway with 4 virtual pico2-ice boards (data in {config.data}/). Ctrl-C stops both. Open in a browser:
+
+{pages}
+
+Try, in another terminal in this folder:
 
 {suggestions}
 """,

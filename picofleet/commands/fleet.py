@@ -1,9 +1,13 @@
 """`picofleet fleet`: run the fleet service, and operate it (fleets, gateways, boards, pins, variables).
 
 Operator subcommands talk to the service's HTTP API (docs/fleet-api.md) with the admin token:
-``--url`` (default ``$PICOFLEET_FLEET_URL`` or http://127.0.0.1:8080) and ``--token`` (default
-``$PICOFLEET_ADMIN_TOKEN``). Every one takes ``--json`` (the API's answer as JSON on stdout).
-Errors end the command with one line ``picofleet fleet: <reason>`` on stderr and exit status 1.
+``--url`` and ``--token``, else ``$PICOFLEET_FLEET_URL`` and ``$PICOFLEET_ADMIN_TOKEN``, else the
+login stored by `picofleet login URL` (:mod:`picofleet.credentials`), else http://127.0.0.1:8080
+and no token. Every one takes ``--json`` (the API's answer as JSON on stdout). Errors end the
+command with one line ``picofleet fleet: <reason>`` on stderr and exit status 1.
+
+`logs --follow`, `boards --watch` and `gateways --watch` read the fleet's Server-Sent Events
+stream (``GET /v1/fleets/{name}/events``; :mod:`picofleet.event_stream`) until Ctrl-C (exit 0).
 """
 
 from __future__ import annotations
@@ -12,13 +16,16 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
+from picofleet import credentials, event_stream
 from picofleet.fleet import service
 
 URL_ENV, TOKEN_ENV = "PICOFLEET_FLEET_URL", "PICOFLEET_ADMIN_TOKEN"
@@ -30,11 +37,23 @@ class CommandError(Exception):
 
 
 def _client(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    """The service's URL and the admin token's header: flags, else environment, else stored login.
+
+    The stored login's token is only sent to the stored URL: with another URL given, the token
+    must come from ``--token`` or the environment too.
+    """
+    url = (args.url or os.environ.get(URL_ENV) or "").rstrip("/")
     token = args.token or os.environ.get(TOKEN_ENV, "")
+    if not url or not token:
+        try:
+            stored = credentials.load()
+        except credentials.CredentialsError as error:
+            raise CommandError(str(error)) from None
+        if stored is not None and (not url or url == stored.url):
+            url, token = url or stored.url, token or stored.token
     if not token:
-        raise CommandError(f"no admin token: pass --token or set {TOKEN_ENV}")
-    url = (args.url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
-    return url, {"Authorization": f"Bearer {token}"}
+        raise CommandError(f"no admin token: run `picofleet login URL`, or pass --token, or set {TOKEN_ENV}")
+    return url or DEFAULT_URL, {"Authorization": f"Bearer {token}"}
 
 
 def call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -63,10 +82,16 @@ def with_credentials(git_url: str, token: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def _table(rows: list[list[str]], header: list[str]) -> None:
+def _format_table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    print(_format_table(rows, header))
 
 
 def _short(commit: str | None) -> str:
@@ -124,11 +149,19 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_gateways(args: argparse.Namespace) -> int:
-    """List the fleet's gateways with when they were last seen and their boards."""
+    """List the fleet's gateways with when they were last seen and their boards; with ``--watch``,
+    redraw the list on every change until Ctrl-C."""
+    if args.watch:
+        return _watch(args, lambda gateways: gateways, _gateways_table)
     gateways = call(args, "GET", f"/v1/fleets/{args.fleet}/gateways")
     if args.json:
         print(json.dumps(gateways))
         return 0
+    print(_gateways_table(gateways))
+    return 0
+
+
+def _gateways_table(gateways: list[dict[str, Any]]) -> str:
     rows = []
     for g in gateways:
         online = sum(1 for b in g["boards"] if b.get("online"))
@@ -143,8 +176,7 @@ def cmd_gateways(args: argparse.Namespace) -> int:
                 str(converged),
             ]
         )
-    _table(rows, ["GATEWAY", "NAME", "LAST SEEN", "BOARDS", "ONLINE", "ON TARGET"])
-    return 0
+    return _format_table(rows, ["GATEWAY", "NAME", "LAST SEEN", "BOARDS", "ONLINE", "ON TARGET"])
 
 
 def _note(board: dict[str, Any]) -> str:
@@ -161,11 +193,24 @@ def _note(board: dict[str, Any]) -> str:
 def cmd_boards(args: argparse.Namespace) -> int:
     """List the fleet's boards: online state, commit, target commit, pin, status, and a note: local
     mode, or a release that failed on the board (rolled back) with the reason (retry it with
-    ``picofleet fleet retry FLEET UUID``)."""
+    ``picofleet fleet retry FLEET UUID``). With ``--watch``, redraw the list on every change until
+    Ctrl-C."""
+    if args.watch:
+        return _watch(args, _boards_of, _boards_table)
     boards = call(args, "GET", f"/v1/fleets/{args.fleet}/boards")
     if args.json:
         print(json.dumps(boards))
         return 0
+    print(_boards_table(boards))
+    return 0
+
+
+def _boards_of(gateways: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The boards of ``gateways`` (as ``GET .../gateways`` lists them), as ``GET .../boards`` does."""
+    return [board for gateway in gateways for board in gateway.get("boards") or []]
+
+
+def _boards_table(boards: list[dict[str, Any]]) -> str:
     rows = [
         [
             b["LocalUUID"],
@@ -179,8 +224,7 @@ def cmd_boards(args: argparse.Namespace) -> int:
         ]
         for b in boards
     ]
-    _table(rows, ["BOARD", "TYPE", "STATE", "COMMIT", "TARGET", "PINNED", "STATUS", "NOTE"])
-    return 0
+    return _format_table(rows, ["BOARD", "TYPE", "STATE", "COMMIT", "TARGET", "PINNED", "STATUS", "NOTE"])
 
 
 def cmd_releases(args: argparse.Namespace) -> int:
@@ -269,16 +313,156 @@ def cmd_variables(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    """Print a board's last log lines, oldest first: ``TIME LEVEL TEXT``."""
+    """Print a board's last log lines, oldest first: ``TIME LEVEL TEXT``. With ``--follow``, then
+    print its new lines as they come, until Ctrl-C (with ``--json``: one JSON object per line)."""
     if not 1 <= args.limit <= 1000:
         raise CommandError("--limit: a whole number from 1 to 1000")
     path = f"/v1/fleets/{quote(args.fleet, safe='')}/boards/{quote(args.board, safe='')}/logs"
+    if args.follow:
+        return _follow_logs(args, path)
     lines = call(args, "GET", f"{path}?limit={args.limit}")
     if args.json:
         print(json.dumps(lines))
         return 0
     for line in lines:
-        print(f"{line['time']} {line['level'].upper():<7} {line['text']}")
+        print(_log_line(line))
+    return 0
+
+
+def _log_line(line: dict[str, Any]) -> str:
+    return f"{line['time']} {str(line['level']).upper():<7} {line['text']}"
+
+
+# -- live: logs --follow, boards/gateways --watch ------------------------------------------------
+
+
+def _events(args: argparse.Namespace, query: str) -> Iterator[event_stream.Event]:
+    """The events of the fleet's stream (``GET /v1/fleets/{fleet}/events?QUERY``), reconnecting;
+    a lost stream is one line on stderr, a refused one a :class:`CommandError`."""
+    url, headers = _client(args)
+    stream_url = f"{url}/v1/fleets/{quote(args.fleet, safe='')}/events" + (f"?{query}" if query else "")
+
+    def notice(text: str) -> None:
+        print(f"picofleet fleet: {text}", file=sys.stderr, flush=True)
+
+    events = event_stream.follow(stream_url, headers, notice=notice)
+    try:
+        yield from events
+    except event_stream.StreamRefused as error:
+        raise CommandError(str(error)) from None
+    finally:
+        events.close()
+
+
+class _Seen:
+    """The log lines printed lately (a bounded memory), so that a line read twice — in the tail
+    fetched on (re)connection and on the stream — is printed once."""
+
+    def __init__(self, size: int = 5000) -> None:
+        self.order: deque[tuple[str, str, str]] = deque()
+        self.keys: set[tuple[str, str, str]] = set()
+        self.size = size
+        self.latest = ""
+
+    def fresh(self, line: dict[str, Any], *, newer_only: bool = False) -> bool:
+        """Whether ``line`` was not printed yet (then it counts as printed); ``newer_only`` also
+        refuses lines older than the latest printed one (an old tail line never printed)."""
+        key = (str(line.get("time")), str(line.get("level")), str(line.get("text")))
+        if key in self.keys or (newer_only and key[0] < self.latest):
+            return False
+        self.order.append(key)
+        self.keys.add(key)
+        if len(self.order) > self.size:
+            self.keys.discard(self.order.popleft())
+        self.latest = max(self.latest, key[0])
+        return True
+
+
+def _follow_logs(args: argparse.Namespace, path: str) -> int:
+    """``logs --follow``: the last lines, then the new ones from the stream (``logs=UUID&boards=0``).
+
+    The stream is opened first and the tail read after, so no line falls in between; on each
+    reconnection the tail is read again for the lines posted while the stream was down.
+    """
+    seen = _Seen()
+
+    def emit(line: dict[str, Any]) -> None:
+        print(json.dumps(line) if args.json else _log_line(line), flush=True)
+
+    query = f"logs={quote(args.board, safe='')}&boards=0"
+    try:
+        for event in _events(args, query):
+            if event.name == event_stream.OPEN:
+                first = event.data == 0
+                try:
+                    tail = call(args, "GET", f"{path}?limit={args.limit if first else 1000}")
+                except CommandError:
+                    if first:
+                        raise
+                    continue  # the service went away again: the stream says so and reconnects
+                for line in tail:
+                    if seen.fresh(line, newer_only=not first):
+                        emit(line)
+            elif event.name == "logs" and isinstance(event.data, dict):
+                if event.data.get("board") != args.board:
+                    continue
+                dropped = event.data.get("dropped") or 0
+                if dropped:
+                    print(
+                        f"picofleet fleet: {dropped} lines missed (this reader fell behind)", file=sys.stderr
+                    )
+                for line in event.data.get("lines") or []:
+                    if seen.fresh(line):
+                        emit(line)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+
+
+def _watch(
+    args: argparse.Namespace,
+    select: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+    render: Callable[[list[dict[str, Any]]], str],
+) -> int:
+    """``--watch``: the table of ``select(gateways)``, again after every change the stream reports
+    (``fleet`` events carry every gateway, ``gateway`` events one). On a terminal the table is
+    redrawn in place under a header line; otherwise (a pipe, a file) each new table is printed
+    after a blank line. With ``--json``, each new list is one line of JSON."""
+    gateways: list[dict[str, Any]] = []
+    shown: str | None = None
+    tty = sys.stdout.isatty()
+    try:
+        for event in _events(args, ""):
+            if event.name == "fleet" and isinstance(event.data, dict):
+                gateways = list(event.data.get("gateways") or [])
+            elif event.name == "gateway" and isinstance(event.data, dict):
+                gid = event.data.get("gateway")
+                at = next((i for i, g in enumerate(gateways) if g.get("gateway") == gid), None)
+                if at is None:
+                    gateways.append(event.data)
+                else:
+                    gateways[at] = event.data
+            else:
+                continue
+            selected = select(gateways)
+            text = json.dumps(selected) if args.json else render(selected)
+            if text == shown:
+                continue  # nothing this table shows changed
+            if args.json:
+                print(text, flush=True)
+            elif tty:
+                stamp = time.strftime("%H:%M:%S")
+                header = f"fleet {args.fleet} at {stamp}, live (Ctrl-C to stop)\n\n"
+                sys.stdout.write(CLEAR_SCREEN + header + text + "\n")
+                sys.stdout.flush()
+            else:
+                print(("\n" if shown is not None else "") + text, flush=True)
+            shown = text
+    except KeyboardInterrupt:
+        return 0
     return 0
 
 
@@ -299,9 +483,13 @@ def _operator(
 ) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=help_, description=fn.__doc__)
     parser.add_argument(
-        "--url", default=None, help=f"fleet service URL (env {URL_ENV}; default {DEFAULT_URL})"
+        "--url",
+        default=None,
+        help=f"fleet service URL (env {URL_ENV}, then `picofleet login`'s; default {DEFAULT_URL})",
     )
-    parser.add_argument("--token", default=None, help=f"admin token (env {TOKEN_ENV})")
+    parser.add_argument(
+        "--token", default=None, help=f"admin token (env {TOKEN_ENV}, then `picofleet login`'s)"
+    )
     parser.add_argument("--json", action="store_true", help="print the answer as JSON")
     parser.set_defaults(fleet_run=fn)
     return parser
@@ -334,7 +522,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ("releases", cmd_releases, "list a fleet's releases"),
         ("unpin", cmd_unpin, "unpin a fleet"),
     ):
-        _operator(sub, name, fn, help_).add_argument("fleet")
+        listing = _operator(sub, name, fn, help_)
+        listing.add_argument("fleet")
+        if name in ("gateways", "boards"):
+            listing.add_argument(
+                "--watch", action="store_true", help="redraw the list on every change, until Ctrl-C"
+            )
     pin = _operator(sub, "pin", cmd_pin, "pin a fleet to a release")
     pin.add_argument("fleet")
     pin.add_argument("commit")
@@ -351,6 +544,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     logs.add_argument("fleet")
     logs.add_argument("board", metavar="UUID")
     logs.add_argument("--limit", type=int, default=100, help="at most this many lines, 1..1000 (default 100)")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="then print new lines as they come, until Ctrl-C"
+    )
 
     for kind, what in (("env", "environment"), ("config", "configuration")):
         variables = _operator(sub, kind, cmd_variables, f"set/unset {what} variables")

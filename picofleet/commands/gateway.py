@@ -18,6 +18,7 @@ FLAG_SETTINGS = (
     "fleet_url",
     "provisioning_key",
     "provisioning_key_file",
+    "api_key_file",
     "log_level",
 )
 
