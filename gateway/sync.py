@@ -20,7 +20,7 @@ The fleet API is docs/fleet-api.md. The loop:
   target again (a reservation ended, a board left local mode or drifted).
 * **Reporting**: the boards' state (Commit, Status, online, progress...) is sent when it changed —
   the reporter waits on the device manager's change signal (``manager.changes``), so the fleet
-  hears of a change within ~0.3 s, at most one report every :data:`REPORT_MIN_GAP` s (a burst of
+  hears of a change within ~0.5 s, at most one report every :data:`REPORT_MIN_GAP` s (a burst of
   progress updates is one report) — and at every (re)connection, so after a gateway or fleet
   restart the fleet's view is corrected within one cycle (ENM issue #49). Without a change it
   still looks every :data:`REPORT_INTERVAL` s (board log lines, a report that failed).
@@ -65,7 +65,7 @@ LONG_POLL_SECONDS = 30
 REPORT_INTERVAL = 1.0
 """Seconds the reporter waits for a change before it looks anyway (queued log lines), and waits
 after a report the fleet did not take."""
-REPORT_MIN_GAP = 0.25
+REPORT_MIN_GAP = 0.5
 """The shortest time between two reports (changes meanwhile are coalesced into the next)."""
 
 

@@ -31,6 +31,9 @@ reconnections so far, 0 for the first connection)."""
 
 BACKOFF_S = (0.5, 10.0)
 """The first wait before reconnecting, and the longest: the wait doubles on each failed attempt."""
+STABLE_S = 5.0
+"""A stream that lived this long before it was lost starts the back-off over; one that ends sooner
+(a service that answers and hangs up at once) keeps doubling it."""
 READ_TIMEOUT_S = 45.0
 """A stream silent this long (three missed heartbeats) is taken for dropped."""
 
@@ -130,10 +133,11 @@ def follow(
     with httpx.Client(timeout=timeout) as client:
         while True:
             connected = False
+            opened = 0.0
             try:
                 for event in _connect(client, url, headers, reconnects):
                     if event.name == OPEN:
-                        connected, lost, delay = True, False, first
+                        connected, lost, opened = True, False, time.monotonic()
                     yield event
             except _Dropped as error:
                 if not connected and not reconnects and not lost:
@@ -143,5 +147,7 @@ def follow(
                     lost = True
             if connected:
                 reconnects += 1
+                if time.monotonic() - opened >= STABLE_S:  # a stream that ends at once keeps backing off
+                    delay = first
             time.sleep(delay)
             delay = min(delay * 2, longest)

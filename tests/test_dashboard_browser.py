@@ -239,6 +239,41 @@ def test_markup_in_names_log_lines_env_values_and_commit_messages_shows_as_text(
     assert page.evaluate("window.pwned") is None
 
 
+def test_a_boards_log_tail_shows_then_new_lines_arrive_live_each_once(page: Any, lab: Lab) -> None:
+    from playwright.sync_api import expect
+
+    fake = lab.fleet.provision(lab.provisioning_key, name="logger")
+    board = {
+        "LocalUUID": "log-1",
+        "BoardType": "pico2-ice",
+        "Name": "logger-1",
+        "Status": "Idle",
+        "online": True,
+    }
+    assert (
+        lab.fleet.as_gateway(fake["key"], "PUT", "/v1/gateway/state", json={"boards": [board]}).status_code
+        == 200
+    )
+
+    def post(*texts: str) -> None:
+        lines = [
+            {"board": "log-1", "time": f"2026-01-01T00:00:0{i}Z", "level": "info", "text": t}
+            for i, t in enumerate(texts)
+        ]
+        assert (
+            lab.fleet.as_gateway(fake["key"], "POST", "/v1/gateway/logs", json={"lines": lines}).status_code
+            == 200
+        )
+
+    post("booted", "ready")
+    open_fleet(page, lab)
+    board_cell(page, "log-1", "type").click()
+    log = page.locator("#board-log li .text")
+    expect(log).to_have_text(["booted", "ready"])  # the tail, loaded once the stream holds our place
+    post("counting")
+    expect(log).to_have_text(["booted", "ready", "counting"])  # live, and nothing twice
+
+
 def test_the_fleet_page_fits_a_phone_width_screen(browser: Any, lab: Lab) -> None:
     from playwright.sync_api import expect
 

@@ -119,10 +119,10 @@ def test_with_a_key_the_panel_asks_for_it(keyed_gateway: GatewayProcess) -> None
 def test_a_tampered_cookie_is_no_session(keyed_gateway: GatewayProcess) -> None:
     with client(keyed_gateway) as http:
         assert http.post("/login", data={"key": KEY}).status_code == 303
-        value = http.cookies["picofleet_session"]
+        value = http.cookies["picofleet_panel_session"]
         forged = value[:-2] + ("AA" if not value.endswith("AA") else "BB")
     with client(keyed_gateway) as http:
-        http.cookies.set("picofleet_session", forged)
+        http.cookies.set("picofleet_panel_session", forged)
         assert 'type="password"' in http.get("/").text
 
 

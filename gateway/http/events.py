@@ -28,6 +28,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 
+from picofleet.common.http.errors import ApiError
 from picofleet.common.web.sse import EventStream, format_event
 from picofleet.gateway.boards.manager import DeviceManager
 from picofleet.gateway.http.context import GatewayApi, gateway_of
@@ -38,6 +39,9 @@ EVALUATIONS_EVERY = 0.2
 """Seconds between two ``evaluations`` events of one stream (progress of busy evaluations is
 published per result: coalesced to at most five events a second)."""
 DEVICE_PREFIX = "device:"
+MAX_STREAMS = 64
+"""Open streams at most (reading needs no key, so anyone on the network could open them): past it,
+503 with ``Retry-After``."""
 
 
 def status_view(manager: DeviceManager) -> dict[str, str]:
@@ -163,6 +167,10 @@ async def _events(api: GatewayApi) -> AsyncIterator[bytes]:
 async def gateway_events(request: Request) -> EventStream:
     """The gateway's live events (Server-Sent Events; no key needed, as ``GET /v1/devices``)."""
     api = gateway_of(request)
+    if api.event_streams >= MAX_STREAMS:
+        raise ApiError(
+            503, f"{MAX_STREAMS} event streams are open already: try again later", {"Retry-After": "5"}
+        )
     api.event_streams += 1
 
     def closed() -> None:

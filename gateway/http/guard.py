@@ -7,7 +7,8 @@ the ENM and picofleet routes that change the gateway's boards or state — ``PUT
 ``PUT …/identify``, ``POST …/flash``, ``PUT …/local-mode`` — call :func:`require_key` first,
 before reading their body, and answer 401 (and change nothing) unless the request carries
 
-* the header ``X-Api-Key: <key>`` (scripts, curl, ``picofleet``), compared in constant time; or
+* the header ``X-Api-Key: <key>`` (scripts, curl, ``picofleet``), compared in constant time (wrong
+  keys count in the same per-address throttle as the panel's sign-in form: 429 past 5 a minute); or
 * the control panel's session cookie (:attr:`GatewayApi.sessions`, issued by its sign-in form
   after the right key) and, for an unsafe method, the ``X-Picofleet-Request`` header (CSRF, see
   picofleet/common/web/sessions.py; without it: 403).
@@ -39,6 +40,9 @@ API_KEY_HEADER = "X-Api-Key"
 PANEL_SUBJECT = "operator"
 """Who a panel session signs in (there is one key, so one kind of user)."""
 _SESSION_CONTEXT = b"picofleet gateway panel session v1"
+PANEL_COOKIE = "picofleet_panel_session"
+"""The panel's cookie: not the dashboard's name, so a gateway and a fleet service on one host
+(cookies do not tell ports apart) keep their sessions apart."""
 
 
 def session_cookies(api_key: str | None) -> SessionCookies | None:
@@ -50,7 +54,7 @@ def session_cookies(api_key: str | None) -> SessionCookies | None:
     if api_key is None:
         return None
     secret = hmac.new(api_key.encode(), _SESSION_CONTEXT, hashlib.sha256).digest()
-    return SessionCookies(secret)
+    return SessionCookies(secret, cookie=PANEL_COOKIE)
 
 
 def _api_key(api: GatewayApi) -> str | None:
@@ -83,8 +87,18 @@ def require_key(connection: HTTPConnection, *, supervisor_hook: bool = False) ->
         return
     given = connection.headers.get(API_KEY_HEADER)
     if given is not None:
+        client = connection.client.host if connection.client else "unknown"
+        wait = api.login_throttle.check(client)
+        if wait is not None:  # the key cannot be guessed at network speed here either
+            raise ApiError(
+                429,
+                f"too many wrong API keys, try again in {max(1, round(wait))} s: nothing was changed",
+                {"Retry-After": str(max(1, round(wait)))},
+            )
         if key_matches(api, given):
+            api.login_throttle.succeeded(client)
             return
+        api.login_throttle.failed(client)
         raise ApiError(401, f"wrong API key in {API_KEY_HEADER}: nothing was changed")
     if api.sessions is not None and api.sessions.subject(connection) is not None:
         if needs_csrf_header(connection):

@@ -36,13 +36,11 @@ from starlette.staticfiles import StaticFiles
 from picofleet import __version__
 from picofleet.common.web.pages import Pages, check_sign_in, common_static, form_field, redirect
 from picofleet.gateway.http.context import GatewayApi, gateway_of
+from picofleet.gateway.http.guard import PANEL_SUBJECT
 
 __all__ = ["ROUTES", "identity", "login", "logout", "panel"]
 
 HERE = Path(__file__).parent
-SUBJECT = "operator"
-"""Whom a panel session names: the holder of the gateway's API key."""
-
 pages = Pages(HERE / "templates")
 
 
@@ -96,7 +94,7 @@ async def login(request: Request) -> Response:
     if refused is not None:
         return _login_form(api, *refused)
     response = redirect("/")
-    sessions.issue(request, response, SUBJECT)
+    sessions.issue(request, response, PANEL_SUBJECT)
     return response
 
 

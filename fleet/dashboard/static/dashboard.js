@@ -483,7 +483,7 @@
     const time = line.time ? String(line.time).replace(/^.*T/, "").replace(/(\.\d+)?Z?$/, "") : "";
     return el(
       "li",
-      { class: `level-${/^[a-z]+$/.test(line.level || "") ? line.level : "info"}` },
+      { class: `level-${/^[a-z]+$/.test(line.level || "") ? line.level : "info"}`, data: { key: logKey(line) } },
       el("span", { class: "time mono", text: time, title: line.time || "" }),
       el("span", { class: "text", text: line.text })
     );
@@ -497,6 +497,10 @@
     if (atBottom) list.scrollTop = list.scrollHeight;
   }
 
+  function logKey(line) {
+    return `${line.time}|${line.level}|${line.text}`;
+  }
+
   function followLogs(uuid) {
     if (logs) logs.close();
     const list = $("#board-log");
@@ -504,6 +508,34 @@
     const state = $('[data-field="log-state"]', $("#board"));
     let buffered = [];
     let loaded = false;
+
+    function showNew(lines) {
+      // lines the list shows already (the tail and the stream overlap) are left out
+      const shown = new Set(Array.from(list.children, (item) => item.dataset.key));
+      const fresh = lines.filter((line) => !shown.has(logKey(line)));
+      appendLogLines(fresh);
+    }
+
+    function loadTail() {
+      // at every (re)connection, once the stream holds our place: the last lines, then what came
+      // on the stream meanwhile; so no line is lost between the two, nor during an outage
+      loaded = false;
+      pf.api("GET", `${base}/boards/${encodeURIComponent(uuid)}/logs?limit=200`)
+        .then((lines) => {
+          if (selected !== uuid) return;
+          for (const item of list.querySelectorAll("li.empty")) item.remove();
+          showNew(lines || []);
+        })
+        .catch(() => {})
+        .finally(() => {
+          if (selected !== uuid) return;
+          showNew(buffered);
+          buffered = [];
+          loaded = true;
+          if (!list.children.length) list.appendChild(el("li", { class: "empty", text: "no log lines yet" }));
+        });
+    }
+
     logs = pf.stream(
       `${base}/events?logs=${encodeURIComponent(uuid)}&boards=0`,
       {
@@ -511,25 +543,14 @@
           if (data.board !== uuid || selected !== uuid) return;
           const lines = data.lines || [];
           if (data.dropped) lines.unshift({ time: "", level: "warning", text: `… ${data.dropped} lines skipped` });
-          if (loaded) appendLogLines(lines);
-          else buffered.push(...lines);
+          if (loaded) {
+            for (const item of list.querySelectorAll("li.empty")) item.remove();
+            appendLogLines(lines);
+          } else buffered.push(...lines);
         },
       },
-      { indicator: state, check: `${base}` }
+      { indicator: state, check: `${base}`, onOpen: loadTail }
     );
-    pf.api("GET", `${base}/boards/${encodeURIComponent(uuid)}/logs?limit=200`)
-      .then((lines) => {
-        if (selected !== uuid) return;
-        const seen = new Set((lines || []).map((l) => `${l.time}|${l.text}`));
-        appendLogLines(lines || []);
-        appendLogLines(buffered.filter((l) => !seen.has(`${l.time}|${l.text}`)));
-        buffered = [];
-        loaded = true;
-        if (!list.children.length) list.appendChild(el("li", { class: "empty", text: "no log lines yet" }));
-      })
-      .catch(() => {
-        loaded = true;
-      });
   }
 
   function selectBoard(uuid) {

@@ -285,7 +285,7 @@
         evaluations = listOf(data, "evaluations");
         renderEvaluations();
       },
-    });
+    }, { check: "/v1/enm/status", loginOn401: false }); // reading needs no key: probe a small route
     setInterval(renderReservations, 15000); // keep "in N min" fresh
   }
 

@@ -171,8 +171,14 @@
    * Follow a Server-Sent Events stream. handlers: {eventName: function(data)} (data parsed
    * from JSON). options.indicator: the element showing "live"/"reconnecting…" (default #live;
    * null for none); options.check: a URL answering 401 once the session is gone (default: the
-   * stream's own URL); options.loginOn401 (default true). Returns {close()}.
+   * stream's own URL); options.loginOn401 (default true); options.onOpen: called at every
+   * (re)connection, after the service subscribed this reader (load what the stream does not
+   * replay there, e.g. a log tail). The wait before reconnecting doubles up to 15 s and starts
+   * over only after a connection that lasted (a service that hangs up at once is not hammered).
+   * Returns {close()}.
    */
+  const STABLE_MS = 5000;
+
   function stream(url, handlers, options) {
     const opts = Object.assign({ loginOn401: true }, options || {});
     const indicator = opts.indicator === undefined ? document.getElementById("live") : opts.indicator;
@@ -180,13 +186,15 @@
     let closed = false;
     let retry = 1000;
     let timer = null;
+    let openedAt = 0;
 
     function open() {
       if (closed) return;
       source = new EventSource(url, { withCredentials: true });
       source.addEventListener("open", () => {
-        retry = 1000;
+        openedAt = Date.now();
         setLive(indicator, "live", "live");
+        if (opts.onOpen) opts.onOpen();
       });
       for (const [name, handler] of Object.entries(handlers)) {
         source.addEventListener(name, (event) => {
@@ -201,6 +209,8 @@
       }
       source.addEventListener("error", () => {
         if (closed) return;
+        if (openedAt && Date.now() - openedAt > STABLE_MS) retry = 1000;
+        openedAt = 0;
         setLive(indicator, "reconnecting", "reconnecting…");
         if (source.readyState === EventSource.CLOSED) {
           // the service answered but refused (an expired session: 401) or is restarting
