@@ -134,6 +134,8 @@ async def flash_with_bootrom_serial(tmp_path: Path, bootrom_serial: str) -> dict
         await until(
             lambda: board.record["Commit"] == "c2" or board.record["Status"] == "Broken", 10, "the flash"
         )
+        # the commit is recorded inside the flash, the lock let go just after it: wait for both
+        await until(lambda: "released" in board_script.lock_events, 10, "the update lock released")
         assert (drive / "written.uf2").read_bytes() == image
         return {"record": board.record, "boards": len(manager.listed()), "lock": board_script.lock_events}
 

@@ -157,6 +157,32 @@ def test_a_fresh_cookie_signed_with_the_service_key_is_accepted(fleet: FleetProc
         assert http.get("/fleets/lab").status_code == 200
 
 
+def test_a_live_stream_signed_in_by_cookie_ends_when_its_session_expires(fleet: FleetProcess) -> None:
+    """An open page does not go on receiving the fleet after its session: the stream ends cleanly
+    when the cookie expires, and the browser's reconnection gets 401 (live.js: the login form). A
+    stream opened with the admin token is not bound to a cookie it happens to carry."""
+    fleet.create_fleet("lab")
+    expiring = cookie_signed_at(fleet, time.time() - 8 * 3600 + 2)  # sessions last 8 hours: ~2 s left
+    with client(fleet) as http, client(fleet) as admin:
+        http.cookies.set(COOKIE, expiring)
+        admin.cookies.set(COOKIE, expiring)
+        token = {"Authorization": f"Bearer {fleet.token}"}
+        with admin.stream("GET", "/v1/fleets/lab/events", headers=token) as by_token:
+            lines = by_token.iter_lines()
+            assert next(lines) == "event: fleet"
+            started = time.monotonic()
+            with http.stream("GET", "/v1/fleets/lab/events") as by_cookie:
+                assert by_cookie.status_code == 200
+                body = "".join(by_cookie.iter_text())  # to its end: a clean one, or httpx raises
+            lasted = time.monotonic() - started
+            assert body.startswith("event: fleet\n")
+            assert 1.0 < lasted < 6.0, f"the stream lasted {lasted:.1f} s for a session of ~2 s"
+            assert http.get("/v1/fleets/lab/events").status_code == 401  # the reconnection
+
+            assert fleet.request("PUT", "/v1/fleets/lab/env/AFTER", json={"value": "1"}).status_code == 200
+            assert any('"AFTER":"1"' in line for line in lines), "the admin token's stream goes on"
+
+
 def test_unknown_fleet_page_is_a_404_page(fleet: FleetProcess) -> None:
     with client(fleet) as http:
         sign_in(http, fleet.token)

@@ -195,8 +195,14 @@ def test_a_gateway_event_follows_a_changed_report_and_logs_follow_their_board(fl
         assert fleet.as_gateway(gateway["key"], "PUT", "/v1/gateway/state", json=flashing).status_code == 200
         view.wait("gateway", lambda d: status_of(d, "b1") == "Flashing", timeout=2.0)
         changes = len(view.named("gateway"))
-        # the same report again changes nothing: no event (checked after a later change arrives)
+        # the same report again changes nothing: no gateway event before a marker sent after it (a
+        # fleet variable's fleet event; a later report could not tell: its key coalesces with a wrong one)
         assert fleet.as_gateway(gateway["key"], "PUT", "/v1/gateway/state", json=flashing).status_code == 200
+        assert fleet.request("PUT", "/v1/fleets/lab/env/MARK", json={"value": "1"}).status_code == 200
+        marker = view.wait("fleet", lambda d: d["fleet"]["env"].get("MARK") == "1", timeout=2.0)
+        with view._lock:
+            before_marker = [name for name, _ in view.events[: view.events.index(("fleet", marker))]]
+        assert before_marker.count("gateway") == changes, "the unchanged report made a gateway event"
         assert fleet.as_gateway(gateway["key"], "PUT", "/v1/gateway/state", json=report).status_code == 200
         view.wait("gateway", lambda d: status_of(d, "b1") == "Idle", timeout=2.0, after=changes)
         assert len(view.named("gateway")) == changes + 1
@@ -311,13 +317,26 @@ def test_a_stream_through_a_front_worker_streams_and_ends_with_its_reader(
 # -- a reader that never reads -------------------------------------------------------------------
 
 
-def stalled_reader(fleet: FleetProcess, url: str) -> tuple[socket.socket, Any]:
-    """A reader of every log line of fleet ``lab`` (at ``url``) that never reads, on a small receive
-    window; and ``post(n)``, posting n batches of 1,000 lines of 2,000 characters (~2 MB each)."""
+def lab_logger(fleet: FleetProcess) -> Any:
+    """Fleet ``lab`` with a gateway reporting board ``b1``; ``post(n)`` posts n batches of 1,000 of
+    its log lines of 2,000 characters (~2 MB each)."""
     key = fleet.create_fleet("lab")["provisioning_key"]
     gateway = fleet.provision(key)
     reported = fleet.as_gateway(gateway["key"], "PUT", "/v1/gateway/state", json={"boards": [board("b1")]})
     assert reported.status_code == 200, reported.text
+    batch = {"lines": [{**LINE, "board": "b1", "text": "x" * 2000}] * 1000}
+
+    def post(times: int) -> None:
+        for _ in range(times):
+            answer = fleet.as_gateway(gateway["key"], "POST", "/v1/gateway/logs", json=batch, timeout=30)
+            assert answer.status_code == 200, answer.text
+
+    return post
+
+
+def stalled_reader(fleet: FleetProcess, url: str) -> socket.socket:
+    """A reader of every log line of fleet ``lab`` (at ``url``) that never reads, on a small receive
+    window."""
     host, port = url.removeprefix("http://").split(":")
     stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
@@ -326,44 +345,30 @@ def stalled_reader(fleet: FleetProcess, url: str) -> tuple[socket.socket, Any]:
         f"GET /v1/fleets/lab/events?logs=*&boards=0 HTTP/1.0\r\nHost: x\r\n"
         f"Authorization: Bearer {fleet.token}\r\n\r\n".encode()
     )
-    batch = {"lines": [{**LINE, "board": "b1", "text": "x" * 2000}] * 1000}
-
-    def post(times: int) -> None:
-        for _ in range(times):
-            answer = fleet.as_gateway(gateway["key"], "POST", "/v1/gateway/logs", json=batch, timeout=30)
-            assert answer.status_code == 200, answer.text
-
-    return stalled, post
+    return stalled
 
 
-def test_a_reader_that_never_reads_is_dropped_and_costs_bounded_memory(fleet: FleetProcess) -> None:
-    stalled, post = stalled_reader(fleet, fleet.url)
-    try:
-        wait_for(lambda: open_streams(fleet) == 1, 10, "the stalled reader's stream to open")
-        service = psutil.Process(fleet.pid)
-        post(10)  # the rings, buffers and allocator at their working size
-        before = service.memory_info().rss
-        post(40)  # 80 MB more of lines the reader never takes
-        grown = service.memory_info().rss - before
-        assert grown < 40 * 1024 * 1024, f"the service grew by {grown / 2**20:.0f} MiB"
-        assert open_streams(fleet) <= 1
-        # its socket never drains: dropped after 30 s without a write going through
-        wait_for(lambda: open_streams(fleet) == 0, 60, "the stalled reader to be dropped", interval=0.5)
-        post(5)  # and the service goes on
-    finally:
-        stalled.close()
-
-
-def test_a_reader_that_never_reads_through_a_front_worker_is_dropped_there_too(
+def test_readers_that_never_read_are_dropped_directly_and_through_a_front_worker_at_bounded_cost(
     fleet_and_worker: tuple[FleetProcess, FrontWorkerProcess],
 ) -> None:
     fleet, worker = fleet_and_worker
-    stalled, post = stalled_reader(fleet, worker.url)
+    post = lab_logger(fleet)
+    direct, relayed = stalled_reader(fleet, fleet.url), stalled_reader(fleet, worker.url)
     try:
-        wait_for(lambda: open_streams(fleet) == 1, 10, "the stalled reader's stream to open")
-        post(20)  # more than the socket buffers on the way hold
-        wait_for(lambda: open_streams(fleet) == 0, 60, "the stalled stream to end", interval=0.5)
+        wait_for(lambda: open_streams(fleet) == 2, 10, "the stalled readers' streams to open")
+        service = psutil.Process(fleet.pid)
+        post(10)  # the rings, buffers and allocator at their working size
+        before = service.memory_info().rss
+        post(40)  # 80 MB more of lines the readers never take
+        grown = service.memory_info().rss - before
+        assert grown < 40 * 1024 * 1024, f"the service grew by {grown / 2**20:.0f} MiB"
+        assert open_streams(fleet) <= 2
+        # their sockets never drain: dropped after 30 s without a write going through, the one
+        # through the front worker there too (the worker ends its link to the primary)
+        wait_for(lambda: open_streams(fleet) == 0, 60, "the stalled readers to be dropped", interval=0.5)
+        post(5)  # and the service goes on
         with reading(worker.url, "/v1/fleets/lab/events", bearer(fleet)) as reader:
             reader.wait("fleet")  # the worker relays the next reader's stream as before
     finally:
-        stalled.close()
+        direct.close()
+        relayed.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -81,6 +82,57 @@ def test_a_stream_heartbeats_and_ends_with_its_source() -> None:
             assert body.startswith(b"event: hello\n")
             assert b": keep-alive\n\n" in body
             assert body.endswith(b'event: bye\ndata: {"n":2}\n\n')
+        finally:
+            stop.set()
+            await server
+
+    run(main())
+
+
+def test_a_stream_ends_cleanly_at_its_deadline_quiet_or_busy() -> None:
+    closed: list[str] = []
+
+    async def quiet() -> AsyncIterator[bytes]:
+        try:
+            yield format_event("hello", {"n": 1})
+            await asyncio.sleep(3600)
+        finally:
+            closed.append("quiet")
+
+    async def busy() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield format_event("tick", {})
+                await asyncio.sleep(0.01)
+        finally:
+            closed.append("busy")
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] == "http":  # not Hypercorn's lifespan call
+            source = quiet() if scope["path"] == "/quiet" else busy()
+            await EventStream(source, heartbeat_s=0.2, deadline=time.monotonic() + 0.8)(scope, receive, send)
+
+    async def main() -> None:
+        sock = bind_socket("127.0.0.1", 0)
+        stop = asyncio.Event()
+        port = sock.getsockname()[1]
+        server = asyncio.create_task(_serve(app, sock, stop))
+        try:
+            async with httpx.AsyncClient(timeout=10) as client:
+                for path in ("/quiet", "/busy"):
+                    started = time.monotonic()
+                    async with client.stream("GET", f"http://127.0.0.1:{port}{path}") as response:
+                        body = b"".join([chunk async for chunk in response.aiter_bytes()])
+                    lasted = time.monotonic() - started
+                    assert 0.6 < lasted < 3.0, f"{path}: ended after {lasted:.2f} s"
+                    assert body.startswith(b"event: ")
+                    assert (b": keep-alive\n\n" in body) == (path == "/quiet")
+                    assert body.endswith(b"\n\n")  # whole events only
+            for _ in range(100):
+                if len(closed) == 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert sorted(closed) == ["busy", "quiet"], "each source was closed"
         finally:
             stop.set()
             await server

@@ -23,7 +23,8 @@ METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
 
 def fleet_routes() -> set[tuple[str, str]]:
     """(OpenAPI path, method) of every route of the fleet service's application."""
-    app: Any = create_app(SimpleNamespace(repos=None, admin_token="x", answer_known=None))  # type: ignore[arg-type]
+    service = SimpleNamespace(repos=None, admin_token="x", answer_known=None, login_throttle=None)
+    app: Any = create_app(service)  # type: ignore[arg-type]
     routes = set()
     for route in app.app.routes:
         assert isinstance(route, Route)

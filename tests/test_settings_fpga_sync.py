@@ -315,7 +315,11 @@ def test_an_fpga_image_that_does_not_configure_is_the_status_reason_written_once
         assert device["Status"] == "Idle" and device["FpgaImage"] is None
         assert device["TargetFpgaImage"] == sha256 and device["Environment"] == device["TargetEnvironment"]
         for _ in range(3):  # reconciles of the board: the image is not sent again
-            assert gateway.put(f"/v1/devices/{board['LocalUUID']}/identify").status_code == 200
+            wait_for(  # 409 while the board's task is still busy with its last step
+                lambda: gateway.put(f"/v1/devices/{board['LocalUUID']}/identify").status_code == 200,
+                10,
+                "the board to blink",
+            )
         log = (data / "gateway.log").read_text()
         assert log.count(f"writing FPGA image {sha256[:12]} to the board") == 1, log
         assert f"FPGA not configured from the new image {sha256}" in log  # the board's own log line

@@ -7,7 +7,9 @@ blank line) and streamed back as the response. No pack is ever held in memory.
 
 **Auth.** HTTP basic auth whose password is the admin token (any user name); otherwise 401 with
 ``WWW-Authenticate: Basic realm="picofleet"`` so that git sends the credentials of the URL.
-Unknown fleet: 404.
+A wrong password counts in the service's throttle of wrong admin tokens (the ``login_throttle``,
+per client address, as the API's bearer tokens do); past its limit the address gets 429 with
+``Retry-After``, the right password included. No credentials count nothing. Unknown fleet: 404.
 
 **Repositories.** ``DATA/git/<fleet>.git``, bare, ``http.receivepack true``, with a ``pre-receive``
 hook running ``<sys.executable> -m picofleet.fleet.git.pre_receive`` (re-installed at every start, so a
@@ -48,6 +50,7 @@ import binascii
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -59,9 +62,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from starlette.requests import HTTPConnection
 from starlette.responses import PlainTextResponse
 from starlette.types import Message, Receive, Scope, Send
 
+from picofleet.common.web.pages import client_address
+from picofleet.common.web.sessions import LoginThrottle
 from picofleet.fleet.git.pre_receive import ENV_DATA, ENV_FLEET, ENV_MAX, MAX_SUBJECT
 from picofleet.fleet.git.reaper import GitGroups
 from picofleet.fleet.manifest import DEFAULT_MAX_ASSET_BYTES
@@ -277,17 +283,35 @@ def _basic_password(header: str) -> tuple[str, str] | None:
 class GitHttpBackend:
     """ASGI endpoint for ``/git/{fleet}.git/{path}``: auth, then ``git http-backend`` streamed both ways."""
 
-    def __init__(self, repos: FleetRepos, admin_token: str) -> None:
+    def __init__(self, repos: FleetRepos, admin_token: str, throttle: LoginThrottle | None = None) -> None:
         self.repos = repos
         self.admin_token = admin_token
+        self.throttle = throttle
+        """Wrong passwords per client address (the service's ``login_throttle``); ``None``: none."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request of the git smart HTTP protocol."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         credentials = _basic_password(headers.get("authorization", ""))
-        if credentials is None or not secrets.compare_digest(
+        client = client_address(HTTPConnection(scope))
+        wait = self.throttle.check(client) if self.throttle and credentials is not None else None
+        if wait is not None:
+            seconds = max(1, math.ceil(wait))
+            response = PlainTextResponse(
+                f"too many wrong admin tokens, try again in {seconds} s\n",
+                status_code=429,
+                headers={"Retry-After": str(seconds)},
+            )
+            await response(scope, receive, send)
+            return
+        right = credentials is not None and secrets.compare_digest(
             credentials[1].encode(), self.admin_token.encode()
-        ):
+        )
+        if self.throttle and credentials is not None and right:
+            self.throttle.succeeded(client)
+        elif self.throttle and credentials is not None:
+            self.throttle.failed(client)
+        if credentials is None or not right:
             response = PlainTextResponse(
                 "authentication required: use the admin token as the password\n",
                 status_code=401,

@@ -81,7 +81,7 @@ def create_app(service: FleetService, pages: Sequence[BaseRoute] = ()) -> ASGIAp
         Route("/metrics", metrics.get_metrics, methods=["GET"]),
         Route(
             "/git/{fleet}.git/{path:path}",
-            GitHttpBackend(service.repos, service.admin_token),
+            GitHttpBackend(service.repos, service.admin_token, service.login_throttle),
             methods=["GET", "POST"],
         ),
         *pages,

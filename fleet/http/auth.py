@@ -6,12 +6,19 @@ A request authenticated by the session cookie that changes something (POST, PUT,
 also carry the ``X-Picofleet-Request`` header (CSRF; see :mod:`picofleet.common.web.sessions`),
 else 403.
 
+A wrong admin token counts in the service's ``login_throttle`` (the dashboard login form's) for the
+request's client address; past its limit, every request of that address presenting a token, the
+right one included, is answered 429 with ``Retry-After`` until the window has passed
+(:class:`AdminTokensThrottled`), so a token cannot be guessed at network speed. No token at all is
+a plain 401 and counts nothing; the right one clears the address's count, as a right sign-in does.
+
 Each helper returns what it found or raises an :class:`~picofleet.common.http.errors.ApiError`
-(401 with ``WWW-Authenticate``, 404), answered by the application's exception handler.
+(401 with ``WWW-Authenticate``, 404, 429), answered by the application's exception handler.
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 from typing import Any
 
@@ -19,11 +26,13 @@ from starlette.requests import Request
 
 from picofleet.common.http.auth import bearer_token
 from picofleet.common.http.errors import ApiError
+from picofleet.common.web.pages import client_address
 from picofleet.common.web.sessions import CSRF_HEADER, needs_csrf_header
-from picofleet.fleet.http.context import GatewayAuth, service_of
+from picofleet.fleet.http.context import FleetService, GatewayAuth, service_of
 
 __all__ = [
     "AdminTokenRequired",
+    "AdminTokensThrottled",
     "GatewayKeyRequired",
     "admin_board",
     "admin_fleet",
@@ -44,6 +53,16 @@ class AdminTokenRequired(ApiError):
         )
 
 
+class AdminTokensThrottled(ApiError):
+    """429: too many wrong admin tokens from the request's address; try again in ``wait`` seconds."""
+
+    def __init__(self, wait: float) -> None:
+        seconds = max(1, math.ceil(wait))
+        super().__init__(
+            429, f"too many wrong admin tokens, try again in {seconds} s", {"Retry-After": str(seconds)}
+        )
+
+
 class GatewayKeyRequired(ApiError):
     """401: a gateway route without a known gateway key."""
 
@@ -55,13 +74,27 @@ class GatewayKeyRequired(ApiError):
         )
 
 
+def _admin_token_matches(service: FleetService, request: Request, presented: str) -> bool:
+    """Whether ``presented`` is the admin token, counted in the throttle (see the module docstring)."""
+    client = client_address(request)
+    wait = service.login_throttle.check(client)
+    if wait is not None:
+        raise AdminTokensThrottled(wait)
+    if not secrets.compare_digest(presented.encode(), service.admin_token.encode()):
+        service.login_throttle.failed(client)
+        return False
+    service.login_throttle.succeeded(client)
+    return True
+
+
 def is_admin(request: Request) -> bool:
     """Whether the request carries the admin token, or the dashboard's valid session cookie (then
-    a request that changes something without the CSRF header is refused: 403)."""
+    a request that changes something without the CSRF header is refused: 403). A wrong token is
+    counted for the client's address, and an address with too many is refused: 429."""
     service = service_of(request)
     presented = bearer_token(request.headers)
     if presented is not None:
-        return secrets.compare_digest(presented.encode(), service.admin_token.encode())
+        return _admin_token_matches(service, request, presented)
     if service.sessions.subject(request) is None:
         return False
     if needs_csrf_header(request):

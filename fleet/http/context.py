@@ -289,6 +289,12 @@ class FleetService:
         self._fleet_views[name] = (generation, (fleet, releases, settings))
         return fleet, releases, settings
 
+    async def fleet_view(self, name: str) -> tuple[dict[str, Any] | None, Any, Any]:
+        """The fleet's record, releases by commit and board settings as of its current change
+        counter: read once per fleet change and shared with the target states (the live events'
+        ``gateway`` views use it). Do not modify what it returns."""
+        return await self._fleet_view(name, self._fleet_gen.get(name, 0))
+
     async def answer_known(self, digest: str, if_none_match: str | None, send: Send) -> bool:
         """Answer a plain target-state check (see :mod:`picofleet.fleet.state_checks`) of a gateway
         whose key and current target this process has cached; False (nothing sent) otherwise."""

@@ -19,18 +19,24 @@ once, never a backlog) and :attr:`FleetService.log_followers` (at most
 :data:`~.context.FOLLOWER_LINES` lines pending per reader, the oldest dropped and counted), served
 by :class:`~picofleet.common.web.sse.EventStream` (a heartbeat every 15 s; a reader whose socket
 does not drain for 30 s is dropped). ``picofleet_fleet_event_streams`` counts the open streams.
+
+A stream authenticated by the dashboard's session cookie (not by the admin token) ends when that
+session expires: the browser's ``EventSource`` reconnects, is refused (401), and the page goes
+back to the login form; an open page does not go on receiving the fleet after its session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
 
 from picofleet.common.changes import Subscription
+from picofleet.common.http.auth import bearer_token
 from picofleet.common.http.errors import ApiError
 from picofleet.common.web.sse import EventStream, format_event
 from picofleet.fleet.http.auth import admin_fleet
@@ -62,7 +68,17 @@ async def fleet_events(request: Request) -> EventStream:
     service = service_of(request)
     service.metrics.event_streams.inc()
     source = _events(request, fleet["name"], boards == "1", None if logs == "*" else logs, logs is not None)
-    return EventStream(source, on_close=service.metrics.event_streams.dec)
+    return EventStream(source, on_close=service.metrics.event_streams.dec, deadline=_session_end(request))
+
+
+def _session_end(request: Request) -> float | None:
+    """When a stream authenticated by the session cookie ends (a :func:`time.monotonic` value: its
+    session's expiry); ``None`` for one authenticated by the admin token (as :func:`.auth.is_admin`
+    decides: a bearer token, when there is one, is what counts)."""
+    if bearer_token(request.headers) is not None:
+        return None
+    remaining = service_of(request).sessions.remaining_s(request)
+    return None if remaining is None else time.monotonic() + remaining
 
 
 async def _events(

@@ -134,6 +134,18 @@ async def _fleet_view(request: Request, fleet: dict[str, Any]) -> View:
     return gateways, releases, settings
 
 
+async def _some_gateways(request: Request, fleet: dict[str, Any], only: set[str]) -> View:
+    """Just the gateways ``only`` of the fleet (oldest first), each read by its id, with the
+    releases and board settings the service caches per fleet change (:meth:`FleetService.fleet_view`):
+    a live ``gateway`` event costs no scan of the whole fleet."""
+    service = service_of(request)
+    found = [await service.store.gateway(gateway_id) for gateway_id in only]
+    gateways = [g for g in found if g is not None and g.get("fleet") == fleet["name"]]
+    gateways.sort(key=lambda g: (g.get("created") or "", g["id"]))
+    _, releases, settings = await service.fleet_view(fleet["name"])
+    return gateways, releases, settings
+
+
 def _board_json(
     board: dict[str, Any],
     gateway: dict[str, Any],
@@ -176,9 +188,13 @@ async def list_gateways(request: Request) -> JSONResponse:
 async def gateways_json(
     request: Request, fleet: dict[str, Any], only: set[str] | None = None
 ) -> list[dict[str, Any]]:
-    """The fleet's gateways as ``GET …/gateways`` answers them (just those ``only`` names, if given)."""
+    """The fleet's gateways as ``GET …/gateways`` answers them (just those ``only`` ids, if given:
+    read one by one, not the whole fleet)."""
     service = service_of(request)
-    gateways, releases, settings = await _fleet_view(request, fleet)
+    if only is None:
+        gateways, releases, settings = await _fleet_view(request, fleet)
+    else:
+        gateways, releases, settings = await _some_gateways(request, fleet, only)
     return [
         {
             "gateway": g["id"],
@@ -192,7 +208,6 @@ async def gateways_json(
             "boards": [_board_json(b, g, fleet, releases, settings) for b in g.get("boards") or []],
         }
         for g in gateways
-        if only is None or g["id"] in only
     ]
 
 

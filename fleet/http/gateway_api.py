@@ -14,7 +14,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 
 from picofleet.common.http.errors import ApiError
 from picofleet.common.http.reading import json_body, query_number
-from picofleet.fleet.http.auth import is_admin, require_gateway
+from picofleet.fleet.http.auth import GatewayKeyRequired, is_admin, require_gateway
 from picofleet.fleet.http.context import gateway_key, service_of
 from picofleet.fleet.state_checks import GENERATION_HEADER
 from picofleet.fleet.store import key_hash, now_iso
@@ -165,10 +165,13 @@ async def asset(request: Request) -> Response:
     """``GET /v1/assets/{sha256}``: an asset of a release of the caller's fleet (any fleet for
     the admin), streamed, with ``Range`` support (206, 416)."""
     service = service_of(request)
-    if is_admin(request):
+    gateway = await service.gateway_of(request)  # a gateway's own key first: not a wrong admin token
+    if gateway is not None:
+        fleets = [gateway.fleet]
+    elif is_admin(request):
         fleets = [f["name"] for f in await service.store.fleets()]
     else:
-        fleets = [(await require_gateway(request)).fleet]
+        raise GatewayKeyRequired()
     sha256 = request.path_params["sha256"]
     if not SHA256.fullmatch(sha256):
         raise ApiError(404, f"no asset {sha256!r}")

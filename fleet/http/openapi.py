@@ -157,6 +157,12 @@ LOG_LINE = object_schema(
         "gateway": {"type": "string"},
     }
 )
+THROTTLED = {
+    "description": "too many wrong admin tokens from this address (5 a minute): every request of it"
+    " presenting a token, the right one included, until the minute has passed",
+    "headers": {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}},
+    **json_content(ERROR),
+}
 COMMIT_BODY = object_schema(
     {
         "commit": {
@@ -172,9 +178,13 @@ COMMIT_BODY = object_schema(
 def _op(
     summary: str, ok: dict[str, Any], errors: tuple[int, ...], *, security: Any = ADMIN, **more: Any
 ) -> dict[str, Any]:
-    """One operation: ``ok`` answers plus the error answers ``errors`` (401 when it needs a token)."""
+    """One operation: ``ok`` answers plus the error answers ``errors`` (401 when it needs a token;
+    429 when it takes the admin token, whose wrong guesses are throttled)."""
     codes = sorted({*errors, 401}) if security else sorted(errors)
-    operation = {"summary": summary, **more, "responses": {**ok, **error_responses(*codes)}}
+    responses = {**ok, **error_responses(*codes)}
+    if security and any("admin" in requirement for requirement in security):
+        responses["429"] = THROTTLED
+    operation = {"summary": summary, **more, "responses": responses}
     if security:
         operation["security"] = security
     return operation
@@ -537,7 +547,10 @@ GIT_RESPONSES = {
     "200": {"description": "git's answer"},
     **{
         str(code): {"description": why, "content": {"text/plain": {"schema": {"type": "string"}}}}
-        for code, why in ((401, "no or a wrong admin token"),)
+        for code, why in (
+            (401, "no or a wrong admin token"),
+            (429, "too many wrong admin tokens from this address (Retry-After: seconds to wait)"),
+        )
     },
     "404": {
         "description": "no such fleet or repository (text, for git), or no route (JSON)",

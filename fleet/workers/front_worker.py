@@ -14,10 +14,12 @@ whichever process the gateway reached, with no database and no hop.
   current target (304 when ``If-None-Match`` names the ETag, else 200 with the document), exactly
   as the primary answers; otherwise forwarded, and the primary's answer cached.
 * Everything else (operators, provisioning, reports, logs, assets, ``git push``, long polls with
-  ``?wait=N``) is forwarded to the primary over its Unix socket, streamed both ways. An event stream
-  (``text/event-stream``, which never ends by itself) is relayed until its reader disconnects, or
-  does not take a write for :data:`STREAM_WRITE_TIMEOUT` seconds (as the primary's own rule); the
-  upstream connection is closed then, so the primary ends the stream too.
+  ``?wait=N``) is forwarded to the primary over its Unix socket, streamed both ways, with the
+  client's address as ``X-Picofleet-Client`` (any such header of the client's is dropped): the
+  primary throttles wrong admin tokens per client address, and sees no peer address on its socket.
+  An event stream (``text/event-stream``, which never ends by itself) is relayed until its reader
+  disconnects, or does not take a write for :data:`STREAM_WRITE_TIMEOUT` seconds (as the primary's
+  own rule); the upstream connection is closed then, so the primary ends the stream too.
 * It follows the primary's change feed (``GET /v1/internal/changes``). A cached answer carries the
   primary's generation (``X-Picofleet-Generation``, read before the target was) and is used only
   while that is the feed's current generation: any change that can move a target empties the cache.
@@ -54,6 +56,7 @@ from starlette.types import Receive, Scope, Send
 
 from picofleet.common.errors import ConfigError
 from picofleet.common.http.server import bind_socket, serve_app, stop_on_signals, unix_address
+from picofleet.common.web.pages import CLIENT_HEADER
 from picofleet.fleet.service import TOKEN_ENV
 from picofleet.fleet.state_checks import GENERATION_FIELD, plain_check, send_target
 from picofleet.fleet.workers.upstream import Upstream, UpstreamError, UpstreamResponse
@@ -85,6 +88,9 @@ HOP_BY_HOP = frozenset(
 )
 """Headers that belong to one connection, never forwarded (``expect``: Hypercorn answers 100-continue)."""
 NOT_FORWARDED_BACK = HOP_BY_HOP | SERVER_SET
+NOT_FORWARDED = HOP_BY_HOP | {CLIENT_HEADER.lower()}
+"""Request headers not forwarded: a client's own ``X-Picofleet-Client`` is replaced by its address."""
+CLIENT_FIELD = CLIENT_HEADER.lower().encode()
 
 
 class ClientGone(Exception):
@@ -250,7 +256,9 @@ class FrontWorker:
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, digest: str | None) -> None:
         self.forwarded += 1
-        headers = [(k, v) for k, v in scope["headers"] if k.decode("latin-1").lower() not in HOP_BY_HOP]
+        headers = [(k, v) for k, v in scope["headers"] if k.decode("latin-1").lower() not in NOT_FORWARDED]
+        if scope.get("client"):  # who the primary's throttle of wrong admin tokens counts (not this worker)
+            headers.append((CLIENT_FIELD, str(scope["client"][0]).encode("latin-1")))
         has_body = any(
             (k == b"content-length" and v.strip() != b"0") or k == b"transfer-encoding"
             for k, v in scope["headers"]

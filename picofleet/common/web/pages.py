@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, RedirectResponse
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
@@ -25,6 +25,7 @@ from starlette.staticfiles import StaticFiles
 from picofleet.common.web.sessions import LoginThrottle
 
 __all__ = [
+    "CLIENT_HEADER",
     "PAGE_HEADERS",
     "Pages",
     "check_sign_in",
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 COMMON_STATIC = Path(__file__).parent / "static"
+CLIENT_HEADER = "X-Picofleet-Client"
+"""The client address a front worker adds to the requests it forwards (see :func:`client_address`)."""
 MAX_FORM_BYTES = 8192
 """The largest sign-in form body read (a token or key is a few dozen characters)."""
 
@@ -78,9 +81,14 @@ def common_static() -> Mount:
     return Mount("/static/common", StaticFiles(directory=COMMON_STATIC), name="static-common")
 
 
-def client_address(request: Request) -> str:
-    """The address whose wrong attempts the throttle counts."""
-    return request.client.host if request.client and request.client.host else "unknown"
+def client_address(connection: HTTPConnection) -> str:
+    """The address whose wrong attempts the throttle counts: the TCP peer's. A request with no peer
+    address came over the primary's Unix socket from a front worker of ``--workers N``, which
+    names its own client in :data:`CLIENT_HEADER` (replacing any the client sent); that header is
+    trusted there only, never on a TCP connection."""
+    if connection.client is None:
+        return connection.headers.get(CLIENT_HEADER, "").strip()[:64] or "unknown"
+    return connection.client.host or "unknown"
 
 
 async def form_field(request: Request, name: str) -> str:

@@ -76,15 +76,31 @@ class SessionCookies:
     def subject(self, connection: HTTPConnection) -> str | None:
         """The signed-in subject of ``connection``'s cookie; ``None`` when it has none, or one
         that is tampered with, signed with another secret, or older than ``max_age_s``."""
+        session = self._session(connection)
+        return session[0] if session is not None else None
+
+    def remaining_s(self, connection: HTTPConnection) -> float | None:
+        """Seconds until ``connection``'s session expires (from then on :meth:`subject` refuses
+        its cookie), or ``None`` when it has no valid session. What a long response authenticated
+        by the cookie (a live event stream) uses to end with the session."""
+        session = self._session(connection)
+        if session is None:
+            return None
+        # itsdangerous counts whole seconds and refuses an age *over* max_age: the cookie is
+        # refused from signed + max_age + 1 on
+        return max(0.0, session[1] + self.max_age_s + 1 - time.time())
+
+    def _session(self, connection: HTTPConnection) -> tuple[str, float] | None:
+        """The subject of ``connection``'s valid cookie and when it was signed (Unix time)."""
         value = connection.cookies.get(self.cookie)
         if not value:
             return None
         try:
-            data = self._serializer.loads(value, max_age=self.max_age_s)
+            data, signed = self._serializer.loads(value, max_age=self.max_age_s, return_timestamp=True)
         except BadSignature:  # SignatureExpired is one too
             return None
         subject = data.get("sub") if isinstance(data, dict) else None
-        return subject if isinstance(subject, str) else None
+        return (subject, signed.timestamp()) if isinstance(subject, str) else None
 
     def clear(self, response: Response) -> None:
         """End the session: the browser drops the cookie."""

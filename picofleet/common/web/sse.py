@@ -6,14 +6,17 @@ requests. The format is the WHATWG one: ``event: NAME`` and ``data: JSON`` lines
 after each event, and ``: comment`` lines as heartbeats.
 
 :class:`EventStream` is an ASGI response that copies an async iterator of ready-made events to the
-client with three rules that keep a service safe from its readers:
+client with four rules that keep a service safe from its readers:
 
 * a heartbeat comment when the source has been quiet for ``heartbeat_s`` (proxies and readers see a
   live link, and a vanished client is noticed at the next write);
 * the client's disconnect ends the stream at once (the source is closed, its ``finally`` runs);
 * a write that blocks longer than ``write_timeout_s`` — a client that stopped reading, whose socket
   buffers are full — ends the stream: the source is closed, nothing more is produced for that
-  client, and what it leaves behind is bounded by the socket buffers.
+  client, and what it leaves behind is bounded by the socket buffers;
+* past its ``deadline`` (a :func:`time.monotonic` value, if given) the response ends cleanly (the
+  last chunk sent, the source closed): a stream whose reader's credentials expire (a session
+  cookie) ends with them, and the reader's reconnection is authenticated afresh.
 
 The source runs in its own task and hands events over through a one-slot queue, so a slow client
 slows its own source (which, built on :class:`~picofleet.common.changes.ChangeHub`, coalesces
@@ -26,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -59,11 +63,15 @@ class EventStream:
         write_timeout_s: float = 30.0,
         on_close: Callable[[], None] | None = None,
         headers: dict[str, str] | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.source = source
         self.heartbeat_s = heartbeat_s
         self.write_timeout_s = write_timeout_s
         self.on_close = on_close
+        self.deadline = deadline
+        """When the response ends (a :func:`time.monotonic` value), or ``None``: when the source
+        or the reader ends it."""
         self.headers = {
             "content-type": "text/event-stream; charset=utf-8",
             "cache-control": "no-store",
@@ -125,26 +133,36 @@ class EventStream:
         gone = asyncio.create_task(disconnected.wait())
         try:
             while not disconnected.is_set():
+                wait_s = self.heartbeat_s
+                if self.deadline is not None:
+                    left = self.deadline - time.monotonic()
+                    if left <= 0:
+                        await self._end(send)
+                        return
+                    wait_s = min(wait_s, left)
                 get = asyncio.create_task(queue.get())
-                done, _ = await asyncio.wait(
-                    {get, gone}, timeout=self.heartbeat_s, return_when=asyncio.FIRST_COMPLETED
-                )
+                done, _ = await asyncio.wait({get, gone}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
                 if get not in done:
                     get.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await get
                     if gone in done:
                         return
+                    if wait_s < self.heartbeat_s:
+                        continue  # the deadline, not a quiet spell: ended at the top of the loop
                     await self._body(send, KEEP_ALIVE)
                     continue
                 chunk = get.result()
                 if chunk is _END:
-                    await self._write(send, {"type": "http.response.body", "body": b"", "more_body": False})
+                    await self._end(send)
                     return
                 assert isinstance(chunk, bytes)
                 await self._body(send, chunk)
         finally:
             gone.cancel()
+
+    async def _end(self, send: Send) -> None:
+        await self._write(send, {"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _body(self, send: Send, chunk: bytes) -> None:
         await self._write(send, {"type": "http.response.body", "body": chunk, "more_body": True})
