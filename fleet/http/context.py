@@ -24,8 +24,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hashlib
-import hmac
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -183,9 +181,7 @@ class FleetService:
         """What the operator's views show changed (:func:`fleet_key`, :func:`gateway_key`)."""
         self.log_followers = LogFollowers()
         """New board log lines, to the live-events streams following them."""
-        self.sessions = SessionCookies(
-            hmac.new(admin_token.encode(), SESSION_PURPOSE, hashlib.sha256).digest()
-        )
+        self.sessions = SessionCookies.derived(admin_token, SESSION_PURPOSE)
         """The dashboard's session cookies, signed with a key derived from the admin token (a new
         token ends every session)."""
         self.login_throttle = LoginThrottle()

@@ -24,12 +24,12 @@ with a secret derived from it (:func:`session_cookies`).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 
 from starlette.requests import HTTPConnection
 
 from picofleet.common.http.errors import ApiError
+from picofleet.common.web.pages import client_address
 from picofleet.common.web.sessions import CSRF_HEADER, SessionCookies, needs_csrf_header
 from picofleet.gateway.http.context import GatewayApi, gateway_of
 
@@ -53,8 +53,7 @@ def session_cookies(api_key: str | None) -> SessionCookies | None:
     """
     if api_key is None:
         return None
-    secret = hmac.new(api_key.encode(), _SESSION_CONTEXT, hashlib.sha256).digest()
-    return SessionCookies(secret, cookie=PANEL_COOKIE)
+    return SessionCookies.derived(api_key, _SESSION_CONTEXT, cookie=PANEL_COOKIE)
 
 
 def _api_key(api: GatewayApi) -> str | None:
@@ -87,7 +86,7 @@ def require_key(connection: HTTPConnection, *, supervisor_hook: bool = False) ->
         return
     given = connection.headers.get(API_KEY_HEADER)
     if given is not None:
-        client = connection.client.host if connection.client else "unknown"
+        client = client_address(connection)
         wait = api.login_throttle.check(client)
         if wait is not None:  # the key cannot be guessed at network speed here either
             raise ApiError(

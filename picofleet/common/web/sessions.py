@@ -23,8 +23,11 @@ keeps the cookie off cross-site requests; the header is the second lock.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from collections import OrderedDict, deque
+from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import HTTPConnection
@@ -59,6 +62,13 @@ class SessionCookies:
         self.max_age_s = max_age_s
         self.path = path
         self._serializer = URLSafeTimedSerializer(secret, salt=salt)
+
+    @classmethod
+    def derived(cls, secret: str, purpose: bytes, **options: Any) -> SessionCookies:
+        """Session cookies signed with HMAC-SHA256(``secret``, ``purpose``): a service's own secret
+        (the admin token, an API key) is never the signing key itself, and a new secret ends every
+        session signed under the old one."""
+        return cls(hmac.new(secret.encode(), purpose, hashlib.sha256).digest(), **options)
 
     def issue(self, connection: HTTPConnection, response: Response, subject: str) -> None:
         """Set a new session for ``subject`` on ``response`` (``Secure`` when ``connection`` came
